@@ -1,0 +1,25 @@
+//! walcore: PostgreSQL write-ahead log files, byte for byte.
+//!
+//! Everything here works on WAL bytes and files and nothing else: LSN
+//! arithmetic and file names, page and record headers, CRC-32C, the scan for
+//! the end of valid WAL, the segment store of one stream directory, the
+//! control file, and XLogData framing for the replication protocol. Sockets,
+//! time and policy live in TypeScript; this crate has no dependencies so that
+//! it builds where the crate registry cannot be reached.
+
+pub mod control;
+pub mod crc32c;
+pub mod error;
+pub mod lsn;
+pub mod page;
+pub mod record;
+pub mod scan;
+pub mod source;
+pub mod store;
+pub mod sys;
+pub mod xlogdata;
+#[cfg(test)]
+pub mod testwal;
+
+pub use error::{Error, ErrorCode, Result};
+pub use lsn::Lsn;

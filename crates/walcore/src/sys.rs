@@ -1,0 +1,175 @@
+//! The few operating-system calls std does not offer, declared by hand
+//! (no libc crate here). Each has a portable fallback.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// ENOSPC is 28 on Linux and macOS.
+pub const ENOSPC: i32 = 28;
+
+/// Positional read (pread) that never moves a shared cursor, so that several
+/// threads may read one file at once.
+pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        file.seek_read(buf, offset)
+    }
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read_at(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.seek_write(&buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Outcome of a read that must not wait for the disk.
+pub enum NoWait {
+    /// The bytes were in the page cache: this many were read.
+    Read(usize),
+    /// Reading would have blocked (or the platform cannot tell): do it on a
+    /// worker thread instead.
+    WouldBlock,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod linux {
+    use std::ffi::c_int;
+    #[repr(C)]
+    pub struct IoVec {
+        pub base: *mut u8,
+        pub len: usize,
+    }
+    pub const RWF_NOWAIT: c_int = 0x8;
+    pub const EAGAIN: i32 = 11;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const ENOSYS: i32 = 38;
+    extern "C" {
+        pub fn preadv2(fd: c_int, iov: *const IoVec, iovcnt: c_int, offset: i64, flags: c_int) -> isize;
+        pub fn posix_fallocate(fd: c_int, offset: i64, len: i64) -> c_int;
+    }
+}
+
+/// pread with RWF_NOWAIT (Linux ≥ 4.14): succeeds only with data already in
+/// the page cache. This lets the sender serve hot WAL — nearly always what a
+/// caught-up replica asks for — on the JavaScript thread without a thread-pool
+/// round trip, and fall back to async work when the disk would be touched.
+pub fn read_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<NoWait> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+        if UNSUPPORTED.load(Ordering::Relaxed) {
+            return Ok(NoWait::WouldBlock);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let iov = linux::IoVec { base: buf[done..].as_mut_ptr(), len: buf.len() - done };
+            // SAFETY: iov points into `buf`, which outlives the call.
+            let n = unsafe { linux::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as i64, linux::RWF_NOWAIT) };
+            if n > 0 {
+                done += n as usize;
+                continue;
+            }
+            if n == 0 {
+                return Ok(NoWait::Read(done));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(linux::EAGAIN) => return Ok(NoWait::WouldBlock),
+                Some(linux::EOPNOTSUPP) | Some(linux::ENOSYS) => {
+                    UNSUPPORTED.store(true, Ordering::Relaxed);
+                    return Ok(NoWait::WouldBlock);
+                }
+                _ if err.kind() == io::ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        }
+        Ok(NoWait::Read(done))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (file, buf, offset);
+        Ok(NoWait::WouldBlock)
+    }
+}
+
+/// Gives a new segment file its full size with blocks reserved, so that later
+/// writes into it cannot fail for lack of space and reads of the unwritten
+/// part return zeros. Falls back to a (sparse) set_len.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { linux::posix_fallocate(file.as_raw_fd(), 0, len as i64) };
+        if rc == 0 {
+            return Ok(());
+        }
+        if rc == ENOSPC {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        // EOPNOTSUPP / EINVAL on filesystems without fallocate: fall through.
+    }
+    file.set_len(len)
+}
+
+/// fsync a directory so that a create, rename or unlink in it survives a
+/// crash. Windows has no directory fsync (NTFS journals metadata).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// rename + fsync of the file's directory: the new name is durable when this
+/// returns. The file's own data must have been synced by the caller.
+pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    if let Some(dir) = to.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+/**
+ * The `walkeeper` command. Each subcommand lives in its own module; this
+ * file only dispatches and turns any failure into one readable line on
+ * stderr and a non-zero exit, as operators expect of a CLI.
+ */
+import { createRequire } from 'node:module';
+
+import { scanCommand, SCAN_USAGE } from './scan.js';
+import { UsageError } from './args.js';
+
+const require = createRequire(import.meta.url);
+const pkg = require('../../package.json') as { version: string };
+
+const USAGE = `walkeeper ${pkg.version} — a durable WAL service for PostgreSQL
+
+Usage: walkeeper <command> [options]
+
+Commands:
+  scan <wal-dir>     find the end of valid WAL in a pg_wal, archive or stream directory
+  help               show this help
+  version            print the version
+
+Options:
+  -h, --help         show help (also after a command)
+  -V, --version      print the version
+
+Documentation: README.md
+`;
+
+type Command = { run: (args: string[]) => Promise<number>; usage: string };
+
+const commands: Record<string, Command> = {
+  scan: { run: scanCommand, usage: SCAN_USAGE },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === 'help' || cmd === '-h' || cmd === '--help') {
+    const topic = cmd === 'help' ? rest[0] : undefined;
+    process.stdout.write(topic && commands[topic] ? commands[topic].usage : USAGE);
+    return 0;
+  }
+  if (cmd === 'version' || cmd === '-V' || cmd === '--version') {
+    process.stdout.write(`${pkg.version}\n`);
+    return 0;
+  }
+  const c = commands[cmd];
+  if (!c) throw new UsageError(`unknown command "${cmd}" (see walkeeper --help)`);
+  if (rest.includes('-h') || rest.includes('--help')) {
+    process.stdout.write(c.usage);
+    return 0;
+  }
+  return c.run(rest);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const msg = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`walkeeper: ${msg.split('\n')[0]}\n`);
+    process.exitCode = err instanceof UsageError ? 2 : 1;
+  },
+);

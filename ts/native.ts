@@ -1,0 +1,133 @@
+/**
+ * Loads the Rust core (`walkeeper.<platform>.node`) and gives it types.
+ *
+ * The core is found next to the package (a local `napi build`) or in the
+ * prebuilt platform package `walkeeper-<platform>` (napi-rs convention).
+ * Everything that can wait on a disk returns a Promise and runs on the libuv
+ * thread pool; the only synchronous calls are in-memory bookkeeping and
+ * `frameNoWait`, which reads only WAL already in the page cache.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+import type { Lsn } from './lsn.js';
+
+/** The platform part of the binary's name, as `napi build --platform` writes it. */
+export function platformTriple(platform: string = process.platform, arch: string = process.arch): string {
+  switch (platform) {
+    case 'linux':
+      return `linux-${arch}-${isMusl() ? 'musl' : 'gnu'}`;
+    case 'darwin':
+      return `darwin-${arch}`;
+    case 'win32':
+      return `win32-${arch}-msvc`;
+    default:
+      return `${platform}-${arch}`;
+  }
+}
+
+function isMusl(): boolean {
+  if (process.platform !== 'linux') return false;
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return !report?.header?.glibcVersionRuntime;
+}
+
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+export interface ScanResult {
+  /** End of the last valid record, MAXALIGNed (after XLOG_SWITCH: the next segment start). */
+  end: Lsn;
+  firstRecord: Lsn | null;
+  lastRecord: Lsn | null;
+  records: number;
+  stopReason: string;
+  stopLsn: Lsn;
+  pgVersion: number | null;
+  systemId: bigint | null;
+  tli: number | null;
+}
+
+export interface ScanOptions {
+  /** `start` is any position: begin at the first record starting on its page or later. */
+  search?: boolean;
+  /** Expected xl_prev of the first record. */
+  prev?: Lsn;
+  systemId?: bigint;
+  pgVersion?: number;
+}
+
+export interface SegmentInfo {
+  tli: number;
+  segno: number;
+  partial: boolean;
+  name: string;
+  start: Lsn;
+}
+
+export interface StoreState {
+  dir: string;
+  segmentSize: number;
+  tli: number;
+  /** Where the next append must start; null until positioned. */
+  writeLsn: Lsn | null;
+  flushLsn: Lsn;
+}
+
+/** Opaque handle to a Rust `Store`. */
+export interface StoreHandle {
+  readonly __walcoreStore: unique symbol;
+}
+
+/** The raw N-API surface (crates/walcore-node/src/exports.rs). */
+export interface NativeBinding {
+  version(): string;
+  crc32cImplementation(): string;
+  findEndOfWal(dir: string, tli: number, segSize: number, start: Lsn, opts?: ScanOptions): Promise<ScanResult>;
+  controlRead(path: string): Promise<Buffer | null>;
+  controlWrite(path: string, payload: Buffer): Promise<void>;
+  storeOpen(dir: string, segSize: number, tli: number): Promise<StoreHandle>;
+  storeState(h: StoreHandle): StoreState;
+  storeSetTimeline(h: StoreHandle, tli: number): void;
+  storeList(h: StoreHandle): SegmentInfo[];
+  storeAppend(h: StoreHandle, lsn: Lsn, data: Buffer): Promise<Lsn>;
+  storeFlush(h: StoreHandle): Promise<Lsn>;
+  storeTruncate(h: StoreHandle, lsn: Lsn): Promise<void>;
+  storeRemoveBelow(h: StoreHandle, segno: number): Promise<string[]>;
+  storeRead(h: StoreHandle, tli: number, lsn: Lsn, buf: Buffer): Promise<number>;
+  storeFrameNoWait(h: StoreHandle, buf: Buffer, tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint): number;
+  storeFrame(h: StoreHandle, buf: Buffer, tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint): Promise<number>;
+  storePutHistory(h: StoreHandle, tli: number, content: Buffer): Promise<void>;
+  storeGetHistory(h: StoreHandle, tli: number): Promise<Buffer | null>;
+}
+
+export const BUILD_COMMAND = 'npm run build:native  (napi build --platform --release --no-js)';
+
+function load(): NativeBinding {
+  const triple = platformTriple();
+  const file = `walkeeper.${triple}.node`;
+  const local = path.join(packageRoot, file);
+  const tried: string[] = [local];
+  if (existsSync(local)) return require(local) as NativeBinding;
+  const pkg = `walkeeper-${triple}`;
+  tried.push(`package ${pkg}`);
+  try {
+    return require(pkg) as NativeBinding;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+  }
+  throw new Error(
+    `walkeeper: no native core for platform ${triple} (looked for ${tried.join(' and ')}). ` +
+      `Build it with a Rust toolchain: ${BUILD_COMMAND}`,
+  );
+}
+
+let binding: NativeBinding | undefined;
+
+/** The native binding, loaded on first use. */
+export function native(): NativeBinding {
+  binding ??= load();
+  return binding;
+}

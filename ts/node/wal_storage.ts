@@ -1,0 +1,95 @@
+/**
+ * One stream directory's WAL, through the Rust store. This is the only
+ * place in TypeScript that touches segment files; ingest appends and
+ * flushes, senders frame, start-up scans and truncates.
+ */
+import { native, type ScanOptions, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
+import type { Lsn } from '../lsn.js';
+
+export const XLOGDATA_HEADER_SIZE = 30;
+export const MAX_SEND_SIZE = 128 * 1024;
+
+export interface FrameRequest {
+  tli: number;
+  start: Lsn;
+  /** Send nothing at or past this. */
+  end: Lsn;
+  /** walEnd field of the message. */
+  walEnd: Lsn;
+  maxSend?: number;
+  /** Override sendTime (µs since 2000-01-01); default now. */
+  sendTime?: bigint;
+}
+
+export class WalStore {
+  private constructor(private readonly h: StoreHandle) {}
+
+  static async open(dir: string, segmentSize: number, tli: number): Promise<WalStore> {
+    return new WalStore(await native().storeOpen(dir, segmentSize, tli));
+  }
+
+  get state(): StoreState {
+    return native().storeState(this.h);
+  }
+
+  setTimeline(tli: number): void {
+    native().storeSetTimeline(this.h, tli);
+  }
+
+  list(): SegmentInfo[] {
+    return native().storeList(this.h);
+  }
+
+  /** Appends at exactly `lsn`; resolves to the new write position. */
+  append(lsn: Lsn, data: Buffer): Promise<Lsn> {
+    return native().storeAppend(this.h, lsn, data);
+  }
+
+  /** fsyncs what was appended; resolves to the new flush position. */
+  flush(): Promise<Lsn> {
+    return native().storeFlush(this.h);
+  }
+
+  truncate(lsn: Lsn): Promise<void> {
+    return native().storeTruncate(this.h, lsn);
+  }
+
+  removeBelow(segno: number): Promise<string[]> {
+    return native().storeRemoveBelow(this.h, segno);
+  }
+
+  read(tli: number, lsn: Lsn, buf: Buffer): Promise<number> {
+    return native().storeRead(this.h, tli, lsn, buf);
+  }
+
+  /**
+   * Fills `buf` with one CopyData/XLogData message and returns its length.
+   * Served synchronously when the WAL is in the page cache (the common case
+   * for a caught-up replica), otherwise on the thread pool. `buf` must not be
+   * touched until the returned value (or promise) is settled.
+   */
+  frame(buf: Buffer, r: FrameRequest): number | Promise<number> {
+    const n = native().storeFrameNoWait(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+    if (n >= 0) return n;
+    return native().storeFrame(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+  }
+
+  /** Always on the thread pool (for tests and cold reads). */
+  frameAsync(buf: Buffer, r: FrameRequest): Promise<number> {
+    return native().storeFrame(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+  }
+
+  putHistory(tli: number, content: string | Buffer): Promise<void> {
+    return native().storePutHistory(this.h, tli, Buffer.isBuffer(content) ? content : Buffer.from(content));
+  }
+
+  async getHistory(tli: number): Promise<string | null> {
+    const b = await native().storeGetHistory(this.h, tli);
+    return b === null ? null : b.toString('utf8');
+  }
+}
+
+/** Decodes records forward from `start` in `dir` and reports where valid WAL ends. */
+export function findEndOfWal(dir: string, tli: number, segmentSize: number, start: Lsn, opts: ScanOptions = {}): Promise<ScanResult> {
+  return native().findEndOfWal(dir, tli, segmentSize, start, opts);
+}
