@@ -85,7 +85,16 @@ export interface StoreHandle {
 export interface NativeBinding {
   version(): string;
   crc32cImplementation(): string;
-  findEndOfWal(dir: string, tli: number, segSize: number, start: Lsn, opts?: ScanOptions): Promise<ScanResult>;
+  findEndOfWal(
+    dir: string,
+    tli: number,
+    segSize: number,
+    start: Lsn,
+    search?: boolean,
+    prev?: Lsn,
+    systemId?: bigint,
+    pgVersion?: number,
+  ): Promise<ScanResult>;
   controlRead(path: string): Promise<Buffer | null>;
   controlWrite(path: string, payload: Buffer): Promise<void>;
   storeOpen(dir: string, segSize: number, tli: number): Promise<StoreHandle>;

@@ -91,5 +91,5 @@ export class WalStore {
 
 /** Decodes records forward from `start` in `dir` and reports where valid WAL ends. */
 export function findEndOfWal(dir: string, tli: number, segmentSize: number, start: Lsn, opts: ScanOptions = {}): Promise<ScanResult> {
-  return native().findEndOfWal(dir, tli, segmentSize, start, opts);
+  return native().findEndOfWal(dir, tli, segmentSize, start, opts.search, opts.prev, opts.systemId, opts.pgVersion);
 }

@@ -345,18 +345,34 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
         result.end = pos;
 
         if rh.is_switch() {
-            // The rest of the segment is pages with only a header; count it as
-            // WAL only when those pages are really there, so that a torn
-            // switch segment is completed by streaming rather than left short.
+            // The rest of the segment belongs to the switch. PostgreSQL 14+
+            // writes it as all-zero pages (even the headers are zeroed, for
+            // compressibility); older servers left header-only pages. Count
+            // it as WAL only when those pages are really there, so that a
+            // switch segment cut short is completed by streaming.
             let seg_end = Lsn(end.segment_start(seg_size).0 + seg_size);
             let mut p = Lsn(pos.page_start().0 + if pos.is_page_start() { 0 } else { WAL_PAGE_SIZE });
             while p < seg_end {
-                match sc.load_page(p)? {
-                    Ok(h) if !h.is_contrecord() => {}
-                    Ok(_) => {
-                        return Ok(finish(result, &sc, Stop(format!("unexpected continuation page {p} after XLOG_SWITCH"), p)))
+                let zero = match sc.pages.page(p)? {
+                    None => {
+                        return Ok(finish(
+                            result,
+                            &sc,
+                            Stop(format!("segment ends early after XLOG_SWITCH at {rec_start}: no page at {p}"), p),
+                        ))
                     }
-                    Err(stop) => return Ok(finish(result, &sc, Stop(format!("after XLOG_SWITCH at {rec_start}: {}", stop.0), p))),
+                    Some(bytes) => bytes.iter().all(|&b| b == 0),
+                };
+                if !zero {
+                    match sc.load_page(p)? {
+                        Ok(h) if !h.is_contrecord() => {}
+                        Ok(_) => {
+                            return Ok(finish(result, &sc, Stop(format!("unexpected continuation page {p} after XLOG_SWITCH"), p)))
+                        }
+                        Err(stop) => {
+                            return Ok(finish(result, &sc, Stop(format!("after XLOG_SWITCH at {rec_start}: {}", stop.0), p)))
+                        }
+                    }
                 }
                 p = Lsn(p.0 + WAL_PAGE_SIZE);
             }
@@ -451,14 +467,33 @@ mod tests {
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.records, 5);
         assert_eq!(r.end, Lsn(3 * SEG), "a switch ends its segment");
-        // A switch segment whose padding pages are missing ends at the switch record.
-        let mut seg = b.segment(2);
+        // A switch segment cut short (its zero pages missing) ends at the switch record.
+        let seg = b.segment(2);
         let sw = b.records[4];
         let cut = (sw.0 .0 - 2 * SEG) as usize + 8192 * 2;
-        seg[cut..].fill(0);
-        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg).unwrap();
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg[..cut]).unwrap();
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.records, 5);
+        assert_eq!(r.end, Lsn(maxalign(sw.0 .0 + 24)));
+        assert!(r.stop_reason.contains("segment ends early"), "{}", r.stop_reason);
+        // Header-only padding pages (PostgreSQL before 14) are accepted too.
+        let mut seg = b.segment(2);
+        let mut hdr = [0u8; 24];
+        hdr[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        hdr[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let first_pad = (sw.0 .0 - 2 * SEG) as usize / 8192 * 8192 + 8192;
+        for page in (first_pad..SEG as usize).step_by(8192) {
+            hdr[8..16].copy_from_slice(&(2 * SEG + page as u64).to_le_bytes());
+            seg[page..page + 24].copy_from_slice(&hdr);
+        }
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg).unwrap();
+        let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
+        assert_eq!((r.records, r.end), (5, Lsn(3 * SEG)));
+        // A non-zero page that is not a valid header is not padding.
+        seg[first_pad + 8192 + 100] = 1;
+        seg[first_pad + 8192..first_pad + 8192 + 2].copy_from_slice(&[0, 0]);
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg).unwrap();
+        let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.end, Lsn(maxalign(sw.0 .0 + 24)));
     }
 

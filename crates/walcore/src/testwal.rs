@@ -131,12 +131,11 @@ impl WalBuilder {
         let mut next = Lsn(maxalign(pos.0));
         let mut end = next;
         if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
-            // The rest of the segment: header-only pages.
+            // The rest of the segment: all-zero pages, as PostgreSQL 14+
+            // writes them (the page headers are zeroed too).
             let seg_end = Lsn(start.segment_start(self.seg_size).0 + self.seg_size);
-            let mut p = Lsn(next.page_start().0 + if next.is_page_start() { 0 } else { WAL_PAGE_SIZE });
-            while p < seg_end {
-                self.write_page_header(p, 0);
-                p = Lsn(p.0 + WAL_PAGE_SIZE);
+            if self.end() < seg_end {
+                self.bytes.resize((seg_end.0 - self.start.0) as usize, 0);
             }
             next = seg_end;
             end = seg_end;
@@ -144,6 +143,7 @@ impl WalBuilder {
         if next.is_page_start() {
             next = self.write_page_header(next, 0);
         }
+        let _ = WAL_PAGE_SIZE;
         self.insert = next;
         self.records.push((start, end));
         start

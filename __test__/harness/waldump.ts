@@ -1,0 +1,63 @@
+// pg_waldump as the reference decoder: the records it lists and the position
+// where it says valid WAL ends.
+
+import { pgWaldump } from './pgtools.js';
+import { fmtLsn, lsnOf } from './pgtools.js';
+
+export interface DumpedRecord {
+  lsn: bigint;
+  prev: bigint;
+  totLen: number;
+  rmgr: string;
+  desc: string;
+}
+
+export interface Dump {
+  records: DumpedRecord[];
+  /** The last record pg_waldump read before its error ("error in WAL record at X"). */
+  lastGood: bigint | null;
+  /** The position named inside the error ("invalid record length at Y"), when it names one. */
+  errorAt: bigint | null;
+  error: string | null;
+}
+
+const REC = /^rmgr: (\S+)\s+len \(rec\/tot\):\s*\d+\/\s*(\d+), tx:\s*\d+, lsn: ([0-9A-F]+\/[0-9A-F]+), prev ([0-9A-F]+\/[0-9A-F]+), desc: (.*)$/;
+const ERR_AT = / at ([0-9A-F]+\/[0-9A-F]+)(?::|$)/;
+
+/** Runs pg_waldump over `dir` from `start` (to `end` if given) and parses every record line. */
+export async function waldump(dir: string, start: bigint, end?: bigint, timeline = 1): Promise<Dump> {
+  const args = ['-p', dir, '-t', String(timeline), '-s', fmtLsn(start)];
+  if (end !== undefined) args.push('-e', fmtLsn(end));
+  const r = await pgWaldump(args);
+  const records: DumpedRecord[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const m = REC.exec(line);
+    if (m) records.push({ rmgr: m[1]!, totLen: Number(m[2]), lsn: lsnOf(m[3]!), prev: lsnOf(m[4]!), desc: m[5]! });
+  }
+  const errLine = r.stderr.split('\n').find((l) => l.includes('error')) ?? null;
+  let errorAt: bigint | null = null;
+  let lastGood: bigint | null = null;
+  if (errLine) {
+    // "pg_waldump: error: error in WAL record at 0/1A2B3C8: invalid record length at 0/1A2B400: wanted 24, got 0"
+    const m = /error in WAL record at ([0-9A-F]+\/[0-9A-F]+): (.*)$/.exec(errLine);
+    if (m) {
+      lastGood = lsnOf(m[1]!);
+      const inner = ERR_AT.exec(m[2]!);
+      if (inner) errorAt = lsnOf(inner[1]!);
+    }
+  }
+  if (r.code !== 0 && errLine === null) throw new Error(`pg_waldump failed: ${r.stderr}`);
+  return { records, lastGood, errorAt, error: errLine };
+}
+
+/**
+ * pg_waldump reports the end of WAL as the position where it tried to read
+ * the next record; when that is just after a page header, PostgreSQL's own
+ * end position (and ours) is the page boundary before it.
+ */
+export function endBeforeHeader(lsn: bigint, segSize: number): bigint {
+  const inSeg = Number(lsn % BigInt(segSize));
+  if (inSeg === 40) return lsn - 40n;
+  if (inSeg % 8192 === 24) return lsn - 24n;
+  return lsn;
+}

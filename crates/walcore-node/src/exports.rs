@@ -1,0 +1,318 @@
+//! The functions JavaScript calls (typed in `ts/native.ts`).
+//!
+//! Only what TypeScript needs: a store handle and its operations, the
+//! end-of-WAL scan, the control file. Anything that can wait on a disk —
+//! open, append, flush, truncate, remove, reads, the scan, the control file —
+//! runs on the libuv thread pool and returns a Promise. The synchronous calls
+//! touch only memory, except `storeFrameNoWait`, which reads with RWF_NOWAIT
+//! and so never waits for the disk: it returns -1 instead, and the caller
+//! uses `storeFrame`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use walcore::scan::{find_end_of_wal, ScanOptions, StartKind};
+use walcore::source::DirSource;
+use walcore::store::Store;
+use walcore::xlogdata::{self, FrameRequest, DEFAULT_MAX_SEND};
+use walcore::{control, crc32c, Lsn};
+
+use crate::napi::{napi_type_tag, napi_value, spawn, spawn_with_buffers, BufferRef, CallArgs, Env, JsError, JsResult};
+
+/// Tag of store handles, so that no other external can be passed as one.
+static STORE_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7273_746f_7265_0001 };
+
+fn range_error(msg: impl Into<String>) -> JsError {
+    JsError::range_error(msg).with_code(crate::napi::OUT_OF_RANGE_CODE)
+}
+
+fn js_err(e: walcore::Error) -> JsError {
+    JsError::error(e.code.as_str(), e.message)
+}
+
+pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
+    let fns: [(&str, crate::napi::Callback); 18] = [
+        ("version", version),
+        ("crc32cImplementation", crc32c_implementation),
+        ("findEndOfWal", find_end),
+        ("controlRead", control_read),
+        ("controlWrite", control_write),
+        ("storeOpen", store_open),
+        ("storeState", store_state),
+        ("storeSetTimeline", store_set_timeline),
+        ("storeList", store_list),
+        ("storeAppend", store_append),
+        ("storeFlush", store_flush),
+        ("storeTruncate", store_truncate),
+        ("storeRemoveBelow", store_remove_below),
+        ("storeRead", store_read),
+        ("storeFrameNoWait", store_frame_nowait),
+        ("storeFrame", store_frame),
+        ("storePutHistory", store_put_history),
+        ("storeGetHistory", store_get_history),
+    ];
+    for (name, f) in fns {
+        env.define_function(exports, name, f)?;
+    }
+    Ok(())
+}
+
+fn version(env: &Env, _args: &CallArgs) -> JsResult<napi_value> {
+    env.string(env!("CARGO_PKG_VERSION"))
+}
+
+fn crc32c_implementation(env: &Env, _args: &CallArgs) -> JsResult<napi_value> {
+    env.string(crc32c::implementation_name())
+}
+
+fn lsn_arg(args: &CallArgs, i: usize, name: &str) -> JsResult<Lsn> {
+    args.bigint_u64(i, name).map(Lsn)
+}
+
+fn seg_size_arg(args: &CallArgs, i: usize) -> JsResult<u64> {
+    let s = args.u32(i, "segSize")? as u64;
+    walcore::lsn::check_segment_size(s).map_err(|e| range_error(e.message))?;
+    Ok(s)
+}
+
+fn tli_arg(args: &CallArgs, i: usize) -> JsResult<u32> {
+    let t = args.u32(i, "tli")?;
+    if t == 0 {
+        return Err(range_error("tli must be at least 1"));
+    }
+    Ok(t)
+}
+
+fn opt_lsn(env: &Env, l: Option<Lsn>) -> JsResult<napi_value> {
+    match l {
+        Some(l) => env.bigint(l.0),
+        None => env.null(),
+    }
+}
+
+/// `findEndOfWal(dir, tli, segSize, start, search?, prev?, systemId?, pgVersion?)`
+fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let dir = PathBuf::from(args.string(0, "dir")?);
+    let tli = tli_arg(args, 1)?;
+    let seg = seg_size_arg(args, 2)?;
+    let start = lsn_arg(args, 3, "start")?;
+    let search = args.opt_bool(4, "search")?.unwrap_or(false);
+    let prev = args.opt_bigint_u64(5, "prev")?.map(Lsn);
+    let system_id = args.opt_bigint_u64(6, "systemId")?;
+    let magic = match args.opt_u32(7, "pgVersion")? {
+        None => None,
+        Some(v) => Some(
+            walcore::page::magic_for_pg_version(v)
+                .ok_or_else(|| range_error(format!("PostgreSQL {v} WAL is not supported (15, 16 and 17 are)")))?,
+        ),
+    };
+    spawn(
+        env,
+        move || {
+            let src = DirSource::open(&dir, tli, seg).map_err(js_err)?;
+            let opts = ScanOptions {
+                start,
+                kind: if search { StartKind::Search } else { StartKind::Record },
+                prev,
+                system_id,
+                magic,
+            };
+            find_end_of_wal(&src, &opts).map_err(|e| js_err(e.context(format!("scanning {} from {start}", dir.display()))))
+        },
+        |env, r| {
+            let o = env.object()?;
+            env.set(o, "end", env.bigint(r.end.0)?)?;
+            env.set(o, "firstRecord", opt_lsn(env, r.first_record)?)?;
+            env.set(o, "lastRecord", opt_lsn(env, r.last_record)?)?;
+            env.set(o, "records", env.number(r.records as f64)?)?;
+            env.set(o, "stopReason", env.string(&r.stop_reason)?)?;
+            env.set(o, "stopLsn", env.bigint(r.stop_lsn.0)?)?;
+            env.set(o, "pgVersion", r.pg_version.map_or_else(|| env.null(), |v| env.u32(v))?)?;
+            env.set(o, "systemId", r.system_id.map_or_else(|| env.null(), |v| env.bigint(v))?)?;
+            env.set(o, "tli", r.tli.map_or_else(|| env.null(), |v| env.u32(v))?)?;
+            Ok(o)
+        },
+    )
+}
+
+/// `controlRead(path): Promise<Buffer | null>`
+fn control_read(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let path = PathBuf::from(args.string(0, "path")?);
+    spawn(env, move || control::read(&path).map_err(js_err), |env, payload| match payload {
+        Some(p) => env.buffer(&p),
+        None => env.null(),
+    })
+}
+
+/// `controlWrite(path, payload: Buffer): Promise<void>`
+fn control_write(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let path = PathBuf::from(args.string(0, "path")?);
+    // The payload is small: copy it, so JS may reuse its buffer at once.
+    let payload = args.buffer(1, "payload")?.to_vec();
+    spawn(env, move || control::write(&path, &payload).map_err(js_err), |env, ()| env.undefined())
+}
+
+fn store_arg(args: &CallArgs) -> JsResult<Arc<Store>> {
+    args.external::<Store>(0, "store", &STORE_TAG)
+}
+
+/// `storeOpen(dir, segSize, tli): Promise<StoreHandle>`
+fn store_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let dir = PathBuf::from(args.string(0, "dir")?);
+    let seg = seg_size_arg(args, 1)?;
+    let tli = tli_arg(args, 2)?;
+    spawn(env, move || Store::open(&dir, seg, tli).map(Arc::new).map_err(js_err), |env, store| {
+        env.external(store, &STORE_TAG)
+    })
+}
+
+/// `storeState(store): { dir, segmentSize, tli, writeLsn, flushLsn }` (memory only)
+fn store_state(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let o = env.object()?;
+    env.set(o, "dir", env.string(&s.dir().to_string_lossy())?)?;
+    env.set(o, "segmentSize", env.number(s.seg_size() as f64)?)?;
+    env.set(o, "tli", env.u32(s.timeline())?)?;
+    env.set(o, "writeLsn", opt_lsn(env, s.write_lsn())?)?;
+    env.set(o, "flushLsn", env.bigint(s.flush_lsn().0)?)?;
+    Ok(o)
+}
+
+fn store_set_timeline(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let tli = tli_arg(args, 1)?;
+    s.set_timeline(tli).map_err(js_err)?;
+    env.undefined()
+}
+
+/// `storeList(store): SegmentInfo[]` (memory only: the store's own index)
+fn store_list(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let mut items = Vec::new();
+    for i in s.list() {
+        let o = env.object()?;
+        env.set(o, "tli", env.u32(i.tli)?)?;
+        env.set(o, "segno", env.number(i.segno as f64)?)?;
+        env.set(o, "partial", env.boolean(i.partial)?)?;
+        env.set(o, "name", env.string(&i.name)?)?;
+        env.set(o, "start", env.bigint(i.start.0)?)?;
+        items.push(o);
+    }
+    env.array(&items)
+}
+
+/// `storeAppend(store, lsn, data: Buffer): Promise<bigint>` — the new write position.
+fn store_append(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let lsn = lsn_arg(args, 1, "lsn")?;
+    let data = args.buffer_ref(2, "data")?;
+    spawn_with_buffers(
+        env,
+        vec![data],
+        move |bufs: &mut [BufferRef]| {
+            let d = bufs[0].as_slice();
+            s.append(lsn, d).map_err(js_err)?;
+            Ok(Lsn(lsn.0 + d.len() as u64))
+        },
+        |env, end| env.bigint(end.0),
+    )
+}
+
+/// `storeFlush(store): Promise<bigint>` — the new flush position.
+fn store_flush(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    spawn(env, move || s.flush().map_err(js_err), |env, l| env.bigint(l.0))
+}
+
+fn store_truncate(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let lsn = lsn_arg(args, 1, "lsn")?;
+    spawn(env, move || s.truncate(lsn).map_err(js_err), |env, ()| env.undefined())
+}
+
+/// `storeRemoveBelow(store, segno): Promise<string[]>` — names removed.
+fn store_remove_below(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let segno = args.bigint_u64(1, "segno").or_else(|_| args.u32(1, "segno").map(u64::from))?;
+    spawn(env, move || s.remove_below(segno).map_err(js_err), |env, names| {
+        let items = names.iter().map(|n| env.string(n)).collect::<JsResult<Vec<_>>>()?;
+        env.array(&items)
+    })
+}
+
+/// `storeRead(store, tli, lsn, buf): Promise<number>` — bytes read (up to the write position).
+fn store_read(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let tli = tli_arg(args, 1)?;
+    let lsn = lsn_arg(args, 2, "lsn")?;
+    let buf = args.buffer_ref(3, "buf")?;
+    spawn_with_buffers(
+        env,
+        vec![buf],
+        move |bufs: &mut [BufferRef]| s.read(tli, lsn, bufs[0].as_mut_slice()).map_err(js_err),
+        |env, n| env.number(n as f64),
+    )
+}
+
+/// Arguments 1..=7 of the frame calls: buf, tli, start, end, walEnd, maxSend?, sendTime?
+fn frame_request(args: &CallArgs) -> JsResult<FrameRequest> {
+    let tli = tli_arg(args, 2)?;
+    let start = lsn_arg(args, 3, "start")?;
+    let end = lsn_arg(args, 4, "end")?;
+    let wal_end = lsn_arg(args, 5, "walEnd")?;
+    let max_send = args.opt_u32(6, "maxSend")?.map_or(DEFAULT_MAX_SEND, |m| m as usize);
+    if max_send == 0 {
+        return Err(range_error("maxSend must be at least 1"));
+    }
+    let send_time = args.opt_bigint_u64(7, "sendTime")?.map(|t| t as i64);
+    if end <= start {
+        return Err(range_error(format!("end {end} must be above start {start}")));
+    }
+    Ok(FrameRequest { tli, start, end, wal_end, send_time, max_send })
+}
+
+/// `storeFrameNoWait(store, buf, tli, start, end, walEnd, maxSend?, sendTime?): number`
+/// — bytes of `buf` used by one XLogData message, or -1 when the WAL is not
+/// in the page cache (then call `storeFrame`).
+fn store_frame_nowait(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let req = frame_request(args)?;
+    let buf = args.buffer(1, "buf")?;
+    match xlogdata::frame(&s, &req, buf, true).map_err(|e| js_err(e.context(format!("framing WAL at {}", req.start))))? {
+        Some(n) => env.number(n as f64),
+        None => env.number(-1.0),
+    }
+}
+
+/// `storeFrame(store, buf, …): Promise<number>` — the same on the thread pool.
+fn store_frame(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let req = frame_request(args)?;
+    let buf = args.buffer_ref(1, "buf")?;
+    spawn_with_buffers(
+        env,
+        vec![buf],
+        move |bufs: &mut [BufferRef]| {
+            let n = xlogdata::frame(&s, &req, bufs[0].as_mut_slice(), false)
+                .map_err(|e| js_err(e.context(format!("framing WAL at {}", req.start))))?;
+            Ok(n.expect("a blocking frame always completes"))
+        },
+        |env, n| env.number(n as f64),
+    )
+}
+
+fn store_put_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let tli = tli_arg(args, 1)?;
+    let content = args.buffer(2, "content")?.to_vec();
+    spawn(env, move || s.put_history(tli, &content).map_err(js_err), |env, ()| env.undefined())
+}
+
+fn store_get_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let tli = tli_arg(args, 1)?;
+    spawn(env, move || s.get_history(tli).map_err(js_err), |env, c| match c {
+        Some(c) => env.buffer(&c),
+        None => env.null(),
+    })
+}
