@@ -114,21 +114,21 @@ export interface NativeBinding {
 
 export const BUILD_COMMAND = 'npm run build:native  (napi build --platform --release --no-js)';
 
-function load(): NativeBinding {
-  const triple = platformTriple();
-  const file = `walkeeper.${triple}.node`;
-  const local = path.join(packageRoot, file);
-  const tried: string[] = [local];
-  if (existsSync(local)) return require(local) as NativeBinding;
+/**
+ * Loads `walkeeper.<triple>.node` from `root`, else the platform package;
+ * throws one error naming the platform and how to build the binary.
+ */
+export function loadBinding(root: string = packageRoot, triple: string = platformTriple()): NativeBinding {
+  const file = path.join(root, `walkeeper.${triple}.node`);
+  if (existsSync(file)) return require(file) as NativeBinding;
   const pkg = `walkeeper-${triple}`;
-  tried.push(`package ${pkg}`);
   try {
     return require(pkg) as NativeBinding;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
   }
   throw new Error(
-    `walkeeper: no native core for platform ${triple} (looked for ${tried.join(' and ')}). ` +
+    `walkeeper: no native core for platform ${triple} (looked for ${file} and package ${pkg}). ` +
       `Build it with a Rust toolchain: ${BUILD_COMMAND}`,
   );
 }
@@ -137,6 +137,6 @@ let binding: NativeBinding | undefined;
 
 /** The native binding, loaded on first use. */
 export function native(): NativeBinding {
-  binding ??= load();
+  binding ??= loadBinding();
   return binding;
 }

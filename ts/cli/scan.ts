@@ -30,13 +30,15 @@ export async function scanCommand(args: string[]): Promise<number> {
   );
   if (positionals.length !== 1) throw new UsageError(`scan takes one directory\n${SCAN_USAGE}`);
   const dir = positionals[0]!;
+  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
+  const tliOpt = intOption('tli', str('tli'), 1, 0xffffffff);
+  const startOpt = str('start') !== undefined ? parseLsn(str('start')!) : undefined;
   const names = (await readdir(dir).catch((e: NodeJS.ErrnoException) => {
     throw new Error(`cannot read directory ${dir}: ${e.code ?? e.message}`);
   })).filter((n) => SEGMENT_RE.test(n));
   if (names.length === 0) throw new Error(`${dir} holds no WAL segment files`);
   const tlis = [...new Set(names.map((n) => parseInt(n.slice(0, 8), 16)))].sort((a, b) => a - b);
-  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
-  const tli = intOption('tli', str('tli'), 1, 0xffffffff) ?? tlis[tlis.length - 1]!;
+  const tli = tliOpt ?? tlis[tlis.length - 1]!;
   const ofTli = names.filter((n) => parseInt(n.slice(0, 8), 16) <= tli).sort((a, b) => a.slice(8, 24).localeCompare(b.slice(8, 24)));
   if (ofTli.length === 0) throw new Error(`${dir} holds no segment of timeline ${tli}`);
   // The segment size is in the long header of every segment's first page.
@@ -55,8 +57,8 @@ export async function scanCommand(args: string[]): Promise<number> {
   const perId = 0x1_0000_0000 / segSize;
   const m = SEGMENT_RE.exec(first)!;
   const segno = parseInt(m[2]!, 16) * perId + parseInt(m[3]!, 16);
-  const start = str('start') !== undefined ? parseLsn(str('start')!) : BigInt(segno) * BigInt(segSize);
-  const r = await findEndOfWal(dir, tli, segSize, start, { search: str('start') === undefined });
+  const start = startOpt ?? BigInt(segno) * BigInt(segSize);
+  const r = await findEndOfWal(dir, tli, segSize, start, { search: startOpt === undefined });
   if (values.json) {
     process.stdout.write(
       `${JSON.stringify({

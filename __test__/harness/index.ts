@@ -1,0 +1,7 @@
+// The test harness in one import: `import { withPostgres, generateWal } from './harness/index.js'`.
+export * from './tmp.js';
+export * from './ports.js';
+export * from './pgtools.js';
+export * from './pg.js';
+export * from './wal.js';
+export * from './waldump.js';
