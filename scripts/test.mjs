@@ -194,10 +194,12 @@ async function reapLeakedServers() {
  * against stale build outputs.
  */
 async function build() {
-  banner('npm run build');
-  const code = await run('npm', ['run', '--silent', 'build'], { env: { CARGO_NET_OFFLINE: 'true' }, onLine: () => {} });
+  banner('npm run build && npm run typecheck');
+  let code = await run('npm', ['run', '--silent', 'build'], { env: { CARGO_NET_OFFLINE: 'true' }, onLine: () => {} });
+  // Specs, harness and benchmarks are type-checked too (tsx only strips types).
+  if (code === 0) code = await run('npm', ['run', '--silent', 'typecheck'], { env: {}, onLine: () => {} });
   if (code !== 0) {
-    problems.push(`npm run build exited with ${code}`);
+    problems.push(`npm run build/typecheck exited with ${code}`);
     totals.failed++;
     return false;
   }

@@ -69,9 +69,13 @@ export class WalStore {
    * touched until the returned value (or promise) is settled.
    */
   frame(buf: Buffer, r: FrameRequest): number | Promise<number> {
-    const n = native().storeFrameNoWait(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
-    if (n >= 0) return n;
-    return native().storeFrame(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+    const n = this.frameNoWait(buf, r);
+    return n >= 0 ? n : this.frameAsync(buf, r);
+  }
+
+  /** The synchronous half of `frame`: -1 when the WAL is not in the page cache. */
+  frameNoWait(buf: Buffer, r: FrameRequest): number {
+    return native().storeFrameNoWait(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
   }
 
   /** Always on the thread pool (for tests and cold reads). */
