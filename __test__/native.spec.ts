@@ -243,3 +243,31 @@ test('the control file round-trips, and a damaged one is refused, never reset', 
   await writeControlFile(dir, { ...control, commitLsn: control.flushLsn });
   t.is(formatLsn((await readControlFile(dir))!.commitLsn), '0/3000148');
 });
+
+test('a Rust panic becomes a JS exception or a rejected promise; the process carries on', async (t) => {
+  // The panic hook exists only with WALKEEPER_TEST_HOOKS=1, so run it in a child process.
+  const script = `
+    import { native } from './ts/native.ts';
+    const b = native();
+    const out = [];
+    try { b.__testPanic('boom on the JS thread'); } catch (e) { out.push([e.constructor.name, e.code, e.message]); }
+    await b.__testPanic('boom in async work', true).catch((e) => out.push([e.constructor.name, e.code, e.message]));
+    out.push(b.version());
+    console.log(JSON.stringify(out));
+  `;
+  const { execFile } = await import('node:child_process');
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+  const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: root, env: { ...process.env, WALKEEPER_TEST_HOOKS: '1' } }, (err, stdout, stderr) =>
+      resolve({ code: err ? Number(err.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+  t.is(r.code, 0, r.stderr);
+  const [sync, async, version] = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as [string[], string[], string];
+  t.deepEqual(sync.slice(0, 2), ['Error', 'WALCORE_PANIC']);
+  t.regex(sync[2]!, /boom on the JS thread/);
+  t.deepEqual(async.slice(0, 2), ['Error', 'WALCORE_PANIC']);
+  t.regex(async[2]!, /boom in async work/);
+  t.is(version, native().version(), 'still serving calls after both panics');
+  t.false('__testPanic' in native(), 'the hook is absent in normal processes');
+});

@@ -54,7 +54,22 @@ pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
     for (name, f) in fns {
         env.define_function(exports, name, f)?;
     }
+    // Lets the test suite prove that a Rust panic becomes a JS exception (or
+    // a rejected promise) and never aborts the process. Present only when
+    // the process was started with WALKEEPER_TEST_HOOKS=1.
+    if std::env::var_os("WALKEEPER_TEST_HOOKS").is_some_and(|v| v == "1") {
+        env.define_function(exports, "__testPanic", test_panic)?;
+    }
     Ok(())
+}
+
+/// `__testPanic(message, async: boolean)`: panics on the JS thread, or in async work.
+fn test_panic(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let msg = args.string(0, "message")?;
+    if args.opt_bool(1, "async")?.unwrap_or(false) {
+        return spawn(env, move || -> JsResult<()> { panic!("{msg}") }, |env, ()| env.undefined());
+    }
+    panic!("{msg}");
 }
 
 fn version(env: &Env, _args: &CallArgs) -> JsResult<napi_value> {

@@ -9,7 +9,7 @@
 //! Writes are atomic: a temp file, fsync, rename over the old one, fsync of
 //! the directory (as Neon's safekeeper and PostgreSQL's own pg_control do).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -95,26 +95,16 @@ pub fn write(path: &Path, payload: &[u8]) -> Result<()> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Error::new(ErrorCode::InvalidArgument, format!("control file payload of {} bytes is too large", payload.len())));
     }
-    let tmp = temp_path(path);
-    let bytes = encode(payload);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        sys::durable_rename(&tmp, path)
-    })();
-    res.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("cannot write control file", path, e)
-    })
+    write_file_durable(path, &encode(payload))
 }
 
-/// Writes a small file (a timeline history file) durably under its final name.
+/// Writes a small file (the control file, a timeline history file)
+/// atomically and durably under its final name: a temp file, fsync, rename,
+/// fsync of the directory. A crash leaves the old file or the new one.
 pub fn write_file_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let res = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
