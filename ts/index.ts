@@ -1,9 +1,11 @@
 /**
- * walkeeper as a library. The node (`startNode`) and the receiver
- * (`WalReceiver`) are added by their issues; what exists now is the WAL
- * core: LSN helpers, the segment store, the end-of-WAL scan and the control
- * file.
+ * walkeeper as a library: `startNode` runs a node in this process; the WAL
+ * core (LSN helpers, the segment store, the end-of-WAL scan, the control
+ * file) is here for tools. The receiver (`WalReceiver`) comes with its issue.
  */
+export { startNode, WalkeeperNode, type NodeOptions } from './node/node.js';
+export { Stream, type Slot } from './node/stream.js';
+export { importWal, type ImportOptions, type ImportResult } from './node/import.js';
 export * from './lsn.js';
 export { native, platformTriple, type ScanResult, type ScanOptions, type SegmentInfo, type StoreState } from './native.js';
 export { WalStore, findEndOfWal, XLOGDATA_HEADER_SIZE, MAX_SEND_SIZE, type FrameRequest } from './node/wal_storage.js';

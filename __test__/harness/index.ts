@@ -5,3 +5,8 @@ export * from './pgtools.js';
 export * from './pg.js';
 export * from './wal.js';
 export * from './waldump.js';
+export * from './conninfo.js';
+export * from './standby.js';
+export * from './receivewal.js';
+export * from './proxy.js';
+export * from './node.js';

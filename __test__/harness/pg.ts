@@ -5,7 +5,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
-import { appendFile, readFile } from 'node:fs/promises';
+import { appendFile, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -26,6 +26,12 @@ export interface StartPostgresOptions {
   conf?: Record<string, string | number | boolean>;
   /** How long to wait for the server to accept connections. Default 60000 ms. */
   startTimeoutMs?: number;
+  /**
+   * pg_hba.conf lines put before the ones initdb wrote (which trust every
+   * local and 127.0.0.1 connection), e.g.
+   * `host replication alice 127.0.0.1/32 scram-sha-256`. First match wins.
+   */
+  hba?: string[];
 }
 
 const HOST = '127.0.0.1';
@@ -310,10 +316,20 @@ export class PgCluster {
       } catch (e) {
         lastErr = (e as Error).message;
         await c.end().catch(() => undefined);
+        if (this.upDespite(e as Error)) break;
         await sleep(100);
       }
     }
     this._pid = this.postmasterPid();
+  }
+
+  /**
+   * @internal for subclasses (standby.ts): start() also counts the server as
+   * up when a connection attempt fails with an error for which this returns
+   * true (e.g. 57P03 from a standby that is not consistent yet).
+   */
+  protected upDespite(_err: Error): boolean {
+    return false;
   }
 
   /** @internal after a failed start (port taken), choose another port. */
@@ -419,7 +435,7 @@ export class PgCluster {
   }
 
   /** @internal */
-  async init(walSegSizeMB: number | undefined, conf: Record<string, string | number | boolean>): Promise<void> {
+  async init(walSegSizeMB: number | undefined, conf: Record<string, string | number | boolean>, hba: string[] = []): Promise<void> {
     await makeServerDir(this.dataDir, 0o700);
     await makeServerDir(this.socketDir, 0o755);
     const args = ['-D', this.dataDir, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C'];
@@ -439,6 +455,12 @@ export class PgCluster {
     for (const [k, v] of Object.entries(settings)) lines.push(`${k} = ${confValue(v)}`);
     // Appending keeps the file's owner (the server user).
     await appendFile(path.join(this.dataDir, 'postgresql.conf'), lines.join('\n') + '\n');
+    if (hba.length > 0) {
+      // Rewriting in place keeps the file's owner (the server user).
+      const hbaFile = path.join(this.dataDir, 'pg_hba.conf');
+      const rest = await readFile(hbaFile, 'utf8');
+      await writeFile(hbaFile, ['# --- walkeeper test harness ---', ...hba, '', rest].join('\n'));
+    }
   }
 }
 
@@ -464,7 +486,7 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
   try {
     cluster = new PgCluster(tmp, await freePort(HOST), segMB, opts.startTimeoutMs ?? 60_000);
     clusters.add(cluster);
-    await cluster.init(opts.walSegSizeMB, opts.conf ?? {});
+    await cluster.init(opts.walSegSizeMB, opts.conf ?? {}, opts.hba ?? []);
     for (let attempt = 1; ; attempt++) {
       try {
         await cluster.start();
@@ -494,6 +516,14 @@ export async function withPostgres(t: TeardownContext, opts: StartPostgresOption
   const cluster = await startPostgres(opts);
   t.teardown(() => cluster.destroy());
   return cluster;
+}
+
+/**
+ * @internal Registers a cluster built outside startPostgres() (standby.ts) so
+ * that stopAllClusters() and the exit hook cover it; destroy() unregisters it.
+ */
+export function trackCluster(cluster: PgCluster): void {
+  clusters.add(cluster);
 }
 
 /** Stops and removes every cluster this process started and has not destroyed yet. */

@@ -6,6 +6,8 @@
  */
 import { createRequire } from 'node:module';
 
+import { importCommand, IMPORT_USAGE } from './import.js';
+import { nodeCommand, NODE_USAGE } from './node.js';
 import { scanCommand, SCAN_USAGE } from './scan.js';
 import { UsageError } from './args.js';
 
@@ -17,6 +19,8 @@ const USAGE = `walkeeper ${pkg.version} — a durable WAL service for PostgreSQL
 Usage: walkeeper <command> [options]
 
 Commands:
+  node               run a node: serve its streams to pg_receivewal, standbys and receivers
+  import <wal-dir>   seed a stream from a pg_wal or WAL archive directory
   scan <wal-dir>     find the end of valid WAL in a pg_wal, archive or stream directory
   help               show this help
   version            print the version
@@ -31,6 +35,8 @@ Documentation: README.md
 type Command = { run: (args: string[]) => Promise<number>; usage: string };
 
 const commands: Record<string, Command> = {
+  node: { run: nodeCommand, usage: NODE_USAGE },
+  import: { run: importCommand, usage: IMPORT_USAGE },
   scan: { run: scanCommand, usage: SCAN_USAGE },
 };
 

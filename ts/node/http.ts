@@ -1,0 +1,123 @@
+/**
+ * The node's HTTP API: health, and each stream's state for operators,
+ * peers and receivers (which learn the replication address from
+ * `pg_address`). JSON, LSNs as `X/X`.
+ */
+import http from 'node:http';
+
+import { formatLsn, type Lsn } from '../lsn.js';
+import type { Replica } from './replica.js';
+import type { Stream } from './stream.js';
+
+export interface HttpNodeView {
+  nodeId: number;
+  pgAddress: string;
+  httpAddress: string;
+  availabilityZone: string | null;
+  streams: ReadonlyMap<string, Stream>;
+}
+
+const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
+
+export function replicaJson(r: Replica) {
+  const f = r.feedback;
+  return {
+    id: r.id,
+    application_name: r.info.applicationName,
+    address: r.info.address,
+    state: r.state,
+    recovery: r.info.recovery,
+    slot: r.info.slot,
+    tli: r.info.tli,
+    start_lsn: formatLsn(r.info.startLsn),
+    sent_lsn: formatLsn(r.sentLsn),
+    write_lsn: formatLsn(f.writeLsn),
+    flush_lsn: formatLsn(f.flushLsn),
+    apply_lsn: formatLsn(f.applyLsn),
+    xmin: f.xmin === 0 ? null : f.xmin,
+    catalog_xmin: f.catalogXmin === 0 ? null : f.catalogXmin,
+    last_received_lsn: f.lastReceivedLsn === 0n ? null : formatLsn(f.lastReceivedLsn),
+    disk_consistent_lsn: f.diskConsistentLsn === 0n ? null : formatLsn(f.diskConsistentLsn),
+    remote_consistent_lsn: f.remoteConsistentLsn === 0n ? null : formatLsn(f.remoteConsistentLsn),
+    connected_at: r.connectedAt.toISOString(),
+    last_feedback_at: r.lastFeedbackAt?.toISOString() ?? null,
+  };
+}
+
+export function streamJson(node: HttpNodeView, s: Stream) {
+  const a = s.replicas.aggregates();
+  return {
+    name: s.name,
+    state: s.state,
+    node_id: node.nodeId,
+    system_id: s.systemId.toString(),
+    pg_version: s.pgVersion,
+    tli: s.tli,
+    segment_size: s.segmentSize,
+    flush_lsn: formatLsn(s.flushLsn),
+    commit_lsn: formatLsn(s.commitLsn),
+    oldest_lsn: lsn(s.oldestLsn),
+    pg_address: node.pgAddress,
+    http_address: node.httpAddress,
+    availability_zone: node.availabilityZone,
+    updated_at: new Date().toISOString(),
+    replicas: s.replicas.list().map(replicaJson),
+    replica_aggregates: {
+      count: a.count,
+      min_write_lsn: lsn(a.minWriteLsn),
+      min_flush_lsn: lsn(a.minFlushLsn),
+      min_apply_lsn: lsn(a.minApplyLsn),
+      min_xmin: a.minXmin === null ? null : a.minXmin.toString(),
+      min_catalog_xmin: a.minCatalogXmin === null ? null : a.minCatalogXmin.toString(),
+      max_remote_consistent_lsn: lsn(a.maxRemoteConsistentLsn),
+    },
+    slots: [...s.slots.values()].map((sl) => ({
+      name: sl.name,
+      restart_lsn: sl.restartLsn === 0n ? null : formatLsn(sl.restartLsn),
+      tli: sl.tli,
+      temporary: sl.temporary,
+      active: sl.activeBy !== null,
+    })),
+  };
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export function createHttpServer(node: HttpNodeView): http.Server {
+  return http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    const method = req.method ?? 'GET';
+    try {
+      if (parts.length === 1 && parts[0] === 'healthz') {
+        if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+        return send(res, 200, { status: 'ok', node_id: node.nodeId, streams: node.streams.size });
+      }
+      if (parts[0] === 'v1' && parts[1] === 'streams') {
+        if (parts.length === 2) {
+          if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+          return send(res, 200, [...node.streams.values()].map((s) => streamJson(node, s)));
+        }
+        const s = node.streams.get(parts[2]!);
+        if (!s) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
+        if (parts.length === 3 && method === 'GET') return send(res, 200, streamJson(node, s));
+        if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {
+          s.suspend('suspended over HTTP');
+          return send(res, 200, streamJson(node, s));
+        }
+        if (parts.length === 4 && method === 'POST' && parts[3] === 'resume') {
+          s.resume();
+          return send(res, 200, streamJson(node, s));
+        }
+        return send(res, parts.length <= 4 ? 405 : 404, { error: `${method} ${url.pathname} is not supported` });
+      }
+      return send(res, 404, { error: `no such endpoint: ${url.pathname}` });
+    } catch (err) {
+      return send(res, 500, { error: (err as Error).message });
+    }
+  });
+}

@@ -1,0 +1,320 @@
+/**
+ * A walkeeper node: its streams, the replication listener and the HTTP
+ * API. `startNode` is the library entry point; the `walkeeper node` command
+ * is a thin shell around it.
+ */
+import { randomBytes } from 'node:crypto';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import type http from 'node:http';
+
+import { PgError, SQLSTATE } from '../pgwire/errors.js';
+import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
+import { ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
+import { ReplicationSession } from './handler.js';
+import { createHttpServer } from './http.js';
+import { lockDataDir } from './lockfile.js';
+import { createLogger, type Logger } from './log.js';
+import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from './send_wal.js';
+import { Stream } from './stream.js';
+
+const require = createRequire(import.meta.url);
+export const VERSION = (require('../../package.json') as { version: string }).version;
+
+export interface NodeOptions {
+  dataDir: string;
+  /** host:port for replication connections; port 0 picks a free one. Default 127.0.0.1:5454. */
+  listenPg?: string;
+  /** host:port for HTTP. Default 127.0.0.1:7676. */
+  listenHttp?: string;
+  nodeId?: number;
+  /** The stream this node ingests (later issues) and serves by default. */
+  stream?: string;
+  auth?: AuthMethod;
+  passwordFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  availabilityZone?: string;
+  logger?: Logger;
+  sender?: Partial<SenderConfig>;
+}
+
+export function parseHostPort(text: string, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`${what} must be host:port, not ${JSON.stringify(text)}`);
+  return { host: m[1] ?? m[2] ?? '', port };
+}
+
+function formatAddress(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/**
+ * Reads a password file: `user:password` or `user:SCRAM-SHA-256$…` (a
+ * verifier as pg_authid stores it) per line; `#` comments and blank lines
+ * are skipped.
+ */
+export async function readPasswordFile(file: string): Promise<Map<string, ScramVerifier>> {
+  const text = await readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    throw new Error(`cannot read password file ${file}: ${e.code ?? e.message}`);
+  });
+  const users = new Map<string, ScramVerifier>();
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const colon = line.indexOf(':');
+    if (colon <= 0) throw new Error(`password file ${file} line ${i + 1}: expected user:password`);
+    const user = line.slice(0, colon);
+    const secret = line.slice(colon + 1);
+    users.set(user, secret.startsWith('SCRAM-SHA-256$') ? parseVerifier(secret) : makeVerifier(secret));
+  });
+  return users;
+}
+
+/** A random secret kept in the data directory, the same across restarts. */
+async function readOrCreateSecret(file: string): Promise<Buffer> {
+  const have = await readFile(file).catch(() => null);
+  if (have && have.length >= 32) return have;
+  const secret = randomBytes(32);
+  await writeFile(file, secret, { mode: 0o600 });
+  return secret;
+}
+
+function listen(server: net.Server | http.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+interface Conn {
+  conn: ServerConnection;
+  stream: Stream | null;
+  session: ReplicationSession | null;
+}
+
+export class WalkeeperNode {
+  readonly nodeId: number;
+  readonly streams = new Map<string, Stream>();
+  readonly log: Logger;
+  pgAddress = '';
+  httpAddress = '';
+  readonly availabilityZone: string | null;
+  private pgServer: net.Server | null = null;
+  private httpServer: http.Server | null = null;
+  private readonly conns = new Map<number, Conn>();
+  private readonly senders = new Map<WalSender, Stream>();
+  private readonly sessions = new Set<Promise<void>>();
+  private releaseLock: (() => Promise<void>) | null = null;
+  private stopping: Promise<void> | null = null;
+  private readonly senderConfig: SenderConfig;
+  private tlsContext: tls.SecureContext | null = null;
+  private users = new Map<string, ScramVerifier>();
+  private mockSecret: Buffer = randomBytes(32);
+
+  constructor(readonly opts: NodeOptions) {
+    this.nodeId = opts.nodeId ?? 1;
+    this.log = (opts.logger ?? createLogger()).child({ node_id: this.nodeId });
+    this.availabilityZone = opts.availabilityZone ?? null;
+    this.senderConfig = { ...DEFAULT_SENDER_CONFIG, ...opts.sender };
+  }
+
+  get auth(): AuthMethod {
+    return this.opts.auth ?? 'loopback-trust';
+  }
+
+  /** The stream a client gets without `-c stream=`: the only one, else the node's `--stream`. */
+  defaultStreamName(): string {
+    if (this.streams.size === 1) return [...this.streams.keys()][0]!;
+    return this.opts.stream ?? 'main';
+  }
+
+  stream(name = this.defaultStreamName()): Stream {
+    const s = this.streams.get(name);
+    if (!s) throw new Error(`stream "${name}" does not exist on node ${this.nodeId}`);
+    return s;
+  }
+
+  async start(): Promise<void> {
+    const o = this.opts;
+    if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) throw new Error('--tls-cert and --tls-key go together');
+    if (o.tlsCert && o.tlsKey) {
+      const [cert, key] = await Promise.all([readFile(o.tlsCert), readFile(o.tlsKey)]).catch((e: NodeJS.ErrnoException) => {
+        throw new Error(`cannot read TLS certificate or key: ${e.message}`);
+      });
+      this.tlsContext = tls.createSecureContext({ cert, key });
+    }
+    if (o.passwordFile) this.users = await readPasswordFile(o.passwordFile);
+    else if (this.auth === 'scram') throw new Error('--auth scram needs --password-file');
+    const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
+    const httpAt = parseHostPort(o.listenHttp ?? '127.0.0.1:7676', '--listen-http');
+
+    this.releaseLock = await lockDataDir(o.dataDir);
+    try {
+      this.mockSecret = await readOrCreateSecret(path.join(o.dataDir, 'walkeeper.auth_secret'));
+      await this.openStreams();
+      this.pgServer = net.createServer((socket) => this.onConnection(socket));
+      const pgPort = await listen(this.pgServer, pgAt.host, pgAt.port);
+      this.pgAddress = formatAddress(pgAt.host, pgPort);
+      this.httpServer = createHttpServer(this);
+      const httpPort = await listen(this.httpServer, httpAt.host, httpAt.port);
+      this.httpAddress = formatAddress(httpAt.host, httpPort);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    if (this.auth === 'loopback-trust' && this.users.size === 0 && !['127.0.0.1', 'localhost', '::1'].includes(pgAt.host)) {
+      this.log.warn('listening beyond loopback without --password-file: remote clients cannot authenticate');
+    }
+    this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: [...this.streams.keys()], auth: this.auth, tls: this.tlsContext !== null }, 'walkeeper node started');
+  }
+
+  private async openStreams(): Promise<void> {
+    const dir = path.join(this.opts.dataDir, 'streams');
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      if (name.startsWith('.')) continue;
+      const d = path.join(dir, name);
+      if (!(await stat(d)).isDirectory()) continue;
+      const s = await Stream.open(d, this.log);
+      this.addStream(s);
+    }
+  }
+
+  private addStream(s: Stream): void {
+    this.streams.set(s.name, s);
+    s.on('end', (why: string) => {
+      for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
+    });
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    const conn = new ServerConnection(socket, {
+      tls: this.tlsContext,
+      auth: { method: this.auth, users: this.users },
+      mockSecret: this.mockSecret,
+      accept: (startup) => this.accept(entry, startup),
+      cancel: (pid, key) => this.cancel(pid, key),
+    });
+    const entry: Conn = { conn, stream: null, session: null };
+    this.conns.set(conn.pid, entry);
+    const task = this.serve(entry).finally(() => {
+      this.conns.delete(conn.pid);
+      this.sessions.delete(task);
+    });
+    this.sessions.add(task);
+  }
+
+  private async serve(entry: Conn): Promise<void> {
+    const { conn } = entry;
+    const startup = await conn.handshake();
+    if (!startup || !entry.stream) return;
+    const log = entry.stream.log.child({ client: `${startup.applicationName || 'unnamed'}@${startup.address}` });
+    log.debug('connection authorized');
+    entry.session = new ReplicationSession(
+      conn,
+      startup,
+      entry.stream,
+      `${entry.stream.pgVersion}.0 (walkeeper ${VERSION})`,
+      this.senderConfig,
+      {
+        senderStarted: (s) => this.senders.set(s, entry.stream!),
+        senderEnded: (s) => this.senders.delete(s),
+      },
+      log,
+    );
+    try {
+      await entry.session.run();
+    } catch (err) {
+      log.error({ err: (err as Error).stack ?? String(err) }, 'session failed');
+      conn.fatal(new PgError(SQLSTATE.INTERNAL_ERROR, (err as Error).message));
+    } finally {
+      conn.close();
+    }
+  }
+
+  private accept(entry: Conn, startup: StartupInfo): Record<string, string> {
+    const repl = (startup.params.replication ?? '').toLowerCase();
+    if (repl === 'database') {
+      throw new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'walkeeper serves physical replication only; logical replication connections are not supported', { severity: 'FATAL' });
+    }
+    if (!['true', 'on', 'yes', '1'].includes(repl)) {
+      throw new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'walkeeper accepts only physical replication connections', {
+        severity: 'FATAL',
+        hint: 'Connect with replication=true (as pg_receivewal and standbys do).',
+      });
+    }
+    const name = startup.options.stream ?? this.defaultStreamName();
+    const stream = this.streams.get(name);
+    if (!stream) {
+      throw new PgError(SQLSTATE.INVALID_CATALOG_NAME, `stream "${name}" does not exist`, {
+        severity: 'FATAL',
+        hint: this.streams.size ? `This node serves: ${[...this.streams.keys()].join(', ')}. Choose one with options='-c stream=<name>'.` : 'This node has no streams yet.',
+      });
+    }
+    if (stream.state !== 'active') throw new PgError(SQLSTATE.CANNOT_CONNECT_NOW, `stream "${name}" is ${stream.state}`, { severity: 'FATAL' });
+    entry.stream = stream;
+    return {
+      application_name: startup.applicationName,
+      // A physical walsender is connected to no database: PostgreSQL reports SQL_ASCII.
+      client_encoding: 'SQL_ASCII',
+      DateStyle: 'ISO, MDY',
+      default_transaction_read_only: 'off',
+      in_hot_standby: 'off',
+      integer_datetimes: 'on',
+      IntervalStyle: 'postgres',
+      is_superuser: 'on',
+      server_encoding: 'SQL_ASCII',
+      // pg_receivewal requires 9.3 ≤ server major ≤ its own: report the major of the WAL we serve.
+      server_version: `${stream.pgVersion}.0 (walkeeper ${VERSION})`,
+      session_authorization: startup.user,
+      standard_conforming_strings: 'on',
+      TimeZone: 'UTC',
+    };
+  }
+
+  private cancel(pid: number, key: number): void {
+    const e = this.conns.get(pid);
+    if (!e || e.conn.key !== key) return;
+    e.session?.currentSender?.cancel();
+  }
+
+  /**
+   * Stops like PostgreSQL's smart shutdown of walsenders: no new
+   * connections; senders send what is left, wait for their clients to
+   * confirm it and end with `COPY 0`; control files are persisted.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.pgServer?.close();
+      this.httpServer?.close();
+      this.httpServer?.closeAllConnections();
+      for (const s of this.senders.keys()) s.shutdown();
+      const deadline = new Promise((r) => setTimeout(r, 10_000).unref());
+      await Promise.race([Promise.allSettled([...this.sessions]), deadline]);
+      for (const e of this.conns.values()) e.conn.close();
+      for (const s of this.streams.values()) await s.close().catch((err: Error) => this.log.error({ stream: s.name, err: err.message }, 'cannot persist control file'));
+      await this.releaseLock?.();
+      this.log.info('walkeeper node stopped');
+    })();
+    return this.stopping;
+  }
+}
+
+/** Starts a node: opens its streams and listens. */
+export async function startNode(opts: NodeOptions): Promise<WalkeeperNode> {
+  const node = new WalkeeperNode(opts);
+  await node.start();
+  return node;
+}

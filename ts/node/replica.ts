@@ -1,0 +1,133 @@
+/**
+ * Replicas: the consumers connected to a stream and what they report. Each
+ * sender registers one when it starts and removes it on every exit path (a
+ * `try/finally` around the connection, as Neon's guard object does), so the
+ * aggregates below never count a client that is gone.
+ */
+import type { Lsn } from '../lsn.js';
+
+export type ReplicaState = 'catchup' | 'streaming' | 'stopping';
+
+export interface ReplicaFeedback {
+  /** From 'r' standby status updates. */
+  writeLsn: Lsn;
+  flushLsn: Lsn;
+  applyLsn: Lsn;
+  replyTime: bigint | null;
+  /** From 'h' hot standby feedback (0 = not set). */
+  xmin: number;
+  xminEpoch: number;
+  catalogXmin: number;
+  catalogXminEpoch: number;
+  /** From Neon-style 'z' feedback. */
+  lastReceivedLsn: Lsn;
+  diskConsistentLsn: Lsn;
+  remoteConsistentLsn: Lsn;
+  currentTimelineSize: bigint;
+}
+
+export interface ReplicaInfo {
+  applicationName: string;
+  address: string;
+  recovery: boolean;
+  slot: string | null;
+  tli: number;
+  startLsn: Lsn;
+}
+
+export class Replica {
+  readonly id: number;
+  readonly info: ReplicaInfo;
+  readonly connectedAt = new Date();
+  state: ReplicaState = 'catchup';
+  sentLsn: Lsn;
+  lastFeedbackAt: Date | null = null;
+  lastMessageAt = Date.now();
+  feedback: ReplicaFeedback = {
+    writeLsn: 0n,
+    flushLsn: 0n,
+    applyLsn: 0n,
+    replyTime: null,
+    xmin: 0,
+    xminEpoch: 0,
+    catalogXmin: 0,
+    catalogXminEpoch: 0,
+    lastReceivedLsn: 0n,
+    diskConsistentLsn: 0n,
+    remoteConsistentLsn: 0n,
+    currentTimelineSize: 0n,
+  };
+
+  constructor(id: number, info: ReplicaInfo) {
+    this.id = id;
+    this.info = info;
+    this.sentLsn = info.startLsn;
+  }
+
+  /** "app@address", how logs and errors name this client. */
+  get name(): string {
+    return `${this.info.applicationName || 'unnamed'}@${this.info.address}`;
+  }
+}
+
+export interface ReplicaAggregates {
+  count: number;
+  /** Lowest valid write/flush/apply among replicas that reported one. */
+  minWriteLsn: Lsn | null;
+  minFlushLsn: Lsn | null;
+  minApplyLsn: Lsn | null;
+  /** Oldest valid xmin / catalog_xmin as full transaction ids (epoch << 32 | xid). */
+  minXmin: bigint | null;
+  minCatalogXmin: bigint | null;
+  maxRemoteConsistentLsn: Lsn | null;
+}
+
+const fullXid = (epoch: number, xid: number) => (BigInt(epoch) << 32n) | BigInt(xid);
+
+export class ReplicaRegistry {
+  private next = 1;
+  private readonly replicas = new Map<number, Replica>();
+
+  register(info: ReplicaInfo): Replica {
+    const r = new Replica(this.next++, info);
+    this.replicas.set(r.id, r);
+    return r;
+  }
+
+  unregister(r: Replica): void {
+    this.replicas.delete(r.id);
+  }
+
+  get size(): number {
+    return this.replicas.size;
+  }
+
+  list(): Replica[] {
+    return [...this.replicas.values()];
+  }
+
+  aggregates(): ReplicaAggregates {
+    const a: ReplicaAggregates = {
+      count: this.replicas.size,
+      minWriteLsn: null,
+      minFlushLsn: null,
+      minApplyLsn: null,
+      minXmin: null,
+      minCatalogXmin: null,
+      maxRemoteConsistentLsn: null,
+    };
+    const min = (cur: bigint | null, v: bigint) => (cur === null || v < cur ? v : cur);
+    for (const r of this.replicas.values()) {
+      const f = r.feedback;
+      if (f.writeLsn !== 0n) a.minWriteLsn = min(a.minWriteLsn, f.writeLsn);
+      if (f.flushLsn !== 0n) a.minFlushLsn = min(a.minFlushLsn, f.flushLsn);
+      if (f.applyLsn !== 0n) a.minApplyLsn = min(a.minApplyLsn, f.applyLsn);
+      if (f.xmin !== 0) a.minXmin = min(a.minXmin, fullXid(f.xminEpoch, f.xmin));
+      if (f.catalogXmin !== 0) a.minCatalogXmin = min(a.minCatalogXmin, fullXid(f.catalogXminEpoch, f.catalogXmin));
+      if (f.remoteConsistentLsn !== 0n && (a.maxRemoteConsistentLsn === null || f.remoteConsistentLsn > a.maxRemoteConsistentLsn)) {
+        a.maxRemoteConsistentLsn = f.remoteConsistentLsn;
+      }
+    }
+    return a;
+  }
+}

@@ -1,0 +1,284 @@
+/**
+ * A stream: the WAL history of one PostgreSQL cluster (one system id) on
+ * this node, across its timelines. All of a stream's state lives here — its
+ * LSNs and their watches, timelines, slots, replicas — and ingest, senders,
+ * quorum and HTTP hold a reference to it, never to each other.
+ */
+import { EventEmitter } from 'node:events';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+
+import { formatLsn, historyFileName, segmentStart, type Lsn } from '../lsn.js';
+import { readControlFile, writeControlFile, type ControlData } from './control_file.js';
+import type { Logger } from './log.js';
+import { ReplicaRegistry, type Replica } from './replica.js';
+import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from './timeline.js';
+import { findEndOfWal, WalStore } from './wal_storage.js';
+import { LsnWatch } from './watch.js';
+
+export type StreamState = 'active' | 'suspended' | 'removed';
+
+export interface Slot {
+  name: string;
+  /** Oldest WAL the slot's consumer still needs (0 = none reserved). */
+  restartLsn: Lsn;
+  tli: number;
+  temporary: boolean;
+  /** The replica streaming through it, if any. */
+  activeBy: Replica | null;
+}
+
+export const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
+
+export class Stream extends EventEmitter {
+  readonly name: string;
+  readonly dir: string;
+  readonly store: WalStore;
+  readonly systemId: bigint;
+  readonly pgVersion: number;
+  readonly segmentSize: number;
+  readonly log: Logger;
+  readonly replicas = new ReplicaRegistry();
+  readonly slots = new Map<string, Slot>();
+  /** End of WAL fsynced here. */
+  readonly flushWatch: LsnWatch;
+  /** End of WAL known to be on a quorum; what regular clients may see. */
+  readonly commitWatch: LsnWatch;
+  private _tli: number;
+  private _history: TimelineEntry[];
+  private _state: StreamState = 'active';
+  private persistTimer: NodeJS.Timeout | undefined;
+  private persisting: Promise<void> = Promise.resolve();
+
+  private constructor(name: string, dir: string, store: WalStore, control: ControlData, history: TimelineEntry[], flush: Lsn, log: Logger) {
+    super();
+    this.name = name;
+    this.dir = dir;
+    this.store = store;
+    this.systemId = control.systemId;
+    this.pgVersion = control.pgVersion;
+    this.segmentSize = control.segmentSize;
+    this._tli = control.tli;
+    this._history = history;
+    this.flushWatch = new LsnWatch(flush);
+    this.commitWatch = new LsnWatch(control.commitLsn);
+    this.log = log;
+    for (const [n, s] of Object.entries(control.slots)) {
+      this.slots.set(n, { name: n, restartLsn: s.restartLsn, tli: s.tli, temporary: false, activeBy: null });
+    }
+  }
+
+  /**
+   * Opens the stream in `dir`: reads its control file, finds the end of
+   * valid WAL (a crash may have left a torn tail) and truncates there.
+   * Refuses to start when valid WAL ends below commit_lsn: WAL that clients
+   * may already have received would be missing.
+   */
+  static async open(dir: string, log: Logger): Promise<Stream> {
+    const name = path.basename(dir);
+    const slog = log.child({ stream: name });
+    const control = await readControlFile(dir);
+    if (control === null) throw new Error(`stream ${name}: ${dir} has no control file (walkeeper.control); is it a stream directory?`);
+    const store = await WalStore.open(dir, control.segmentSize, control.tli);
+    const historyText = control.tli > 1 ? await store.getHistory(control.tli) : null;
+    if (control.tli > 1 && historyText === null) {
+      throw new Error(`stream ${name}: timeline ${control.tli} has no history file ${historyFileName(control.tli)} in ${dir}`);
+    }
+    const history = parseHistory(control.tli, historyText);
+    let end = control.flushLsn;
+    if (store.list().length > 0) {
+      const scan = await findEndOfWal(dir, control.tli, control.segmentSize, segmentStart(control.flushLsn, control.segmentSize), {
+        search: true,
+        systemId: control.systemId,
+        pgVersion: control.pgVersion,
+      });
+      // Searching from the segment start finds a record boundary even when
+      // the recorded flush position is mid-record; with nothing decodable
+      // (a segment boundary with no file after it) the end is that start.
+      end = scan.end;
+      if (end < control.commitLsn) {
+        throw new Error(
+          `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(control.commitLsn)} ` +
+            `(${scan.stopReason}); WAL that clients may have received is missing, refusing to start`,
+        );
+      }
+      if (end !== control.flushLsn) {
+        slog.warn({ flush_lsn: formatLsn(control.flushLsn), end_of_wal: formatLsn(end), reason: scan.stopReason }, 'end of valid WAL differs from the recorded flush position');
+      }
+      await store.truncate(end);
+    }
+    const s = new Stream(name, dir, store, control, history, end, slog);
+    s.log.info({ tli: s.tli, flush_lsn: formatLsn(end), commit_lsn: formatLsn(s.commitLsn), system_id: s.systemId.toString() }, 'stream opened');
+    return s;
+  }
+
+  get state(): StreamState {
+    return this._state;
+  }
+  get tli(): number {
+    return this._tli;
+  }
+  get history(): readonly TimelineEntry[] {
+    return this._history;
+  }
+  get flushLsn(): Lsn {
+    return this.flushWatch.value;
+  }
+  get commitLsn(): Lsn {
+    return this.commitWatch.value;
+  }
+  /** Start of the oldest segment still held, or null when there is none. */
+  get oldestLsn(): Lsn | null {
+    const first = this.store.list()[0];
+    return first ? first.start : null;
+  }
+
+  /** Raises commit_lsn (never above flush_lsn, never down) and wakes the senders waiting on it. */
+  setCommitLsn(lsn: Lsn): void {
+    if (lsn > this.flushLsn) throw new Error(`stream ${this.name}: commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
+    if (this.commitWatch.set(lsn)) this.persistSoon();
+  }
+
+  /** Appends received WAL at exactly `lsn` (ingest's path into the store). */
+  appendWal(lsn: Lsn, data: Buffer): Promise<Lsn> {
+    return this.store.append(lsn, data);
+  }
+
+  /** fsyncs what was appended and publishes the new flush_lsn. */
+  async flushWal(): Promise<Lsn> {
+    const flushed = await this.store.flush();
+    if (this.flushWatch.set(flushed)) this.persistSoon();
+    return flushed;
+  }
+
+  /** Where timeline `tli` ends (its switch point), null for the current one, undefined if not ours. */
+  timelineEnd(tli: number): Lsn | null | undefined {
+    return timelineEntry(this._history, tli)?.end;
+  }
+
+  nextTimeline(tli: number): { tli: number; start: Lsn } | undefined {
+    return nextTimeline(this._history, tli);
+  }
+
+  async historyFile(tli: number): Promise<string | null> {
+    return this.store.getHistory(tli);
+  }
+
+  // --- slots -------------------------------------------------------------
+
+  createSlot(name: string, opts: { temporary: boolean; reserveWal: boolean }): Slot {
+    const restartLsn = opts.reserveWal ? segmentStart(this.commitLsn, this.segmentSize) : 0n;
+    const slot: Slot = { name, restartLsn, tli: this.tli, temporary: opts.temporary, activeBy: null };
+    this.slots.set(name, slot);
+    if (!opts.temporary) this.persistSoon();
+    this.log.info({ slot: name, restart_lsn: formatLsn(restartLsn), temporary: opts.temporary }, 'replication slot created');
+    return slot;
+  }
+
+  dropSlot(name: string): void {
+    const s = this.slots.get(name);
+    if (!s) return;
+    this.slots.delete(name);
+    if (!s.temporary) this.persistSoon();
+    this.log.info({ slot: name }, 'replication slot dropped');
+  }
+
+  /** A replica's flush moves its slot forward (never back). */
+  advanceSlot(slot: Slot, flush: Lsn): void {
+    if (flush > slot.restartLsn && flush <= this.flushLsn) {
+      slot.restartLsn = flush;
+      slot.tli = this.tli;
+      if (!slot.temporary) this.persistSoon();
+    }
+  }
+
+  /** Oldest LSN any slot still needs, or null when no slot holds WAL. */
+  slotHorizon(): Lsn | null {
+    let h: Lsn | null = null;
+    for (const s of this.slots.values()) if (s.restartLsn !== 0n && (h === null || s.restartLsn < h)) h = s.restartLsn;
+    return h;
+  }
+
+  /**
+   * Removes segments wholly below `lsn`, but never one a slot still needs or
+   * the one being written. Returns the names removed.
+   */
+  async removeWalBelow(lsn: Lsn): Promise<string[]> {
+    const horizon = this.slotHorizon();
+    const limit = horizon !== null && horizon < lsn ? horizon : lsn;
+    const removed = await this.store.removeBelow(Number(limit / BigInt(this.segmentSize)));
+    if (removed.length > 0) {
+      this.log.info({ removed: removed.length, first: removed[0], last: removed[removed.length - 1], oldest_lsn: this.oldestLsn === null ? null : formatLsn(this.oldestLsn) }, 'removed old WAL segments');
+      this.persistSoon();
+    }
+    return removed;
+  }
+
+  // --- lifecycle ------------------------------------------------------------
+
+  /** Ends every sender of this stream ("ending streaming to …") and refuses new ones until resumed. */
+  suspend(reason = 'stream suspended'): void {
+    if (this._state !== 'active') return;
+    this._state = 'suspended';
+    this.log.info({ reason }, 'stream suspended');
+    this.emit('end', reason);
+  }
+
+  resume(): void {
+    if (this._state !== 'suspended') return;
+    this._state = 'active';
+    this.log.info('stream resumed');
+  }
+
+  /** Ends the senders and deletes the stream's directory. */
+  async remove(): Promise<void> {
+    this.suspend('stream removed');
+    this._state = 'removed';
+    await this.close();
+    await rm(this.dir, { recursive: true, force: true });
+    this.log.info({ dir: this.dir }, 'stream removed');
+  }
+
+  private controlData(): ControlData {
+    const slots: ControlData['slots'] = {};
+    for (const s of this.slots.values()) if (!s.temporary) slots[s.name] = { restartLsn: s.restartLsn, tli: s.tli };
+    return {
+      systemId: this.systemId,
+      pgVersion: this.pgVersion,
+      segmentSize: this.segmentSize,
+      tli: this.tli,
+      flushLsn: this.flushLsn,
+      commitLsn: this.commitLsn,
+      firstLsn: this.oldestLsn ?? this.flushLsn,
+      slots,
+    };
+  }
+
+  /** Writes the control file soon, coalescing bursts of changes into one write. */
+  persistSoon(): void {
+    if (this.persistTimer || this._state === 'removed') return;
+    this.persistTimer = setTimeout(() => {
+      this.persistTimer = undefined;
+      void this.persistNow().catch((err: Error) => this.log.error({ err: err.message }, 'cannot write control file'));
+    }, 50);
+  }
+
+  /** Writes the control file now (after any write in progress). */
+  persistNow(): Promise<void> {
+    if (this.persistTimer) {
+      clearTimeout(this.persistTimer);
+      this.persistTimer = undefined;
+    }
+    const next = this.persisting.catch(() => undefined).then(() => writeControlFile(this.dir, this.controlData()));
+    this.persisting = next;
+    return next;
+  }
+
+  /** Persists the control file and stops waking senders. */
+  async close(): Promise<void> {
+    this.flushWatch.cancelAll();
+    this.commitWatch.cancelAll();
+    if (this._state !== 'removed') await this.persistNow();
+    else if (this.persistTimer) clearTimeout(this.persistTimer);
+  }
+}

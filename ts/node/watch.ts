@@ -1,0 +1,64 @@
+/**
+ * An LSN that only goes up, and waiters for it to pass a mark. Senders wait
+ * on the commit_lsn (or flush_lsn) watch instead of polling: a new value
+ * wakes exactly the senders it lets move, in the same tick.
+ */
+import type { Lsn } from '../lsn.js';
+
+interface Waiter {
+  above: Lsn;
+  resolve: (r: WaitResult) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export type WaitResult = 'advanced' | 'timeout' | 'cancelled';
+
+export class LsnWatch {
+  private waiters = new Set<Waiter>();
+
+  constructor(private current: Lsn = 0n) {}
+
+  get value(): Lsn {
+    return this.current;
+  }
+
+  /** Raises the value (lower values are ignored: the watch is monotonic). */
+  set(lsn: Lsn): boolean {
+    if (lsn <= this.current) return false;
+    this.current = lsn;
+    for (const w of this.waiters) {
+      if (lsn > w.above) this.settle(w, 'advanced');
+    }
+    return true;
+  }
+
+  /** Resolves when the value is above `above`, after `timeoutMs`, or on `cancel()`. */
+  waitAbove(above: Lsn, timeoutMs: number): { promise: Promise<WaitResult>; cancel: () => void } {
+    let waiter!: Waiter;
+    const promise = new Promise<WaitResult>((resolve) => {
+      waiter = { above, resolve, timer: undefined };
+    });
+    if (this.current > above) {
+      waiter.resolve('advanced');
+      return { promise, cancel: () => {} };
+    }
+    waiter.timer = setTimeout(() => this.settle(waiter, 'timeout'), timeoutMs);
+    this.waiters.add(waiter);
+    return { promise, cancel: () => this.settle(waiter, 'cancelled') };
+  }
+
+  /** Wakes every waiter with 'cancelled' (stream suspended or node stopping). */
+  cancelAll(): void {
+    for (const w of this.waiters) this.settle(w, 'cancelled');
+  }
+
+  get waiting(): number {
+    return this.waiters.size;
+  }
+
+  private settle(w: Waiter, r: WaitResult): void {
+    if (!this.waiters.delete(w)) return;
+    if (w.timer) clearTimeout(w.timer);
+    w.resolve(r);
+  }
+}
