@@ -32,6 +32,7 @@ let node: TestNode;
 let tmp: TempDir;
 let backupDir: string;
 let rows = 0;
+let firstSegno = 0;
 
 test.before(async () => {
   tmp = await createTempDir('walkeeper-clients-');
@@ -45,6 +46,7 @@ test.before(async () => {
   rows = 6000;
   await primary.stop();
   node = await startTestNode({ importFrom: primary.walDir });
+  firstSegno = Number(node.imported!.firstLsn / BigInt(SEG));
 });
 
 test.after.always(async () => {
@@ -59,12 +61,11 @@ const segName = (segno: number) => `00000001${'0'.repeat(8)}${segno.toString(16)
 async function seededDir(name: string): Promise<string> {
   const dir = path.join(tmp.path, name);
   await mkdir(dir);
-  const first = Number(node.imported!.firstLsn / BigInt(SEG));
-  await copyFile(path.join(primary.walDir, segName(first)), path.join(dir, segName(first)));
+  await copyFile(path.join(primary.walDir, segName(firstSegno)), path.join(dir, segName(firstSegno)));
   return dir;
 }
 
-test('pg_receivewal without a slot writes files byte-identical to the primary, the last as .partial; --endpos exits 0', async (t) => {
+test.serial('pg_receivewal without a slot writes files byte-identical to the primary, the last as .partial; --endpos exits 0', async (t) => {
   const end = node.node.stream().commitLsn;
   const dir = await seededDir('noslot');
   const rw = startReceivewal({ host: node.host, port: node.port, dir, endpos: end - 1n, noLoop: true });
@@ -78,11 +79,11 @@ test('pg_receivewal without a slot writes files byte-identical to the primary, t
   t.regex(r.stderr, /starting log streaming at/);
 });
 
-test('pg_receivewal --create-slot, then --slot: streams, the slot follows its flushes and survives a node restart', async (t) => {
+test.serial('pg_receivewal --create-slot, then --slot: streams, the slot follows its flushes and survives a node restart', async (t) => {
   const c = await createReceivewalSlot({ host: node.host, port: node.port, slot: 'rw_slot' });
   t.is(c.code, 0, c.stderr);
   const st = await (await fetch(`${node.httpUrl}/v1/streams/main`)).json() as { slots: { name: string; restart_lsn: string | null }[] };
-  t.deepEqual(st.slots.map((s) => s.name), ['rw_slot']);
+  t.true(st.slots.some((s) => s.name === 'rw_slot' && s.restart_lsn === null), JSON.stringify(st.slots));
   const end = node.node.stream().commitLsn;
   const dir = await seededDir('slot');
   const rw = startReceivewal({ host: node.host, port: node.port, dir, slot: 'rw_slot', endpos: end - 1n, noLoop: true, synchronous: true });
@@ -104,7 +105,7 @@ test('pg_receivewal --create-slot, then --slot: streams, the slot follows its fl
   t.false(node.node.stream().slots.has('rw_slot'));
 });
 
-test('pg_receivewal with --create-slot in one run streams to --endpos', async (t) => {
+test.serial('pg_receivewal with --create-slot in one run streams to --endpos', async (t) => {
   const end = node.node.stream().commitLsn;
   const dir = await seededDir('createslot');
   const rw = startReceivewal({ host: node.host, port: node.port, dir, slot: 'rw_once', createSlot: true, endpos: end - 1n, noLoop: true });
@@ -114,7 +115,7 @@ test('pg_receivewal with --create-slot in one run streams to --endpos', async (t
   t.true(node.node.stream().slots.has('rw_once'));
 });
 
-test('a real standby streams from the node, replays to its commit_lsn and sees the rows written on the primary', async (t) => {
+test.serial('a real standby streams from the node, replays to its commit_lsn and sees the rows written on the primary', async (t) => {
   const end = node.node.stream().commitLsn;
   const standby = await startStandby(backupDir, { primaryConninfo: `${node.conninfo()} application_name=standby1` });
   t.teardown(() => standby.destroy());

@@ -10,3 +10,4 @@ export * from './standby.js';
 export * from './receivewal.js';
 export * from './proxy.js';
 export * from './node.js';
+export * from './walfixture.js';

@@ -807,6 +807,22 @@ export class ReplicationClient {
     return copy;
   }
 
+  /**
+   * Asks the server to cancel the running command (a CancelRequest with this
+   * session's BackendKeyData on a new connection, as libpq's PQcancel does).
+   */
+  async cancel(): Promise<void> {
+    const key = this.backendKey;
+    if (!key) throw new Error('the server sent no BackendKeyData: cannot cancel');
+    const { remoteAddress: host, remotePort: port } = this.socket;
+    await new Promise<void>((resolve, reject) => {
+      const s = net.connect({ host: host!, port: port! }, () => s.end(frontend.cancelRequest(key.pid, key.key)));
+      s.on('error', reject);
+      s.on('close', () => resolve());
+      s.resume();
+    });
+  }
+
   /** Sends Terminate and closes the socket; a command in progress fails. */
   async close(): Promise<void> {
     if (!this._closed) {
