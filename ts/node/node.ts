@@ -126,6 +126,11 @@ export class WalkeeperNode {
     this.senderConfig = { ...DEFAULT_SENDER_CONFIG, ...opts.sender };
   }
 
+  /** The senders streaming right now (for tests and diagnostics). */
+  activeSenders(): WalSender[] {
+    return [...this.senders.keys()];
+  }
+
   get auth(): AuthMethod {
     return this.opts.auth ?? 'loopback-trust';
   }

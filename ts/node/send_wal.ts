@@ -99,6 +99,15 @@ export class WalSender {
     return this.sent;
   }
 
+  /** Bytes this sender has handed to the socket that the kernel has not taken yet. */
+  get queuedBytes(): number {
+    return this.conn.socket.writableLength;
+  }
+
+  get replicaInfo(): Replica {
+    return this.replica;
+  }
+
   /** The position this client may be sent up to right now. */
   private endPtr(): Lsn {
     if (this.historicEnd !== null) return this.historicEnd;

@@ -100,7 +100,7 @@ export function parseStartupOptions(text: string): Record<string, string> {
   return out;
 }
 
-function isLoopback(addr: string | undefined): boolean {
+export function isLoopback(addr: string | undefined): boolean {
   if (!addr) return false;
   return addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.');
 }
