@@ -48,6 +48,8 @@ export interface ImportResult {
 
 interface SegmentHeader {
   name: string;
+  /** Set when the header is a real long header but of another position: a recycled segment. */
+  recycled?: string;
   tli: number;
   segno: number;
   partial: boolean;
@@ -83,9 +85,10 @@ async function readHeader(dir: string, name: string): Promise<SegmentHeader | st
   if (hex(m[3]!) >= perId) return `name does not fit segment size ${segSize}`;
   const segno = hex(m[2]!) * perId + hex(m[3]!);
   const pageaddr = b.readBigUInt64LE(8);
-  if (pageaddr !== BigInt(segno) * BigInt(segSize)) return `holds the WAL of ${formatLsn(pageaddr)}, not of its name (a recycled segment)`;
+  const header = { name, tli: hex(m[1]!), segno, partial: m[4] !== undefined, systemId: b.readBigUInt64LE(24), segSize, pgVersion };
+  if (pageaddr !== BigInt(segno) * BigInt(segSize)) return { ...header, recycled: `holds the WAL of ${formatLsn(pageaddr)}, not of its name (a recycled segment)` };
   if (size !== segSize) throw new Error(`${path.join(dir, name)} has ${size} bytes but its header says segments are ${segSize} bytes`);
-  return { name, tli: hex(m[1]!), segno, partial: m[4] !== undefined, systemId: b.readBigUInt64LE(24), segSize, pgVersion };
+  return header;
 }
 
 async function fsyncPath(p: string): Promise<void> {
@@ -111,11 +114,13 @@ export async function importWal(opts: ImportOptions): Promise<ImportResult> {
   });
   const skipped: string[] = [];
   const headers: SegmentHeader[] = [];
+  const recycled: SegmentHeader[] = [];
   const histories = new Map<number, string>();
   for (const name of names.sort()) {
     if (SEGMENT_RE.test(name)) {
       const h = await readHeader(walDir, name);
       if (typeof h === 'string') skipped.push(`${name}: ${h}`);
+      else if (h.recycled) recycled.push(h);
       else headers.push(h);
     } else if (HISTORY_RE.test(name)) {
       histories.set(hex(name.slice(0, 8)), name);
@@ -125,9 +130,11 @@ export async function importWal(opts: ImportOptions): Promise<ImportResult> {
   }
   if (headers.length === 0) throw new Error(`${walDir} holds no WAL segments${skipped.length ? ` (${skipped.join('; ')})` : ''}`);
 
-  // One system, one segment size, one major version.
+  // One system, one segment size, one major version — recycled segments
+  // included: a recycled segment of another system means two clusters' WAL
+  // were mixed in this directory.
   const first = headers[0]!;
-  for (const h of headers) {
+  for (const h of [...headers, ...recycled]) {
     if (h.systemId !== first.systemId) {
       throw new Error(`${walDir} mixes WAL of two database systems: ${first.systemId} (${first.name}) and ${h.systemId} (${h.name})`);
     }
@@ -139,6 +146,7 @@ export async function importWal(opts: ImportOptions): Promise<ImportResult> {
     }
   }
   const segSize = first.segSize;
+  for (const h of recycled) skipped.push(`${h.name}: ${h.recycled}`);
 
   // The newest timeline and its ancestry.
   const target = Math.max(...headers.map((h) => h.tli));
