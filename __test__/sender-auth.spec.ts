@@ -58,6 +58,10 @@ test('SCRAM: a wrong password or an unknown user gets 28P01; no password at all 
   const n = await nodeWith(t, { auth: 'scram', passwordFile });
   await refused(t, ReplicationClient.connect({ host: n.host, port: n.port, user: 'repl', password: 'wrong' }), '28P01', /password authentication failed for user "repl"/);
   await refused(t, ReplicationClient.connect({ host: n.host, port: n.port, user: 'ghost', password: 'whatever' }), '28P01', /password authentication failed for user "ghost"/);
+  const line = n.logs.find((l) => String(l.msg) === 'connection refused: password authentication failed for user "repl"');
+  t.truthy(line, 'the refusal is logged');
+  t.is(line?.stream, 'main');
+  t.regex(String(line?.client), /^unnamed@127\.0\.0\.1:\d+$/);
   const rw = startReceivewal({ host: n.host, port: n.port, user: 'repl', dir: path.join(tmp.path, 'rw-nopw'), noLoop: true, env: { PGPASSWORD: undefined, PGPASSFILE: '/nonexistent' } });
   const r = await rw.wait(30_000);
   t.not(r.code, 0);

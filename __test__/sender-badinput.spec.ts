@@ -14,7 +14,7 @@ import { PgError } from '../ts/pgwire/errors.js';
 import { ClientFramer } from '../ts/pgwire/parser.js';
 import { frontend } from '../ts/pgwire/serializer.js';
 import { standbyStatus } from '../ts/pgwire/replication.js';
-import { makeWalFixture, startTestNode, type TestNode, type WalFixture } from './harness/index.js';
+import { makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
 
 let fx: WalFixture;
 let node: TestNode;
@@ -211,13 +211,6 @@ test.serial('garbage and truncated messages mid-COPY: the right FATAL, the repli
   t.is(stream.replicas.size, 0);
 });
 
-async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 test.serial('a client that never answers is dropped after wal_sender_timeout', async (t) => {
   const c = await ReplicationClient.connect({ host: node.host, port: node.port, applicationName: 'silent' });

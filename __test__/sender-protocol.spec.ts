@@ -8,7 +8,7 @@ import { formatLsn, type Stream } from '../ts/index.js';
 import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
 import { PgError } from '../ts/pgwire/errors.js';
 import { hotStandbyFeedback, neonFeedback, pgNow } from '../ts/pgwire/replication.js';
-import { FIXTURE_SEG as SEG, makeWalFixture, startTestNode, type TestNode, type WalFixture } from './harness/index.js';
+import { FIXTURE_SEG as SEG, makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
 
 let fx: WalFixture;
 /** Imported with the first segments only, then the rest appended: flush_lsn = end, commit_lsn below it. */
@@ -64,13 +64,6 @@ function collect(copy: CopyBoth) {
   return got;
 }
 
-async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 test.serial('the setup: commit_lsn below flush_lsn, both on record boundaries of real WAL', (t) => {
   t.true(commitA < flushE, `${formatLsn(commitA)} < ${formatLsn(flushE)}`);

@@ -11,3 +11,4 @@ export * from './receivewal.js';
 export * from './proxy.js';
 export * from './node.js';
 export * from './walfixture.js';
+export * from './wait.js';

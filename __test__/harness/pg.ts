@@ -487,22 +487,30 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
     cluster = new PgCluster(tmp, await freePort(HOST), segMB, opts.startTimeoutMs ?? 60_000);
     clusters.add(cluster);
     await cluster.init(opts.walSegSizeMB, opts.conf ?? {}, opts.hba ?? []);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await cluster.start();
-        return cluster;
-      } catch (e) {
-        const msg = (e as Error).message;
-        if (attempt >= 5 || !isBindFailure(msg) || cluster.running) throw e;
-        // Someone took the port between freePort() and bind(): try another one.
-        cluster.reassignPort(await freePort(HOST));
-        appendFileSync(cluster.logFile, `--- harness: port in use, retrying on ${cluster.port} ---\n`);
-      }
-    }
+    await startWithPortRetry(cluster);
+    return cluster;
   } catch (e) {
     if (cluster) await cluster.destroy().catch(() => undefined);
     else await tmp.cleanup().catch(() => undefined);
     throw e;
+  }
+}
+
+/**
+ * Starts `cluster`, moving it to another free port when someone took its
+ * port between freePort() and bind().
+ */
+export async function startWithPortRetry(cluster: PgCluster): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await cluster.start();
+      return;
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (attempt >= 5 || !isBindFailure(msg) || cluster.running) throw e;
+      cluster.reassignPort(await freePort(HOST));
+      appendFileSync(cluster.logFile, `--- harness: port in use, retrying on ${cluster.port} ---\n`);
+    }
   }
 }
 

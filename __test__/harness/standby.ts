@@ -13,7 +13,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { conninfoFor } from './conninfo.js';
-import { PgCluster, startPostgres, trackCluster, type TeardownContext } from './pg.js';
+import { PgCluster, startPostgres, startWithPortRetry, trackCluster, type TeardownContext } from './pg.js';
 import { fmtLsn, lsnOf, runPgTool, type PgToolResult } from './pgtools.js';
 import { freePort } from './ports.js';
 import { chownToServerUser, createTempDir, makeServerDir, type TempDir } from './tmp.js';
@@ -364,10 +364,6 @@ export class StandbyCluster extends PgCluster {
   }
 }
 
-function isBindFailure(msg: string): boolean {
-  return /could not bind|Address already in use|could not create any TCP\/IP sockets|could not create listen socket/i.test(msg);
-}
-
 /**
  * Makes `dataDir` a standby and starts it: standby.signal, and appended to
  * postgresql.conf: primary_conninfo, hot_standby, wal_retrieve_retry_interval
@@ -430,17 +426,8 @@ export async function startStandby(dataDir: string, opts: StartStandbyOptions): 
       waitReady,
     });
     trackCluster(cluster);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await cluster.start();
-        return cluster;
-      } catch (e) {
-        const msg = (e as Error).message;
-        if (attempt >= 5 || !isBindFailure(msg) || cluster.running) throw e;
-        cluster.reassignPort(await freePort(HOST));
-        await appendFile(cluster.logFile, `--- harness: port in use, retrying on ${cluster.port} ---\n`);
-      }
-    }
+    await startWithPortRetry(cluster);
+    return cluster;
   } catch (e) {
     if (cluster) await cluster.destroy().catch(() => undefined);
     else await tmp.cleanup().catch(() => undefined);

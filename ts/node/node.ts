@@ -13,7 +13,7 @@ import type http from 'node:http';
 
 import { PgError, SQLSTATE } from '../pgwire/errors.js';
 import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
-import { ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
+import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
 import { ReplicationSession } from './handler.js';
 import { createHttpServer } from './http.js';
 import { lockDataDir } from './lockfile.js';
@@ -73,6 +73,14 @@ export async function readPasswordFile(file: string): Promise<Map<string, ScramV
     users.set(user, secret.startsWith('SCRAM-SHA-256$') ? parseVerifier(secret) : makeVerifier(secret));
   });
   return users;
+}
+
+function safeOptions(text: string): Record<string, string> {
+  try {
+    return parseStartupOptions(text);
+  } catch {
+    return {};
+  }
 }
 
 /** A random secret kept in the data directory, the same across restarts. */
@@ -224,7 +232,17 @@ export class WalkeeperNode {
   private async serve(entry: Conn): Promise<void> {
     const { conn } = entry;
     const startup = await conn.handshake();
-    if (!startup || !entry.stream) return;
+    if (!startup || !entry.stream) {
+      if (conn.refusal) {
+        const p = conn.startupParams;
+        const streamName = p ? (safeOptions(p.options ?? '').stream ?? this.defaultStreamName()) : undefined;
+        this.log.warn(
+          { stream: streamName, client: `${p?.application_name || 'unnamed'}@${conn.remoteAddress}`, user: p?.user, code: conn.refusal.code },
+          `connection refused: ${conn.refusal.message}`,
+        );
+      }
+      return;
+    }
     const log = entry.stream.log.child({ client: `${startup.applicationName || 'unnamed'}@${startup.address}` });
     log.debug('connection authorized');
     entry.session = new ReplicationSession(

@@ -268,11 +268,18 @@ export class ServerConnection {
     try {
       return await this.handshakeInner();
     } catch (err) {
-      if (err instanceof PgError) this.fatal(err);
-      else this.fatal(new ProtocolError((err as Error).message));
+      const e = err instanceof PgError ? err : new ProtocolError((err as Error).message);
+      this.refusal = e;
+      this.fatal(e);
       return null;
     }
   }
+
+  /** Why the handshake refused the client, when it did. */
+  refusal: PgError | null = null;
+
+  /** What the client sent in its startup packet, once it did (for logs about refused clients). */
+  startupParams: Record<string, string> | null = null;
 
   private async handshakeInner(): Promise<StartupInfo | null> {
     let sslDone = false;
@@ -327,6 +334,7 @@ export class ServerConnection {
   }
 
   private async afterStartupPacket(minor: number, params: Record<string, string>): Promise<StartupInfo | null> {
+    this.startupParams = params;
     if (minor > 0 || Object.keys(params).some((k) => k.startsWith('_pq_.'))) {
       // NegotiateProtocolVersion: we speak 3.0 and no protocol extensions (libpq 15–17 ask for none).
       const unknown = Object.keys(params).filter((k) => k.startsWith('_pq_.'));

@@ -1,0 +1,156 @@
+/**
+ * bench/sender: serving WAL, PostgreSQL's walsender vs a walkeeper node, in
+ * one run, on the same ≥ 1 GiB of real WAL from the page cache:
+ *
+ *   X = pg_receivewal (writing to tmpfs), X = a discarding consumer
+ *   (bench/consumer.ts, the same code for both servers), and 8 discarding
+ *   consumers at once; plus the node's peak RSS and its memory per
+ *   connection with 8 consumers.
+ *
+ *   npm run bench:sender [-- --mib 1024 --rounds 3]
+ * The node runs as its own process (dist/: run `npm run build` first).
+ */
+import { spawn } from 'node:child_process';
+import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+import { formatLsn, importWal } from '../ts/index.js';
+import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
+
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
+const wantMiB = Number(values.mib);
+const rounds = Number(values.rounds);
+const fanout = Number(values.consumers);
+const SEG = 16 * 1024 * 1024;
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const log = (s: string) => process.stderr.write(`[sender] ${s}\n`);
+const segName = (segno: number) => `00000001${Math.floor(segno / 256).toString(16).toUpperCase().padStart(8, '0')}${(segno % 256).toString(16).toUpperCase().padStart(8, '0')}`;
+
+function runConsumer(port: number, start: bigint, end: bigint, app: string): Promise<{ bytes: number; seconds: number }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import=tsx', path.join(root, 'bench', 'consumer.ts'), '127.0.0.1', String(port), formatLsn(start), formatLsn(end), app], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (b: Buffer) => (out += b));
+    p.stderr.on('data', (b: Buffer) => (err += b));
+    p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1)!) as { bytes: number; seconds: number }) : reject(new Error(err || `consumer exited ${code}`))));
+  });
+}
+
+async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main() {
+  const tmp = await createTempDir('walkeeper-bench-sender-');
+  const shm = (await readdir('/dev/shm').then(() => true, () => false)) ? '/dev/shm' : tmp.path;
+  const pg = await startPostgres({ conf: { wal_keep_size: `${wantMiB * 4}MB`, max_wal_size: `${wantMiB * 4}MB`, autovacuum: 'off', max_wal_senders: 20 } });
+  let nodeProc: ReturnType<typeof spawn> | null = null;
+  try {
+    const [s0] = await pg.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l');
+    const start0 = lsnOf(s0!.l) - (lsnOf(s0!.l) % BigInt(SEG));
+    let scale = Math.max(1, Math.ceil(wantMiB / 12));
+    for (;;) {
+      log(`pgbench -i -s ${scale}`);
+      await runPgTool('pgbench', ['-i', '-q', '-s', String(scale), '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { check: true, timeoutMs: 1_800_000 });
+      const [e] = await pg.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l');
+      if (lsnOf(e!.l) - start0 >= BigInt(wantMiB) * 1048576n) break;
+      scale = Math.ceil(scale * 1.5);
+    }
+    await pg.query('CHECKPOINT');
+    const [f] = await pg.query<{ l: string }>('SELECT pg_current_wal_flush_lsn()::text AS l');
+    const end = lsnOf(f!.l);
+    // The consumers start at the second segment: pg_receivewal is given the first one, so that it starts there too.
+    const firstSeg = Number(start0 / BigInt(SEG));
+    const start = start0 + BigInt(SEG);
+    const total = Number(end - start);
+    log(`${(total / 1048576).toFixed(0)} MiB of WAL from ${formatLsn(start)} to ${formatLsn(end)}`);
+
+    // A node serving the same WAL, imported from a copy of pg_wal.
+    const archive = path.join(tmp.path, 'archive');
+    await mkdir(archive);
+    for (let s = firstSeg; s <= Number((end - 1n) / BigInt(SEG)); s++) await copyFile(path.join(pg.walDir, segName(s)), path.join(archive, segName(s)));
+    const dataDir = path.join(tmp.path, 'node');
+    await importWal({ dataDir, stream: 'main', walDir: archive });
+    await rm(archive, { recursive: true });
+    const [nodePort, httpPort] = [await freePort(), await freePort()];
+    nodeProc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'node', '--data-dir', dataDir, '--listen-pg', `127.0.0.1:${nodePort}`, '--listen-http', `127.0.0.1:${httpPort}`], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, WALKEEPER_LOG_LEVEL: 'warn' },
+    });
+    for (let i = 0; ; i++) {
+      if (await fetch(`http://127.0.0.1:${httpPort}/healthz`).then((r) => r.ok, () => false)) break;
+      if (i > 200) throw new Error('node did not start');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const nodePid = nodeProc.pid!;
+    const servers = [
+      { name: 'PostgreSQL walsender', port: pg.port },
+      { name: 'walkeeper node', port: nodePort },
+    ];
+    // Warm the page cache for both, with one discarded pass each.
+    for (const s of servers) await runConsumer(s.port, start, end, 'warmup');
+
+    const res: Record<string, Record<string, number[]>> = {};
+    const add = (server: string, what: string, mibs: number) => ((res[what] ??= {})[server] ??= []).push(mibs);
+    for (let r = 0; r < rounds; r++) {
+      for (const s of servers) {
+        const c = await runConsumer(s.port, start, end, 'bench');
+        add(s.name, 'discarding consumer', c.bytes / 1048576 / c.seconds);
+        const dir = path.join(shm, `walkeeper-bench-rw-${process.pid}`);
+        await rm(dir, { recursive: true, force: true });
+        await mkdir(dir);
+        await copyFile(path.join(pg.walDir, segName(firstSeg)), path.join(dir, segName(firstSeg)));
+        const t0 = process.hrtime.bigint();
+        const rw = startReceivewal({ host: '127.0.0.1', port: s.port, dir, endpos: end - 1n, noLoop: true });
+        const out = await rw.wait(600_000);
+        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+        await rm(dir, { recursive: true, force: true });
+        if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
+        add(s.name, 'pg_receivewal (tmpfs)', total / 1048576 / secs);
+        log(`round ${r + 1}: ${s.name} done`);
+      }
+    }
+    // Fan-out: N consumers at once; aggregate throughput; the node's memory meanwhile.
+    const idleRss = await rssKiB(nodePid);
+    let peakDuring = idleRss;
+    for (const s of servers) {
+      const sampler = setInterval(() => {
+        if (s.port === nodePort) void rssKiB(nodePid).then((k) => (peakDuring = Math.max(peakDuring, k)));
+      }, 20);
+      const t0 = process.hrtime.bigint();
+      const all = await Promise.all(Array.from({ length: fanout }, (_, i) => runConsumer(s.port, start, end, `fan${i}`)));
+      clearInterval(sampler);
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      add(s.name, `${fanout} discarding consumers (aggregate)`, all.reduce((a, c) => a + c.bytes, 0) / 1048576 / secs);
+    }
+    const peakRss = await rssKiB(nodePid, 'VmHWM');
+
+    const lines: string[] = [];
+    lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds (fan-out: one run)`);
+    lines.push(`machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
+    lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio`);
+    for (const [what, by] of Object.entries(res)) {
+      const p = median(by['PostgreSQL walsender']!);
+      const w = median(by['walkeeper node']!);
+      lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×`);
+    }
+    lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; idle ${(idleRss / 1024).toFixed(0)} MiB; with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
+    console.log(lines.join('\n'));
+  } finally {
+    nodeProc?.kill('SIGTERM');
+    await pg.destroy();
+    await tmp.cleanup();
+  }
+}
+
+main().catch((e) => {
+  console.error(`sender: ${(e as Error).stack ?? e}`);
+  process.exitCode = 1;
+});
