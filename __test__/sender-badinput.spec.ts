@@ -348,3 +348,18 @@ test.serial('fuzz: 10,000+ random and mutated messages, then a normal client sti
   t.is(node.logs.filter((l) => l.msg === 'session failed').length, errorsBefore, 'no session hit an internal error');
   t.false([...stream.slots.keys()].includes('f'), 'temporary slots of fuzz sessions are gone');
 });
+
+test('GSSENCRequest and SSLRequest without TLS are answered N, and the client continues in the clear', async (t) => {
+  for (const request of [frontend.gssencRequest(), frontend.sslRequest()]) {
+    const s = net.connect({ host: node.host, port: node.port });
+    const answers: Buffer[] = [];
+    s.on('data', (b: Buffer) => answers.push(b));
+    await new Promise((r) => s.on('connect', r));
+    s.write(request);
+    await until(() => answers.length > 0, 'the answer byte');
+    t.deepEqual([...Buffer.concat(answers)], [0x4e]);
+    s.write(Buffer.concat([startup(), frontend.query('IDENTIFY_SYSTEM')]));
+    await until(() => Buffer.concat(answers).includes(Buffer.from('IDENTIFY_SYSTEM\0')), 'IDENTIFY_SYSTEM to complete');
+    s.destroy();
+  }
+});
