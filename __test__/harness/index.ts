@@ -12,3 +12,5 @@ export * from './proxy.js';
 export * from './node.js';
 export * from './walfixture.js';
 export * from './wait.js';
+export * from './nodeproc.js';
+export * from './fakeupstream.js';

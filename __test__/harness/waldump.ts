@@ -6,6 +6,7 @@ import { fmtLsn, lsnOf } from './pgtools.js';
 
 export interface DumpedRecord {
   lsn: bigint;
+  xid: bigint;
   prev: bigint;
   totLen: number;
   rmgr: string;
@@ -21,7 +22,7 @@ export interface Dump {
   error: string | null;
 }
 
-const REC = /^rmgr: (\S+)\s+len \(rec\/tot\):\s*\d+\/\s*(\d+), tx:\s*\d+, lsn: ([0-9A-F]+\/[0-9A-F]+), prev ([0-9A-F]+\/[0-9A-F]+), desc: (.*)$/;
+const REC = /^rmgr: (\S+)\s+len \(rec\/tot\):\s*\d+\/\s*(\d+), tx:\s*(\d+), lsn: ([0-9A-F]+\/[0-9A-F]+), prev ([0-9A-F]+\/[0-9A-F]+), desc: (.*)$/;
 const ERR_AT = / at ([0-9A-F]+\/[0-9A-F]+)(?::|$)/;
 
 /** Runs pg_waldump over `dir` from `start` (to `end` if given) and parses every record line. */
@@ -32,7 +33,7 @@ export async function waldump(dir: string, start: bigint, end?: bigint, timeline
   const records: DumpedRecord[] = [];
   for (const line of r.stdout.split('\n')) {
     const m = REC.exec(line);
-    if (m) records.push({ rmgr: m[1]!, totLen: Number(m[2]), lsn: lsnOf(m[3]!), prev: lsnOf(m[4]!), desc: m[5]! });
+    if (m) records.push({ rmgr: m[1]!, totLen: Number(m[2]), xid: BigInt(m[3]!), lsn: lsnOf(m[4]!), prev: lsnOf(m[5]!), desc: m[6]! });
   }
   const errLine = r.stderr.split('\n').find((l) => l.includes('error')) ?? null;
   let errorAt: bigint | null = null;

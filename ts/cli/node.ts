@@ -21,6 +21,8 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --tls-cert FILE         PEM certificate: answer SSLRequest with TLS
   --tls-key FILE          PEM private key for --tls-cert
   --availability-zone AZ  reported to receivers, which prefer their own zone
+  --upstream CONNINFO     follow this PostgreSQL server into --stream (libpq URI or key=value)
+  --application-name NAME name towards the upstream, for synchronous_standby_names (default walkeeper_<node-id>)
 
 Clients choose a stream with options='-c stream=<name>'.
 `;
@@ -39,6 +41,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'availability-zone': { type: 'string' },
+      upstream: { type: 'string' },
+      'application-name': { type: 'string' },
     },
     NODE_USAGE,
   );
@@ -57,6 +61,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
     tlsCert: str('tls-cert'),
     tlsKey: str('tls-key'),
     availabilityZone: str('availability-zone'),
+    upstream: str('upstream'),
+    applicationName: str('application-name'),
   });
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

@@ -7,10 +7,12 @@ import http from 'node:http';
 
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { Replica } from './replica.js';
+import type { Ingest } from './ingest.js';
 import type { Stream } from './stream.js';
 
 export interface HttpNodeView {
   nodeId: number;
+  ingests: ReadonlyMap<string, Ingest>;
   pgAddress: string;
   httpAddress: string;
   availabilityZone: string | null;
@@ -44,6 +46,24 @@ export function replicaJson(r: Replica) {
   };
 }
 
+function upstreamJson(i: Ingest | undefined, s: Stream) {
+  if (!i) return null;
+  const u = i.status();
+  return {
+    conninfo: u.conninfo,
+    state: u.state,
+    connected_to: u.connectedTo,
+    since: u.since.toISOString(),
+    received_lsn: lsn(u.receivedLsn),
+    flushed_lsn: formatLsn(s.flushLsn),
+    upstream_end_lsn: lsn(u.upstreamEndLsn),
+    // How far this node's flushed WAL is behind what the upstream last said it has.
+    lag_bytes: u.upstreamEndLsn === null ? null : Number(u.upstreamEndLsn > s.flushLsn ? u.upstreamEndLsn - s.flushLsn : 0n),
+    reconnects: u.reconnects,
+    last_error: u.lastError,
+  };
+}
+
 export function streamJson(node: HttpNodeView, s: Stream) {
   const a = s.replicas.aggregates();
   return {
@@ -61,6 +81,7 @@ export function streamJson(node: HttpNodeView, s: Stream) {
     http_address: node.httpAddress,
     availability_zone: node.availabilityZone,
     updated_at: new Date().toISOString(),
+    upstream: upstreamJson(node.ingests.get(s.name), s),
     replicas: s.replicas.list().map(replicaJson),
     replica_aggregates: {
       count: a.count,

@@ -15,6 +15,7 @@ import { PgError, SQLSTATE } from '../pgwire/errors.js';
 import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
 import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
 import { ReplicationSession } from './handler.js';
+import { DEFAULT_INGEST, Ingest } from './ingest.js';
 import { createHttpServer } from './http.js';
 import { lockDataDir } from './lockfile.js';
 import { createLogger, type Logger } from './log.js';
@@ -38,8 +39,15 @@ export interface NodeOptions {
   tlsCert?: string;
   tlsKey?: string;
   availabilityZone?: string;
+  /** libpq conninfo of a PostgreSQL server to follow into `stream`. */
+  upstream?: string;
+  /** application_name towards the upstream (default walkeeper_<node-id>): what synchronous_standby_names lists. */
+  applicationName?: string;
+  /** The physical slot on the upstream (default walkeeper_<node-id>). */
+  slotName?: string;
   logger?: Logger;
   sender?: Partial<SenderConfig>;
+  ingest?: Partial<typeof DEFAULT_INGEST>;
 }
 
 export function parseHostPort(text: string, what: string): { host: string; port: number } {
@@ -125,6 +133,8 @@ export class WalkeeperNode {
   private readonly senderConfig: SenderConfig;
   private tlsContext: tls.SecureContext | null = null;
   private users = new Map<string, ScramVerifier>();
+  /** Ingest per stream (one: the node's --stream, when --upstream is given). */
+  readonly ingests = new Map<string, Ingest>();
   private mockSecret: Buffer = randomBytes(32);
 
   constructor(readonly opts: NodeOptions) {
@@ -179,6 +189,7 @@ export class WalkeeperNode {
       this.httpServer = createHttpServer(this);
       const httpPort = await listen(this.httpServer, httpAt.host, httpAt.port);
       this.httpAddress = formatAddress(httpAt.host, httpPort);
+      if (o.upstream) this.startIngest(o.upstream);
     } catch (err) {
       await this.stop();
       throw err;
@@ -206,6 +217,35 @@ export class WalkeeperNode {
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
     });
+    // Local WAL cut back (a diverged timeline): clients past that point were sent WAL that is gone.
+    s.on('rewind', (lsn: bigint, why: string) => {
+      for (const [sender, st] of this.senders) if (st === s && sender.sentLsn > lsn) sender.endStreaming(why);
+    });
+  }
+
+  private startIngest(conninfo: string): void {
+    const name = this.opts.stream ?? 'main';
+    const appName = this.opts.applicationName ?? `walkeeper_${this.nodeId}`;
+    const ingest = new Ingest(
+      {
+        stream: (n) => this.streams.get(n),
+        createStream: async (n, init) => {
+          const s = await Stream.create(path.join(this.opts.dataDir, 'streams', n), this.log, init);
+          this.addStream(s);
+          return s;
+        },
+        flushed: (s) => this.flushed(s),
+      },
+      { ...DEFAULT_INGEST, ...this.opts.ingest, conninfo, applicationName: appName, slotName: this.opts.slotName ?? `walkeeper_${this.nodeId}`, stream: name },
+      this.log,
+    );
+    this.ingests.set(name, ingest);
+    ingest.start();
+  }
+
+  /** After ingest flushed: without peers, what this node has flushed is committed. */
+  private flushed(s: Stream): void {
+    if (s.flushLsn > s.commitLsn) s.setCommitLsn(s.flushLsn);
   }
 
   private onConnection(socket: net.Socket): void {
@@ -320,6 +360,7 @@ export class WalkeeperNode {
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      await Promise.all([...this.ingests.values()].map((i) => i.stop()));
       this.pgServer?.close();
       this.httpServer?.close();
       this.httpServer?.closeAllConnections();

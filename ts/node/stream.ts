@@ -5,7 +5,7 @@
  * quorum and HTTP hold a reference to it, never to each other.
  */
 import { EventEmitter } from 'node:events';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { formatLsn, historyFileName, segmentStart, type Lsn } from '../lsn.js';
@@ -112,6 +112,32 @@ export class Stream extends EventEmitter {
     return s;
   }
 
+  /**
+   * Creates a new, empty stream directory for WAL that will start at
+   * `start` (a segment start), on timeline `tli` with its history files.
+   */
+  static async create(
+    dir: string,
+    log: Logger,
+    init: { systemId: bigint; pgVersion: number; segmentSize: number; tli: number; start: Lsn; histories: Map<number, string> },
+  ): Promise<Stream> {
+    if (init.start % BigInt(init.segmentSize) !== 0n) throw new Error(`a new stream must start at a segment start, not ${formatLsn(init.start)}`);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const store = await WalStore.open(dir, init.segmentSize, init.tli);
+    for (const [tli, text] of init.histories) await store.putHistory(tli, text);
+    await writeControlFile(dir, {
+      systemId: init.systemId,
+      pgVersion: init.pgVersion,
+      segmentSize: init.segmentSize,
+      tli: init.tli,
+      flushLsn: init.start,
+      commitLsn: init.start,
+      firstLsn: init.start,
+      slots: {},
+    });
+    return Stream.open(dir, log);
+  }
+
   get state(): StreamState {
     return this._state;
   }
@@ -162,6 +188,40 @@ export class Stream extends EventEmitter {
 
   async historyFile(tli: number): Promise<string | null> {
     return this.store.getHistory(tli);
+  }
+
+  /**
+   * Moves the stream onto timeline `tli` (its history file content given),
+   * as a standby does when its upstream switched: WAL from here on is
+   * written to `tli`'s segment files.
+   */
+  async switchTimeline(tli: number, historyText: string): Promise<void> {
+    if (tli <= this._tli) throw new Error(`stream ${this.name}: cannot switch from timeline ${this._tli} to ${tli}`);
+    const history = parseHistory(tli, historyText);
+    if (!history.some((e) => e.tli === this._tli)) {
+      throw new Error(`stream ${this.name}: timeline ${tli} does not descend from this stream's timeline ${this._tli}`);
+    }
+    await this.store.putHistory(tli, historyText);
+    this.store.setTimeline(tli);
+    const from = this._tli;
+    this._tli = tli;
+    this._history = history;
+    await this.persistNow();
+    this.log.info({ from_tli: from, tli, switchpoint: formatLsn(timelineEntry(history, from)!.end!) }, 'switched timeline');
+  }
+
+  /**
+   * Cuts local WAL back to `lsn` (a timeline switch below what we hold):
+   * senders beyond it are ended, flush and commit LSN go back to it.
+   */
+  async truncateTo(lsn: Lsn, why: string): Promise<void> {
+    if (lsn >= this.flushLsn) return;
+    this.log.warn({ from: formatLsn(this.flushLsn), to: formatLsn(lsn), reason: why }, 'truncating local WAL');
+    this.emit('rewind', lsn, why);
+    await this.store.truncate(lsn);
+    this.flushWatch.resetTo(lsn);
+    this.commitWatch.resetTo(lsn);
+    await this.persistNow();
   }
 
   // --- slots -------------------------------------------------------------

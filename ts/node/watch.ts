@@ -32,6 +32,14 @@ export class LsnWatch {
     return true;
   }
 
+  /**
+   * Lowers the value: only when local WAL is cut back (a timeline switch
+   * that diverged). Waiters keep waiting for the new value to pass them.
+   */
+  resetTo(lsn: Lsn): void {
+    if (lsn < this.current) this.current = lsn;
+  }
+
   /** Resolves when the value is above `above`, after `timeoutMs`, or on `cancel()`. */
   waitAbove(above: Lsn, timeoutMs: number): { promise: Promise<WaitResult>; cancel: () => void } {
     let waiter!: Waiter;
