@@ -183,3 +183,24 @@ test('a standby promoted to TLI 2, the node re-pointed at it: the node follows o
   t.regex(r.stderr, /switched to timeline 2/);
   t.deepEqual(await compareWalDirs(dir, s1.walDir, { segSize: SEG, endLsn: { 1: switchLsn, 2: end }, segments: 'ours' }), []);
 });
+
+test("a standby of the node with hot_standby_feedback: its xmin reaches the primary's slot through the node", async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '64MB' } });
+  t.teardown(() => pg.destroy());
+  await pg.query('CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g');
+  const bb = await basebackup(pg);
+  const node = await startTestNode({ upstream: conninfoOf(pg), dataDir: path.join(tmp.path, 'h') });
+  t.teardown(() => node.stop());
+  await waitFlushed(node, await flushLsn(pg));
+  const standby = await startStandby(bb, { primaryConninfo: node.conninfo('application_name=hs'), conf: { hot_standby_feedback: 'on', wal_receiver_status_interval: '1s' } });
+  t.teardown(() => standby.destroy());
+  await until(() => node.node.stream().replicas.aggregates().minXmin !== null, "the standby's xmin at the node", 60_000);
+  for (;;) {
+    const [s] = await pg.query<{ xmin: string | null }>("SELECT xmin::text FROM pg_replication_slots WHERE slot_name = 'walkeeper_1'");
+    if (s?.xmin) {
+      t.is(BigInt(s.xmin), node.node.stream().replicas.aggregates().minXmin! & 0xffffffffn);
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});

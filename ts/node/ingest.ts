@@ -313,9 +313,14 @@ export class Ingest {
       if (!copy.canSend) return;
       const f = stream.flushLsn;
       copy.sendStatus({ write: written, flush: f, apply: f, replyRequested });
+      sendFeedback(false);
+    };
+    /** 'h' with the oldest xmin our replicas report, so the primary keeps the rows their queries need. */
+    const sendFeedback = (force: boolean) => {
+      if (!copy.canSend) return;
       const a = stream.replicas.aggregates();
       const key = `${a.minXmin}/${a.minCatalogXmin}`;
-      if (key !== lastXmin || replyRequested) {
+      if (key !== lastXmin || force) {
         lastXmin = key;
         const xmin = a.minXmin ?? 0n;
         const cat = a.minCatalogXmin ?? 0n;
@@ -355,7 +360,12 @@ export class Ingest {
       if (this.upstreamEnd === null || k.walEnd > this.upstreamEnd) this.upstreamEnd = k.walEnd;
       if (k.replyRequested) sendStatus(false);
     };
-    const timer = setInterval(() => sendStatus(false), this.cfg.statusIntervalMs);
+    const timer = setInterval(() => {
+      sendStatus(false);
+      sendFeedback(true);
+    }, this.cfg.statusIntervalMs);
+    const onFeedback = () => sendFeedback(false);
+    stream.on('feedback', onFeedback);
     const flush = async () => {
       await stream.flushWal();
       this.host.flushed(stream);
@@ -403,6 +413,7 @@ export class Ingest {
       failure = err;
     } finally {
       clearInterval(timer);
+      stream.off('feedback', onFeedback);
       writerDone = true;
       wake();
       await writer.catch((err: Error) => {

@@ -96,6 +96,15 @@ export class Stream extends EventEmitter {
       // the recorded flush position is mid-record; with nothing decodable
       // (a segment boundary with no file after it) the end is that start.
       end = scan.end;
+      // The recorded flush position was fsynced before it was recorded, so
+      // the bytes up to it are durable even when they end inside a record
+      // whose rest had not arrived yet (the scan stops before such a
+      // record). Keep them — they were acknowledged — as long as their
+      // segment is still here.
+      if (end < control.flushLsn) {
+        const lastSeg = Number((control.flushLsn - 1n) / BigInt(control.segmentSize));
+        if (store.list().some((f) => f.segno === lastSeg)) end = control.flushLsn;
+      }
       if (end < control.commitLsn) {
         throw new Error(
           `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(control.commitLsn)} ` +

@@ -216,8 +216,8 @@ interface KvToken {
 
 /**
  * conninfo_parse's scanner. Strict: throws libpq's errors. Tolerant (for
- * redaction): stops at a missing '=', and an unterminated quoted value runs
- * to the end of the string.
+ * redaction): a word without '=' is skipped, and an unterminated quoted
+ * value runs to the end of the string.
  */
 function scanKeyValue(s: string, tolerant: boolean, onToken?: (t: KvToken) => void): KvToken[] {
   const tokens: KvToken[] = [];
@@ -239,7 +239,7 @@ function scanKeyValue(s: string, tolerant: boolean, onToken?: (t: KvToken) => vo
     const key = s.slice(keyStart, i);
     while (i < n && isSpace(s[i])) i++;
     if (s[i] !== '=') {
-      if (tolerant) return tokens;
+      if (tolerant) continue; // skip the bare word: a later password=... must still be found
       fail(`missing "=" after "${key}" in connection info string`);
     }
     i++;
