@@ -16,7 +16,7 @@
  */
 import { formatLsn, segmentStart, type Lsn } from '../lsn.js';
 import { ReplicationClient, type CopyBoth } from '../pgwire/client.js';
-import { parseConnInfo, redactConnInfo, toConnectOptions } from '../pgwire/conninfo.js';
+import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../pgwire/conninfo.js';
 import { PgError } from '../pgwire/errors.js';
 import { hotStandbyFeedback } from '../pgwire/replication.js';
 import { Backoff } from './backoff.js';
@@ -146,7 +146,7 @@ export class Ingest {
         progressed = await this.session();
       } catch (err) {
         if (this.stopped) break;
-        if (err instanceof IngestFatal) {
+        if (err instanceof IngestFatal || err instanceof ConnInfoError) {
           this.lastError = err.message;
           this.setState('failed');
           this.log.error({ err: err.message }, 'ingest stopped');
@@ -183,8 +183,6 @@ export class Ingest {
       try {
         const c = await ReplicationClient.connect({
           ...toConnectOptions(ci, h),
-          host: h.host,
-          port: h.port,
           database: 'replication',
           replication: 'true',
           applicationName: this.cfg.applicationName,
@@ -193,7 +191,7 @@ export class Ingest {
         return c;
       } catch (err) {
         last = err as Error;
-        if (err instanceof PgError && (err.code === '28P01' || err.code === '28000')) throw err;
+        if (err instanceof ConnInfoError || (err instanceof PgError && (err.code === '28P01' || err.code === '28000'))) throw err;
       }
     }
     throw last ?? new Error('no upstream host to connect to');
