@@ -204,3 +204,22 @@ test("a standby of the node with hot_standby_feedback: its xmin reaches the prim
     await new Promise((r) => setTimeout(r, 100));
   }
 });
+
+test('--upstream with a host list and a SCRAM password: the node skips the dead host and authenticates', async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, hba: ['host replication repl 127.0.0.1/32 scram-sha-256'] });
+  t.teardown(() => pg.destroy());
+  await pg.query("SET password_encryption = 'scram-sha-256'; CREATE ROLE repl REPLICATION LOGIN PASSWORD 's3cr3t'");
+  const dead = await (await import('./harness/index.js')).freePort();
+  const node = await startTestNode({
+    upstream: `postgresql://repl:s3cr3t@127.0.0.1:${dead},127.0.0.1:${pg.port}/postgres?application_name=ignored&connect_timeout=5`,
+    dataDir: path.join(tmp.path, 'scram'),
+  });
+  t.teardown(() => node.stop());
+  await pg.query('CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g');
+  await waitFlushed(node, await flushLsn(pg));
+  const st = node.node.ingests.get('main')!.status();
+  t.is(st.connectedTo, `127.0.0.1:${pg.port}`);
+  t.notRegex(st.conninfo, /s3cr3t/, 'the password is not shown');
+  const [r] = await pg.query<{ usename: string; application_name: string }>('SELECT usename, application_name FROM pg_stat_replication');
+  t.like(r, { usename: 'repl', application_name: 'walkeeper_1' });
+});

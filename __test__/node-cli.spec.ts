@@ -172,3 +172,9 @@ test('a stream whose WAL ends below its commit_lsn is refused at start-up', asyn
   const e = await t.throwsAsync(startNode({ dataDir: data, listenPg: '127.0.0.1:0', listenHttp: '127.0.0.1:0', logger: (await import('../ts/node/log.js')).silentLogger() }));
   t.regex(e!.message, /stream main: valid WAL ends at .*, below commit_lsn .*; WAL that clients may have received is missing, refusing to start/);
 });
+
+test('a bad --upstream is refused at start with one line', async (t) => {
+  const r = await run(['node', '--data-dir', newDir(), '--listen-pg', '127.0.0.1:0', '--listen-http', '127.0.0.1:0', '--upstream', 'host=x bogus=1']);
+  t.is(r.code, 1);
+  t.is(r.stderr, 'walkeeper: invalid connection option "bogus"\n');
+});

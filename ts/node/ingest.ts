@@ -45,7 +45,7 @@ export interface IngestConfig {
 
 export const DEFAULT_INGEST: Omit<IngestConfig, 'conninfo' | 'applicationName' | 'slotName' | 'stream'> = {
   statusIntervalMs: 10_000,
-  flushBytes: 16 * 1024 * 1024,
+  flushBytes: 2 * 1024 * 1024,
   maxQueuedBytes: 32 * 1024 * 1024,
 };
 
@@ -364,11 +364,34 @@ export class Ingest {
     }, this.cfg.statusIntervalMs);
     const onFeedback = () => sendFeedback(false);
     stream.on('feedback', onFeedback);
-    const flush = async () => {
-      await stream.flushWal();
-      this.host.flushed(stream);
-      sendStatus(false);
+    // Group commit, pipelined: one fsync at a time runs on the thread pool
+    // while new WAL keeps being appended; it covers everything appended
+    // before it started, and when it ends, what came meanwhile gets the
+    // next one.
+    let flushing: Promise<void> | null = null;
+    let flushAgain = false;
+    const startFlush = (): void => {
+      if (flushing) {
+        flushAgain = true;
+        return;
+      }
+      flushing = (async () => {
+        await stream.flushWal();
+        this.host.flushed(stream);
+        sendStatus(false);
+      })().finally(() => {
+        flushing = null;
+        if (flushAgain && !fatal) {
+          flushAgain = false;
+          startFlush();
+        }
+      });
+      flushing.catch((err: Error) => {
+        fatal ??= new IngestFatal(`cannot flush received WAL: ${err.message}`);
+        wake();
+      });
     };
+    const MAX_WRITE = 4 * 1024 * 1024;
     const writer = (async () => {
       let unflushed = 0;
       while (!writerDone || queue.length > 0) {
@@ -376,28 +399,35 @@ export class Ingest {
         if (queue.length === 0) {
           // Nothing more is readable right now: make what we have durable.
           if (unflushed > 0) {
-            await flush();
+            startFlush();
             unflushed = 0;
-            continue;
           }
           await new Promise<void>((r) => (wakeWriter = r));
           continue;
         }
-        const item = queue.shift()!;
-        queued -= item.data.length;
-        written = await stream.appendWal(item.start, item.data);
+        // What has arrived goes down in few writes (one thread-pool hop per
+        // few MiB instead of one per message).
+        let n = 0;
+        let bytes = 0;
+        while (n < queue.length && (n === 0 || bytes + queue[n]!.data.length <= MAX_WRITE)) bytes += queue[n++]!.data.length;
+        const items = queue.splice(0, n);
+        const data = items.length === 1 ? items[0]!.data : Buffer.concat(items.map((i) => i.data), bytes);
+        queued -= data.length;
+        written = await stream.appendWal(items[0]!.start, data);
         progressed = true;
-        unflushed += item.data.length;
+        unflushed += data.length;
         if (paused && queued < this.cfg.maxQueuedBytes / 2) {
           paused = false;
           copy.resume();
         }
         if (unflushed >= this.cfg.flushBytes) {
-          await flush();
+          startFlush();
           unflushed = 0;
         }
       }
-      if (unflushed > 0 && !fatal) await flush();
+      if (fatal) return;
+      if (unflushed > 0) startFlush();
+      while (flushing) await flushing;
     })();
     let result: Awaited<typeof copy.done> | null = null;
     let failure: unknown = null;

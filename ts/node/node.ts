@@ -11,6 +11,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type http from 'node:http';
 
+import { parseConnInfo } from '../pgwire/conninfo.js';
 import { PgError, SQLSTATE } from '../pgwire/errors.js';
 import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
 import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
@@ -176,6 +177,8 @@ export class WalkeeperNode {
     }
     if (o.passwordFile) this.users = await readPasswordFile(o.passwordFile);
     else if (this.auth === 'scram') throw new Error('--auth scram needs --password-file');
+    // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
+    if (o.upstream !== undefined) parseConnInfo(o.upstream);
     const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
     const httpAt = parseHostPort(o.listenHttp ?? '127.0.0.1:7676', '--listen-http');
 

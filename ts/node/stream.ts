@@ -29,6 +29,8 @@ export interface Slot {
 }
 
 export const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
+const PERSIST_LSN_DELAY_MS = 1000;
+const PERSIST_SLOT_DELAY_MS = 50;
 
 export class Stream extends EventEmitter {
   readonly name: string;
@@ -48,6 +50,7 @@ export class Stream extends EventEmitter {
   private _history: TimelineEntry[];
   private _state: StreamState = 'active';
   private persistTimer: NodeJS.Timeout | undefined;
+  private persistDue = 0;
   private persisting: Promise<void> = Promise.resolve();
 
   private constructor(name: string, dir: string, store: WalStore, control: ControlData, history: TimelineEntry[], flush: Lsn, log: Logger) {
@@ -239,7 +242,7 @@ export class Stream extends EventEmitter {
     const restartLsn = opts.reserveWal ? segmentStart(this.commitLsn, this.segmentSize) : 0n;
     const slot: Slot = { name, restartLsn, tli: this.tli, temporary: opts.temporary, activeBy: null };
     this.slots.set(name, slot);
-    if (!opts.temporary) this.persistSoon();
+    if (!opts.temporary) this.persistSoon(PERSIST_SLOT_DELAY_MS);
     this.log.info({ slot: name, restart_lsn: formatLsn(restartLsn), temporary: opts.temporary }, 'replication slot created');
     return slot;
   }
@@ -248,7 +251,7 @@ export class Stream extends EventEmitter {
     const s = this.slots.get(name);
     if (!s) return;
     this.slots.delete(name);
-    if (!s.temporary) this.persistSoon();
+    if (!s.temporary) this.persistSoon(PERSIST_SLOT_DELAY_MS);
     this.log.info({ slot: name }, 'replication slot dropped');
   }
 
@@ -323,13 +326,24 @@ export class Stream extends EventEmitter {
     };
   }
 
-  /** Writes the control file soon, coalescing bursts of changes into one write. */
-  persistSoon(): void {
-    if (this.persistTimer || this._state === 'removed') return;
+  /**
+   * Writes the control file soon, coalescing bursts of changes into one
+   * write. LSN moves wait up to a second: a control file a little behind is
+   * safe (its flush and commit LSN are lower bounds that the start-up scan
+   * goes past), and each write costs fsyncs that would compete with the
+   * WAL's own. Slot changes go out quickly.
+   */
+  persistSoon(delayMs = PERSIST_LSN_DELAY_MS): void {
+    if (this._state === 'removed') return;
+    if (this.persistTimer) {
+      if (delayMs >= this.persistDue - Date.now()) return;
+      clearTimeout(this.persistTimer);
+    }
+    this.persistDue = Date.now() + delayMs;
     this.persistTimer = setTimeout(() => {
       this.persistTimer = undefined;
       void this.persistNow().catch((err: Error) => this.log.error({ err: err.message }, 'cannot write control file'));
-    }, 50);
+    }, delayMs);
   }
 
   /** Writes the control file now (after any write in progress). */
