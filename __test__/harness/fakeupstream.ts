@@ -16,8 +16,18 @@ import { parseReplicationCommand, type ReplicationCommand } from '../../ts/pgwir
 import { PgError, ProtocolError, SQLSTATE } from '../../ts/pgwire/errors.js';
 import type { FrontendMessage } from '../../ts/pgwire/messages.js';
 import { decodeHotStandbyFeedback, decodeStandbyStatus, keepalive, pgNow, xlogData } from '../../ts/pgwire/replication.js';
-import { backend, type FieldSpec } from '../../ts/pgwire/serializer.js';
+import { backend } from '../../ts/pgwire/serializer.js';
 import { ServerConnection, type StartupInfo } from '../../ts/pgwire/server.js';
+import {
+  createReplicationSlotResult,
+  identifySystemResult,
+  nextTimelineRows,
+  readReplicationSlotResult,
+  segmentSizeText,
+  showResult,
+  timelineHistoryResult,
+  walsenderParameters,
+} from '../../ts/pgwire/walsender.js';
 
 /** What `mutate` may answer for one XLogData message. */
 export type FakeUpstreamMutation =
@@ -93,14 +103,8 @@ export interface FakeUpstream {
   close(): Promise<void>;
 }
 
-const TEXT = { typeOid: 25, typeLen: -1, typeMod: -1 };
-const INT4 = { typeOid: 23, typeLen: 4, typeMod: -1 };
-const INT8 = { typeOid: 20, typeLen: 8, typeMod: -1 };
 const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
 
-function segmentSizeText(bytes: number): string {
-  return bytes >= 1 << 30 ? `${bytes / (1 << 30)}GB` : `${bytes / (1 << 20)}MB`;
-}
 
 function checkSlotName(name: string): void {
   if (!SLOT_NAME_RE.test(name)) {
@@ -233,29 +237,11 @@ class Session {
 
   private accept(startup: StartupInfo): Record<string, string> {
     this.shared.log.startups.push({ ...startup.params });
-    return {
-      application_name: startup.applicationName,
-      client_encoding: 'SQL_ASCII',
-      DateStyle: 'ISO, MDY',
-      default_transaction_read_only: 'off',
-      in_hot_standby: 'off',
-      integer_datetimes: 'on',
-      IntervalStyle: 'postgres',
-      is_superuser: 'on',
-      server_encoding: 'SQL_ASCII',
-      server_version: this.o.serverVersion,
-      session_authorization: startup.user,
-      standard_conforming_strings: 'on',
-      TimeZone: 'UTC',
-    };
+    return walsenderParameters(this.o.serverVersion, startup.user, startup.applicationName);
   }
 
   private send(...bufs: Buffer[]): void {
     this.conn.write(bufs.length === 1 ? bufs[0]! : Buffer.concat(bufs));
-  }
-
-  private result(fields: FieldSpec[], rows: (string | null)[][], tag: string): void {
-    this.send(backend.rowDescription(fields), ...rows.map((r) => backend.dataRow(r)), backend.commandComplete(tag));
   }
 
   async run(): Promise<void> {
@@ -311,16 +297,7 @@ class Session {
       case 'base_backup':
         throw new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'BASE_BACKUP is not supported by the fake upstream');
       case 'identify_system':
-        this.result(
-          [
-            { name: 'systemid', ...TEXT },
-            { name: 'timeline', ...INT4 },
-            { name: 'xlogpos', ...TEXT },
-            { name: 'dbname', ...TEXT },
-          ],
-          [[o.systemId.toString(), String(o.tli), formatLsn(this.walEnd), null]],
-          'IDENTIFY_SYSTEM',
-        );
+        this.send(identifySystemResult(o.systemId, o.tli, this.walEnd));
         return true;
       case 'show': {
         const values: Record<string, string> = {
@@ -335,38 +312,20 @@ class Session {
         const name = cmd.name.toLowerCase();
         const v = values[name];
         if (v === undefined) throw new PgError(SQLSTATE.UNDEFINED_OBJECT, `unrecognized configuration parameter "${cmd.name}"`);
-        this.result([{ name, ...TEXT }], [[v]], 'SHOW');
+        this.send(showResult(name, v));
         return true;
       }
       case 'timeline_history': {
         const name = historyFileName(cmd.tli);
         const content = o.histories[cmd.tli];
         if (content === undefined) throw new PgError(SQLSTATE.UNDEFINED_FILE, `could not open file "pg_wal/${name}": No such file or directory`);
-        this.result(
-          [
-            { name: 'filename', typeOid: 25, typeLen: -1, typeMod: 0 },
-            { name: 'content', typeOid: 25, typeLen: -1, typeMod: 0 },
-          ],
-          [[name, content]],
-          'TIMELINE_HISTORY',
-        );
+        this.send(timelineHistoryResult(name, content));
         return true;
       }
       case 'read_replication_slot': {
         checkSlotName(cmd.slot);
         const slot = this.shared.slots.get(cmd.slot);
-        const row = slot
-          ? ['physical', slot.restartLsn === 0n ? null : formatLsn(slot.restartLsn), slot.restartLsn === 0n ? null : String(o.tli)]
-          : [null, null, null];
-        this.result(
-          [
-            { name: 'slot_type', ...TEXT },
-            { name: 'restart_lsn', ...TEXT },
-            { name: 'restart_tli', ...INT8 },
-          ],
-          [row],
-          'READ_REPLICATION_SLOT',
-        );
+        this.send(readReplicationSlotResult(slot ? { restartLsn: slot.restartLsn, tli: o.tli } : null));
         return true;
       }
       case 'create_replication_slot':
@@ -374,16 +333,7 @@ class Session {
         checkSlotName(cmd.slot);
         if (this.shared.slots.has(cmd.slot)) throw new PgError(SQLSTATE.DUPLICATE_OBJECT, `replication slot "${cmd.slot}" already exists`);
         this.shared.slots.set(cmd.slot, { restartLsn: cmd.reserveWal ? o.walStart : 0n });
-        this.result(
-          [
-            { name: 'slot_name', ...TEXT },
-            { name: 'consistent_point', ...TEXT },
-            { name: 'snapshot_name', ...TEXT },
-            { name: 'output_plugin', ...TEXT },
-          ],
-          [[cmd.slot, '0/0', null, null]],
-          'CREATE_REPLICATION_SLOT',
-        );
+        this.send(createReplicationSlotResult(cmd.slot));
         return true;
       case 'drop_replication_slot':
         checkSlotName(cmd.slot);
@@ -410,13 +360,7 @@ class Session {
   }
 
   private nextTimelineRow(h: TimelineEnd): Buffer {
-    return Buffer.concat([
-      backend.rowDescription([
-        { name: 'next_tli', ...INT8 },
-        { name: 'next_tli_startpos', ...TEXT },
-      ]),
-      backend.dataRow([String(h.next), formatLsn(h.end)]),
-    ]);
+    return nextTimelineRows(h.next, h.end);
   }
 
   private async startReplication(start: bigint, tli: number, slotName: string | null): Promise<boolean> {

@@ -12,13 +12,18 @@ import { parseReplicationCommand, type ReplicationCommand } from '../pgwire/comm
 import { PgError, ProtocolError, SQLSTATE } from '../pgwire/errors.js';
 import { backend } from '../pgwire/serializer.js';
 import type { ServerConnection, StartupInfo } from '../pgwire/server.js';
+import {
+  createReplicationSlotResult,
+  identifySystemResult,
+  nextTimelineRows,
+  readReplicationSlotResult,
+  segmentSizeText,
+  showResult,
+  timelineHistoryResult,
+} from '../pgwire/walsender.js';
 import type { Logger } from './log.js';
 import { WalSender, type SenderConfig } from './send_wal.js';
 import { SLOT_NAME_RE, type Slot, type Stream } from './stream.js';
-
-const TEXT = { typeOid: 25, typeLen: -1, typeMod: -1 };
-const INT4 = { typeOid: 23, typeLen: 4, typeMod: -1 };
-const INT8 = { typeOid: 20, typeLen: 8, typeMod: -1 };
 
 export const RECOVERY_APPLICATION_NAMES = ['walkeeper_recovery', 'wal_proposer_recovery'];
 
@@ -26,10 +31,6 @@ export const RECOVERY_APPLICATION_NAMES = ['walkeeper_recovery', 'wal_proposer_r
 export function isRecoveryClient(startup: StartupInfo): boolean {
   const r = startup.options.recovery?.toLowerCase();
   return RECOVERY_APPLICATION_NAMES.includes(startup.applicationName) || r === 'on' || r === 'true' || r === '1' || r === 'yes';
-}
-
-function segmentSizeText(bytes: number): string {
-  return bytes >= 1 << 30 ? `${bytes / (1 << 30)}GB` : `${bytes / (1 << 20)}MB`;
 }
 
 export interface SessionHooks {
@@ -118,10 +119,6 @@ export class ReplicationSession {
     this.send(backend.readyForQuery('I'));
   }
 
-  private result(fields: { name: string; typeOid: number; typeLen: number; typeMod: number }[], rows: (string | null)[][], tag: string): void {
-    this.send(backend.rowDescription(fields), ...rows.map((r) => backend.dataRow(r)), backend.commandComplete(tag));
-  }
-
   private async execute(cmd: ReplicationCommand): Promise<void> {
     const s = this.stream;
     switch (cmd.kind) {
@@ -133,17 +130,7 @@ export class ReplicationSession {
         throw new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'BASE_BACKUP is not supported by walkeeper', { hint: 'Take base backups from the primary; walkeeper serves its WAL.' });
       case 'identify_system': {
         // Neon fix: regular clients learn commit_lsn (what they may be sent), recovery clients flush_lsn.
-        const xlogpos = this.recovery ? s.flushLsn : s.commitLsn;
-        this.result(
-          [
-            { name: 'systemid', ...TEXT },
-            { name: 'timeline', ...INT4 },
-            { name: 'xlogpos', ...TEXT },
-            { name: 'dbname', ...TEXT },
-          ],
-          [[s.systemId.toString(), String(s.tli), formatLsn(xlogpos), null]],
-          'IDENTIFY_SYSTEM',
-        );
+        this.send(identifySystemResult(s.systemId, s.tli, this.recovery ? s.flushLsn : s.commitLsn));
         return;
       }
       case 'show':
@@ -152,31 +139,12 @@ export class ReplicationSession {
         const name = historyFileName(cmd.tli);
         const content = s.timelineEnd(cmd.tli) === undefined || cmd.tli === 1 ? null : await s.historyFile(cmd.tli);
         if (content === null) throw new PgError(SQLSTATE.UNDEFINED_FILE, `could not open file "pg_wal/${name}": No such file or directory`);
-        this.result(
-          [
-            { name: 'filename', typeOid: 25, typeLen: -1, typeMod: 0 },
-            { name: 'content', typeOid: 25, typeLen: -1, typeMod: 0 },
-          ],
-          [[name, content]],
-          'TIMELINE_HISTORY',
-        );
+        this.send(timelineHistoryResult(name, content));
         return;
       }
       case 'read_replication_slot': {
         checkSlotName(cmd.slot);
-        const slot = s.slots.get(cmd.slot);
-        const row = slot
-          ? ['physical', slot.restartLsn === 0n ? null : formatLsn(slot.restartLsn), slot.restartLsn === 0n ? null : String(slot.tli)]
-          : [null, null, null];
-        this.result(
-          [
-            { name: 'slot_type', ...TEXT },
-            { name: 'restart_lsn', ...TEXT },
-            { name: 'restart_tli', ...INT8 },
-          ],
-          [row],
-          'READ_REPLICATION_SLOT',
-        );
+        this.send(readReplicationSlotResult(s.slots.get(cmd.slot) ?? null));
         return;
       }
       case 'create_replication_slot': {
@@ -185,17 +153,7 @@ export class ReplicationSession {
         if (s.slots.has(cmd.slot)) throw new PgError(SQLSTATE.DUPLICATE_OBJECT, `replication slot "${cmd.slot}" already exists`);
         s.createSlot(cmd.slot, { temporary: cmd.temporary, reserveWal: cmd.reserveWal });
         if (cmd.temporary) this.tempSlots.add(cmd.slot);
-        // PostgreSQL 15 answers 0/0 as consistent_point for physical slots, even with RESERVE_WAL.
-        this.result(
-          [
-            { name: 'slot_name', ...TEXT },
-            { name: 'consistent_point', ...TEXT },
-            { name: 'snapshot_name', ...TEXT },
-            { name: 'output_plugin', ...TEXT },
-          ],
-          [[cmd.slot, '0/0', null, null]],
-          'CREATE_REPLICATION_SLOT',
-        );
+        this.send(createReplicationSlotResult(cmd.slot));
         return;
       }
       case 'drop_replication_slot': {
@@ -228,7 +186,7 @@ export class ReplicationSession {
     };
     const v = values[name.toLowerCase()];
     if (v === undefined) throw new PgError(SQLSTATE.UNDEFINED_OBJECT, `unrecognized configuration parameter "${name}"`);
-    this.result([{ name: name.toLowerCase(), ...TEXT }], [[v]], 'SHOW');
+    this.send(showResult(name.toLowerCase(), v));
   }
 
   private async startReplication(start: Lsn, requestedTli: number | null, slotName: string | null): Promise<void> {
@@ -253,15 +211,7 @@ export class ReplicationSession {
       if (start === tliEnd) {
         // Nothing to stream on that timeline: no COPY at all, just where the next one starts.
         const next = s.nextTimeline(tli)!;
-        this.result(
-          [
-            { name: 'next_tli', ...INT8 },
-            { name: 'next_tli_startpos', ...TEXT },
-          ],
-          [[String(next.tli), formatLsn(next.start)]],
-          'START_STREAMING',
-        );
-        this.send(backend.commandComplete('START_REPLICATION'));
+        this.send(nextTimelineRows(next.tli, next.start), backend.commandComplete('START_STREAMING'), backend.commandComplete('START_REPLICATION'));
         return;
       }
     }

@@ -15,6 +15,7 @@ import { parseConnInfo } from '../pgwire/conninfo.js';
 import { PgError, SQLSTATE } from '../pgwire/errors.js';
 import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
 import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
+import { walsenderParameters } from '../pgwire/walsender.js';
 import { ReplicationSession } from './handler.js';
 import { DEFAULT_INGEST, Ingest } from './ingest.js';
 import { createHttpServer } from './http.js';
@@ -331,23 +332,7 @@ export class WalkeeperNode {
     }
     if (stream.state !== 'active') throw new PgError(SQLSTATE.CANNOT_CONNECT_NOW, `stream "${name}" is ${stream.state}`, { severity: 'FATAL' });
     entry.stream = stream;
-    return {
-      application_name: startup.applicationName,
-      // A physical walsender is connected to no database: PostgreSQL reports SQL_ASCII.
-      client_encoding: 'SQL_ASCII',
-      DateStyle: 'ISO, MDY',
-      default_transaction_read_only: 'off',
-      in_hot_standby: 'off',
-      integer_datetimes: 'on',
-      IntervalStyle: 'postgres',
-      is_superuser: 'on',
-      server_encoding: 'SQL_ASCII',
-      // pg_receivewal requires 9.3 ≤ server major ≤ its own: report the major of the WAL we serve.
-      server_version: `${stream.pgVersion}.0 (walkeeper ${VERSION})`,
-      session_authorization: startup.user,
-      standard_conforming_strings: 'on',
-      TimeZone: 'UTC',
-    };
+    return walsenderParameters(`${stream.pgVersion}.0 (walkeeper ${VERSION})`, startup.user, startup.applicationName);
   }
 
   private cancel(pid: number, key: number): void {

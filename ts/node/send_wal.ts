@@ -25,6 +25,7 @@ import {
 } from '../pgwire/replication.js';
 import { backend } from '../pgwire/serializer.js';
 import type { ServerConnection } from '../pgwire/server.js';
+import { nextTimelineRows } from '../pgwire/walsender.js';
 import type { Logger } from './log.js';
 import type { Replica } from './replica.js';
 import type { Slot, Stream } from './stream.js';
@@ -60,9 +61,6 @@ export type SenderEnd =
   | { kind: 'error-sent' }
   /** The connection is gone or was closed on purpose. */
   | { kind: 'closed' };
-
-const TEXT = 25;
-const INT8 = 20;
 
 export class WalSender {
   private readonly bufs: Buffer[];
@@ -293,15 +291,7 @@ export class WalSender {
     if (this.historicEnd === null) return;
     const next = this.stream.nextTimeline(this.req.tli);
     if (!next) return;
-    this.conn.write(
-      Buffer.concat([
-        backend.rowDescription([
-          { name: 'next_tli', typeOid: INT8, typeLen: 8, typeMod: -1 },
-          { name: 'next_tli_startpos', typeOid: TEXT, typeLen: -1, typeMod: -1 },
-        ]),
-        backend.dataRow([String(next.tli), formatLsn(next.start)]),
-      ]),
-    );
+    this.conn.write(nextTimelineRows(next.tli, next.start));
   }
 
   /**
