@@ -6,6 +6,9 @@
 export { startNode, WalkeeperNode, type NodeOptions } from './node/node.js';
 export { Stream, type Slot } from './node/stream.js';
 export { importWal, type ImportOptions, type ImportResult } from './node/import.js';
+export { WalReceiver, type WalChunk, type WalReceiverOptions, type SwitchEvent } from './receiver/receiver.js';
+export { ConnectionPolicy, describeReason, type PolicyConfig, type SwitchReason, type CandidateStatus } from './receiver/policy.js';
+export { HttpStatusSource, type CandidateSource, type NodeStatus } from './receiver/sources.js';
 export * from './lsn.js';
 export { native, platformTriple, type ScanResult, type ScanOptions, type SegmentInfo, type StoreState } from './native.js';
 export { WalStore, findEndOfWal, XLOGDATA_HEADER_SIZE, MAX_SEND_SIZE, type FrameRequest } from './node/wal_storage.js';

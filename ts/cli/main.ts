@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 
 import { importCommand, IMPORT_USAGE } from './import.js';
 import { nodeCommand, NODE_USAGE } from './node.js';
+import { receiveCommand, RECEIVE_USAGE } from './receive.js';
 import { scanCommand, SCAN_USAGE } from './scan.js';
 import { UsageError } from './args.js';
 
@@ -20,6 +21,7 @@ Usage: walkeeper <command> [options]
 
 Commands:
   node               run a node: serve its streams to pg_receivewal, standbys and receivers
+  receive           stream WAL into a directory from the best node, failing over by itself
   import <wal-dir>   seed a stream from a pg_wal or WAL archive directory
   scan <wal-dir>     find the end of valid WAL in a pg_wal, archive or stream directory
   help               show this help
@@ -36,6 +38,7 @@ type Command = { run: (args: string[]) => Promise<number>; usage: string };
 
 const commands: Record<string, Command> = {
   node: { run: nodeCommand, usage: NODE_USAGE },
+  receive: { run: receiveCommand, usage: RECEIVE_USAGE },
   import: { run: importCommand, usage: IMPORT_USAGE },
   scan: { run: scanCommand, usage: SCAN_USAGE },
 };

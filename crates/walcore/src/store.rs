@@ -442,7 +442,9 @@ impl Store {
         let mut now_partial = None;
         let res = (|| -> Result<()> {
             for &(s, t, partial) in &files {
-                if s > segno || (s == segno && (off == 0 || t > tli)) {
+                // Older timelines' files of this segment are history (the part
+                // before a switch point, or a receiver's old `.partial`): kept.
+                if s > segno || (s == segno && (t > tli || (off == 0 && t == tli))) {
                     let p = self.path_of(t, s, partial);
                     fs::remove_file(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
                     deleted.push((s, t));

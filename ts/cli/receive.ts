@@ -1,0 +1,199 @@
+/**
+ * `walkeeper receive`: pg_receivewal that fails over between nodes by
+ * itself. The directory looks exactly like pg_receivewal's (segments under
+ * PostgreSQL names, the one being written as a zero-padded `.partial`,
+ * renamed when complete, `.history` files); it resumes from what is there,
+ * reports a flush position only after fsync, follows timeline switches, and
+ * prints one line per switch of node with its reason.
+ */
+import { mkdir, open, readdir } from 'node:fs/promises';
+import path from 'node:path';
+
+import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
+import { WalStore } from '../node/wal_storage.js';
+import { WalReceiver } from '../receiver/receiver.js';
+import { parseNodeStatus } from '../receiver/sources.js';
+import { parse, UsageError } from './args.js';
+
+export const RECEIVE_USAGE = `Usage: walkeeper receive --nodes URL[,URL…] -D DIR [options]
+
+Streams a stream's WAL into DIR from the best of the given nodes, switching
+node by itself when the one it streams from dies, stalls or falls behind.
+DIR is laid out as pg_receivewal lays it out, and resumes from its contents.
+
+  --nodes URL,…     the nodes' HTTP URLs (e.g. http://10.0.0.1:7676)
+  --stream NAME     stream to follow (default main)
+  -D, --directory DIR   where to write the WAL
+  --endpos LSN      stop (exit 0) once WAL past this LSN was received
+  --no-loop         exit with an error on the first connection failure
+  --synchronous     fsync after every message, not only when caught up
+  --password-file FILE  a file with the password (SCRAM), or set PGPASSWORD
+  --user NAME       replication user (default postgres)
+`;
+
+const SEGMENT_RE = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$/;
+
+interface DirState {
+  segmentSize: number;
+  systemId: bigint;
+  /** Where to resume (pg_receivewal's FindStreamingStart) and on which timeline. */
+  resume: Lsn;
+  tli: number;
+}
+
+/** Looks at an existing directory: its segment size and system id (from a long page header) and where to resume. */
+async function inspectDir(dir: string): Promise<DirState | null> {
+  const segs = (await readdir(dir)).map((n) => ({ n, m: SEGMENT_RE.exec(n) })).filter((x) => x.m !== null);
+  if (segs.length === 0) return null;
+  const hdr = Buffer.alloc(40);
+  const fh = await open(path.join(dir, segs[0]!.n), 'r');
+  try {
+    await fh.read(hdr, 0, 40, 0);
+  } finally {
+    await fh.close();
+  }
+  const segmentSize = hdr.readUInt32LE(32);
+  if (segmentSize < 1 << 20 || (segmentSize & (segmentSize - 1)) !== 0) throw new Error(`${segs[0]!.n} in ${dir} does not start with a WAL long page header`);
+  const perId = 0x1_0000_0000 / segmentSize;
+  let best: { segno: number; tli: number; partial: boolean } | null = null;
+  for (const { m } of segs) {
+    const segno = parseInt(m![2]!, 16) * perId + parseInt(m![3]!, 16);
+    const tli = parseInt(m![1]!, 16);
+    const partial = m![4] !== undefined;
+    if (!best || segno > best.segno || (segno === best.segno && tli > best.tli)) best = { segno, tli, partial };
+  }
+  // A complete last segment: continue after it; a partial one: fetch it again from its start.
+  const resume = BigInt(best!.segno + (best!.partial ? 0 : 1)) * BigInt(segmentSize);
+  return { segmentSize, systemId: hdr.readBigUInt64LE(24), resume, tli: best!.tli };
+}
+
+export async function receiveCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      nodes: { type: 'string' },
+      broker: { type: 'string' },
+      stream: { type: 'string' },
+      directory: { type: 'string', short: 'D' },
+      endpos: { type: 'string' },
+      'no-loop': { type: 'boolean' },
+      synchronous: { type: 'boolean' },
+      'password-file': { type: 'string' },
+      user: { type: 'string' },
+    },
+    RECEIVE_USAGE,
+  );
+  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
+  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\n${RECEIVE_USAGE}`);
+  if (str('broker') !== undefined) throw new UsageError('--broker is not available yet: give the nodes with --nodes');
+  const nodes = (str('nodes') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  if (nodes.length === 0) throw new UsageError(`--nodes is required\n${RECEIVE_USAGE}`);
+  for (const u of nodes) if (!/^https?:\/\/[^/]+/.test(u)) throw new UsageError(`--nodes: ${JSON.stringify(u)} is not an http:// URL`);
+  const dir = str('directory');
+  if (!dir) throw new UsageError(`-D DIR is required\n${RECEIVE_USAGE}`);
+  const endpos = str('endpos') !== undefined ? parseLsn(str('endpos')!) : undefined;
+  const stream = str('stream') ?? 'main';
+  const password = str('password-file') ? (await (await import('node:fs/promises')).readFile(str('password-file')!, 'utf8')).trim() : process.env.PGPASSWORD;
+  const noLoop = values['no-loop'] === true;
+  const synchronous = values.synchronous === true;
+
+  await mkdir(dir, { recursive: true });
+  let state = await inspectDir(dir);
+  if (!state) {
+    // A fresh directory: learn the segment size and system from the first node that answers.
+    let first: Awaited<ReturnType<typeof parseNodeStatus>> | null = null;
+    for (const u of nodes) {
+      try {
+        const r = await fetch(`${u.replace(/\/+$/, '')}/v1/streams/${encodeURIComponent(stream)}`, { signal: AbortSignal.timeout(5000) });
+        if (r.ok) {
+          first = parseNodeStatus(u, await r.json());
+          break;
+        }
+      } catch {
+        // next node
+      }
+    }
+    if (!first) throw new Error(`none of the nodes answered for stream ${stream}: ${nodes.join(', ')}`);
+    state = { segmentSize: first.segmentSize, systemId: first.systemId, resume: -1n, tli: 0 };
+  }
+  const fresh = state.resume < 0n;
+  const store = await WalStore.open(dir, state.segmentSize, fresh ? 1 : state.tli);
+  if (!fresh && store.list().length > 0) await store.truncate(state.resume);
+  const receiver = new WalReceiver({
+    stream,
+    nodes,
+    startLsn: fresh ? undefined : state.resume,
+    tli: fresh ? undefined : state.tli,
+    systemId: state.systemId,
+    endLsn: endpos,
+    user: str('user') ?? 'postgres',
+    password,
+    applicationName: 'walkeeper_receive',
+  });
+  const err = (line: string) => process.stderr.write(`walkeeper receive: ${line}\n`);
+  let exitCode = 0;
+  receiver.on('switch', (e) => err(`streaming from ${e.to} (${e.pgAddress}) at ${formatLsn(e.at)}: ${e.description}`));
+  receiver.on('timeline', (e) => err(`switched to timeline ${e.tli} at ${formatLsn(e.startLsn)}`));
+  receiver.on('error', (e) => {
+    err(e.message);
+    if (noLoop) {
+      exitCode = 1;
+      void receiver.stop();
+    }
+  });
+  const stop = () => void receiver.stop();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+
+  // Progress on a terminal only: bytes, rate, lag behind the best node.
+  const tty = process.stderr.isTTY;
+  let bytes = 0;
+  const t0 = Date.now();
+  let best = 0n;
+  receiver.on('status', (s) => {
+    if (s.commitLsn > best) best = s.commitLsn;
+  });
+  const progress = tty
+    ? setInterval(() => {
+        const pos = receiver.position ?? 0n;
+        const secs = (Date.now() - t0) / 1000;
+        const lag = best > pos ? Number(best - pos) : 0;
+        process.stderr.write(`\r${formatLsn(pos)}  ${(bytes / 1048576).toFixed(1)} MiB  ${(bytes / 1048576 / Math.max(secs, 0.001)).toFixed(1)} MiB/s  lag ${(lag / 1048576).toFixed(1)} MiB   `);
+      }, 500)
+    : null;
+
+  let unflushed = false;
+  let tli = fresh ? 0 : state.tli;
+  const flush = async () => {
+    if (!unflushed) return;
+    const f = await store.flush();
+    unflushed = false;
+    receiver.ack(f);
+  };
+  try {
+    for await (const chunk of receiver) {
+      if (chunk.tli !== tli) {
+        if (tli !== 0 && chunk.tli > tli) {
+          await flush();
+          const history = receiver.history(chunk.tli);
+          if (history !== undefined) await store.putHistory(chunk.tli, history);
+        }
+        if (chunk.tli > store.state.tli) store.setTimeline(chunk.tli);
+        tli = chunk.tli;
+      }
+      await store.append(chunk.startLsn, chunk.data);
+      bytes += chunk.data.length;
+      unflushed = true;
+      if (synchronous || receiver.pending === 0) await flush();
+    }
+    await flush();
+  } finally {
+    if (progress) {
+      clearInterval(progress);
+      process.stderr.write('\n');
+    }
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  return exitCode;
+}
