@@ -84,7 +84,7 @@ interface Client {
 }
 
 async function client(t: ExecutionContext, port: number): Promise<Client> {
-  const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  const socket = net.connect({ host: '127.0.0.1', port });
   const chunks: Buffer[] = [];
   let size = 0;
   let error: Error | null = null;
@@ -302,9 +302,11 @@ test('a target that refuses resets the client; close() ends everything, stops li
   const echo = await server(t);
   const p = await proxyTo(t, echo);
   const live = await client(t, p.port);
-  await echo.close();
+  const gone = await server(t);
+  await gone.close();
+  p.retarget({ host: '127.0.0.1', port: gone.port });
   const c = await client(t, p.port);
-  t.is((await c.closed as NodeJS.ErrnoException | null)?.code, 'ECONNRESET');
+  t.is(((await c.closed) as NodeJS.ErrnoException | null)?.code, 'ECONNRESET');
   await until(() => p.open === 1, 'only the live connection');
 
   p.stall();

@@ -15,7 +15,15 @@ import { formatLsn, historyFileName, segmentFileName, segmentNumber } from '../.
 import { parseReplicationCommand, type ReplicationCommand } from '../../ts/pgwire/commands.js';
 import { PgError, ProtocolError, SQLSTATE } from '../../ts/pgwire/errors.js';
 import type { FrontendMessage } from '../../ts/pgwire/messages.js';
-import { decodeHotStandbyFeedback, decodeStandbyStatus, keepalive, pgNow, xlogData } from '../../ts/pgwire/replication.js';
+import {
+  decodeHotStandbyFeedback,
+  decodeNeonFeedback,
+  decodeStandbyStatus,
+  keepalive,
+  pgNow,
+  xlogData,
+  type NeonFeedback,
+} from '../../ts/pgwire/replication.js';
 import { backend } from '../../ts/pgwire/serializer.js';
 import { ServerConnection, type StartupInfo } from '../../ts/pgwire/server.js';
 import {
@@ -33,7 +41,7 @@ import {
 export type FakeUpstreamMutation =
   /** Send it unchanged. */
   | null
-  /** Send this instead (an XLogData with this start and data; walEnd defaults to the end of the WAL). */
+  /** Send this instead (an XLogData with this start and data; walEnd defaults to what an unchanged message would carry). */
   | { start: bigint; data: Buffer; walEnd?: bigint }
   /** Send these bytes instead (one or more complete messages, or garbage: written as they are). */
   | Buffer
@@ -71,6 +79,24 @@ export interface FakeUpstreamOptions {
   histories?: Record<number, string>;
   /** Idle keepalives (replyRequested = 1) every this many ms once everything was sent; 0 turns them off (a silent primary). Default 500. */
   keepaliveMs?: number;
+  /**
+   * Serve WAL only up to this LSN (as a walkeeper node serves up to its
+   * commit_lsn): XLogData stops there, walEnd (XLogData, keepalives) and
+   * IDENTIFY_SYSTEM's xlogpos report it; a START_REPLICATION between it and
+   * the end of `wal` waits. A function is asked again all the time (also by
+   * running connections, which notice a raise within ~20 ms): a moving
+   * commit_lsn. Default: no limit (the end of `wal`).
+   */
+  limit?: bigint | (() => bigint);
+  /**
+   * Lie in the walEnd field of XLogData and keepalives: called with the end
+   * of the WAL sent on this connection so far (including the message about
+   * to go out) and the honest value (the end of the WAL, or `limit`).
+   * A mutation's own walEnd wins over it.
+   */
+  walEnd?: (sent: bigint, honest: bigint) => bigint;
+  /** Accept Neon-style feedback ('z') during COPY and log it in log.neon (as a walkeeper node does); default false: 'z' is a protocol violation, as for PostgreSQL. */
+  neonFeedback?: boolean;
 }
 
 export interface FakeUpstreamLog {
@@ -80,6 +106,8 @@ export interface FakeUpstreamLog {
   status: { write: bigint; flush: bigint; apply: bigint; replyRequested: boolean }[];
   /** Hot standby feedback ('h'), in order. */
   feedback: { xmin: number; xminEpoch: number }[];
+  /** Neon-style feedback ('z'), in order (only with the neonFeedback option). */
+  neon: NeonFeedback[];
   /** TCP connections accepted. */
   connections: number;
   /** Startup packet parameters (user, replication, application_name, ...) of each session, in order. */
@@ -105,6 +133,12 @@ export interface FakeUpstream {
 
 const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
 
+/** '15.4' -> '150004', as PostgreSQL reports server_version_num. */
+function serverVersionNum(v: string): string {
+  const m = /^(\d+)(?:\.(\d+))?/.exec(v);
+  return m ? String(Number(m[1]) * 10000 + Number(m[2] ?? 0)) : '0';
+}
+
 
 function checkSlotName(name: string): void {
   if (!SLOT_NAME_RE.test(name)) {
@@ -124,7 +158,11 @@ function parseHistory(text: string): { tli: number; end: bigint }[] {
   return out;
 }
 
-type Resolved = Required<Omit<FakeUpstreamOptions, 'mutate' | 'stopAfter' | 'closeAfter'>> & Pick<FakeUpstreamOptions, 'mutate' | 'stopAfter' | 'closeAfter'>;
+type OptionalOptions = 'mutate' | 'stopAfter' | 'closeAfter' | 'limit' | 'walEnd';
+type Resolved = Required<Omit<FakeUpstreamOptions, OptionalOptions>> & Pick<FakeUpstreamOptions, OptionalOptions>;
+
+/** How often a running connection held back by a `limit` function looks at it again. */
+const LIMIT_POLL_MS = 20;
 
 function resolve(o: FakeUpstreamOptions): Resolved {
   return {
@@ -135,12 +173,13 @@ function resolve(o: FakeUpstreamOptions): Resolved {
     closeMode: o.closeMode ?? 'end',
     histories: o.histories ?? {},
     keepaliveMs: o.keepaliveMs ?? 500,
+    neonFeedback: o.neonFeedback ?? false,
   };
 }
 
 export async function startFakeUpstream(initial: FakeUpstreamOptions): Promise<FakeUpstream> {
   let opts = resolve(initial);
-  const log: FakeUpstreamLog = { commands: [], status: [], feedback: [], connections: 0, startups: [] };
+  const log: FakeUpstreamLog = { commands: [], status: [], feedback: [], neon: [], connections: 0, startups: [] };
   const slots = new Map<string, { restartLsn: bigint }>();
   const activeSlots = new Set<string>();
   const sockets = new Set<net.Socket>();
@@ -235,6 +274,13 @@ class Session {
     return this.o.walStart + BigInt(this.o.wal.length);
   }
 
+  /** How far WAL may be sent now: `end`, or the limit when that is lower. */
+  private served(end: bigint): bigint {
+    const l = this.o.limit;
+    const lim = typeof l === 'function' ? l() : l;
+    return lim !== undefined && lim < end ? lim : end;
+  }
+
   private accept(startup: StartupInfo): Record<string, string> {
     this.shared.log.startups.push({ ...startup.params });
     return walsenderParameters(this.o.serverVersion, startup.user, startup.applicationName);
@@ -297,13 +343,14 @@ class Session {
       case 'base_backup':
         throw new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'BASE_BACKUP is not supported by the fake upstream');
       case 'identify_system':
-        this.send(identifySystemResult(o.systemId, o.tli, this.walEnd));
+        this.send(identifySystemResult(o.systemId, o.tli, this.served(this.walEnd)));
         return true;
       case 'show': {
         const values: Record<string, string> = {
           wal_segment_size: segmentSizeText(o.segmentSize),
           data_directory_mode: '0700',
           server_version: o.serverVersion,
+          server_version_num: serverVersionNum(o.serverVersion),
           integer_datetimes: 'on',
           wal_block_size: '8192',
           server_encoding: 'SQL_ASCII',
@@ -409,6 +456,12 @@ class Session {
   private async copy(start: bigint, end: bigint, hist: TimelineEnd | null, slotName: string | null): Promise<boolean> {
     const o = this.o;
     const conn = this.conn;
+    let pos = start;
+    /** walEnd to report with `sent` bytes sent: the end served (or the walEnd option's lie). */
+    const reportEnd = (sent: bigint): bigint => {
+      const honest = this.served(end);
+      return o.walEnd ? o.walEnd(sent, honest) : honest;
+    };
     let clientDone = false;
     let copyOver = false;
     let wake: (() => void) | null = null;
@@ -426,7 +479,7 @@ class Session {
           this.shared.log.status.push({ write: r.write, flush: r.flush, apply: r.apply, replyRequested: r.replyRequested });
           const slot = slotName === null ? undefined : this.shared.slots.get(slotName);
           if (slot && r.flush !== 0n) slot.restartLsn = r.flush;
-          if (r.replyRequested) this.send(keepalive(end, pgNow(), false));
+          if (r.replyRequested) this.send(keepalive(reportEnd(pos), pgNow(), false));
           return;
         }
         case 0x68: {
@@ -434,6 +487,11 @@ class Session {
           this.shared.log.feedback.push({ xmin: h.xmin, xminEpoch: h.xminEpoch });
           return;
         }
+        case 0x7a:
+          // PostgreSQL knows no 'z'.
+          if (!o.neonFeedback) throw new ProtocolError('unexpected message type "z"');
+          this.shared.log.neon.push(decodeNeonFeedback(data));
+          return;
         default:
           throw new ProtocolError(`unexpected message type "${String.fromCharCode(data[0]!)}"`);
       }
@@ -487,7 +545,7 @@ class Session {
     };
 
     const receiving = receive();
-    let pos = start;
+    let lastSent = Date.now();
     try {
       if (o.closeAfter === 0) return hangUp();
       for (;;) {
@@ -497,18 +555,21 @@ class Session {
           return true;
         }
         const stopped = o.stopAfter !== undefined && this.xlogCount >= o.stopAfter;
-        if (pos < end && !stopped) {
-          const len = Number(end - pos < BigInt(o.chunk) ? end - pos : BigInt(o.chunk));
+        const upTo = this.served(end);
+        if (pos < upTo && !stopped) {
+          const len = Number(upTo - pos < BigInt(o.chunk) ? upTo - pos : BigInt(o.chunk));
           const off = Number(pos - o.walStart);
           const data = o.wal.subarray(off, off + len);
           const index = this.xlogCount++;
           const m = o.mutate ? o.mutate({ start: pos, data: Buffer.from(data), index, connection: this.connection }) : null;
           let out: Buffer | null;
-          if (m === null) out = xlogData(pos, end, pgNow(), data);
+          const sentEnd = pos + BigInt(len);
+          if (m === null) out = xlogData(pos, reportEnd(sentEnd), pgNow(), data);
           else if (m === 'drop') out = null;
           else if (Buffer.isBuffer(m)) out = m;
-          else out = xlogData(m.start, m.walEnd ?? end, pgNow(), m.data);
-          pos += BigInt(len);
+          else out = xlogData(m.start, m.walEnd ?? reportEnd(sentEnd), pgNow(), m.data);
+          pos = sentEnd;
+          lastSent = Date.now();
           if (out && !conn.write(out)) await this.drained();
           if (o.closeAfter !== undefined && this.xlogCount >= o.closeAfter) return hangUp();
           continue;
@@ -521,8 +582,20 @@ class Session {
           this.send(this.nextTimelineRow(hist), backend.commandComplete('START_STREAMING'), backend.commandComplete('START_REPLICATION'));
           return true;
         }
+        if (typeof o.limit === 'function' && pos < end && !stopped) {
+          // Held back by a limit that may move at any moment: look again soon, keepalives at their own pace.
+          await sleep(o.keepaliveMs > 0 ? Math.min(LIMIT_POLL_MS, o.keepaliveMs) : LIMIT_POLL_MS);
+          if (!clientDone && !conn.isClosed && o.keepaliveMs > 0 && Date.now() - lastSent >= o.keepaliveMs) {
+            this.send(keepalive(reportEnd(pos), pgNow(), true));
+            lastSent = Date.now();
+          }
+          continue;
+        }
         await sleep(o.keepaliveMs);
-        if (!clientDone && !conn.isClosed && o.keepaliveMs > 0) this.send(keepalive(end, pgNow(), true));
+        if (!clientDone && !conn.isClosed && o.keepaliveMs > 0) {
+          this.send(keepalive(reportEnd(pos), pgNow(), true));
+          lastSent = Date.now();
+        }
       }
     } finally {
       copyOver = true;

@@ -14,3 +14,4 @@ export * from './walfixture.js';
 export * from './wait.js';
 export * from './nodeproc.js';
 export * from './fakeupstream.js';
+export * from './fakenode.js';

@@ -60,7 +60,7 @@ export interface TcpProxy {
   refuse(on: boolean): void;
   /** New connections go to this target from now on; open ones keep theirs. */
   retarget(target: TcpProxyTarget): void;
-  /** Stops listening and destroys every open connection. Idempotent. */
+  /** Stops listening and destroys every open connection; resolves once both sides of each are closed. Idempotent. */
   close(): Promise<void>;
 }
 
@@ -289,6 +289,11 @@ export async function startTcpProxy(target: TcpProxyTarget, listen: { host?: str
   let refused = 0;
   let refusing = false;
   let closing = false;
+  let allGone: (() => void) | null = null;
+  const gone = (c: Connection): void => {
+    conns.delete(c);
+    if (conns.size === 0) allGone?.();
+  };
 
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
     accepted++;
@@ -302,7 +307,7 @@ export async function startTcpProxy(target: TcpProxyTarget, listen: { host?: str
     upstream.on('error', noop);
     upstream.setNoDelay(true);
     client.setNoDelay(true);
-    conns.add(new Connection(client, upstream, ctl, (c) => conns.delete(c)));
+    conns.add(new Connection(client, upstream, ctl, gone));
   });
   server.on('error', noop);
   await new Promise<void>((resolve, reject) => {
@@ -379,11 +384,13 @@ export async function startTcpProxy(target: TcpProxyTarget, listen: { host?: str
       to = { host: t.host, port: t.port };
     },
     close(): Promise<void> {
-      closed ??= new Promise<void>((resolve) => {
+      closed ??= (async () => {
         closing = true;
-        server.close(() => resolve());
+        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+        const drained = conns.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (allGone = resolve));
         cut();
-      });
+        await Promise.all([stopped, drained]);
+      })();
       return closed;
     },
   };

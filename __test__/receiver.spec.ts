@@ -1,0 +1,91 @@
+// Issue 5 acceptance b: three nodes follow one primary under pgbench;
+// `walkeeper receive` follows them; the node it streams from is SIGKILLed:
+// it switches, writes no gap and no duplicate, and the final directory is
+// byte-identical to the primary's WAL.
+
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import test from 'ava';
+
+import {
+  compareWalDirs,
+  createTempDir,
+  lsnOf,
+  pgToolPath,
+  registerCleanupHooks,
+  startNodeProcess,
+  startPostgres,
+  until,
+  type TempDir,
+} from './harness/index.js';
+
+registerCleanupHooks(test);
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bin = path.join(root, 'dist', 'cli', 'main.js');
+const SEG = 1024 * 1024;
+let tmp: TempDir;
+
+test.before(async () => {
+  tmp = await createTempDir('walkeeper-receive-');
+});
+test.after.always(async () => {
+  await tmp?.cleanup();
+});
+
+test('walkeeper receive fails over when its node is SIGKILLed, with no gap or duplicate, ending byte-identical to the primary', async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
+  t.teardown(() => pg.destroy());
+  const conninfo = `host=127.0.0.1 port=${pg.port} user=postgres`;
+  const nodes = await Promise.all([1, 2, 3].map((id) => startNodeProcess({ dataDir: path.join(tmp.path, `n${id}`), nodeId: id, upstream: conninfo })));
+  t.teardown(() => Promise.all(nodes.map((n) => n.kill())));
+  await until(() => true, '');
+  for (const n of nodes) {
+    for (;;) {
+      const st = await n.status();
+      if (st && st.upstream?.state === 'streaming') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  const init = spawn(pgToolPath('pgbench'), ['-i', '-q', '-s', '1', '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { stdio: 'ignore' });
+  await new Promise((r) => init.on('exit', r));
+  const bench = spawn(pgToolPath('pgbench'), ['-c', '2', '-T', '600', '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { stdio: 'ignore' });
+  t.teardown(() => bench.kill('SIGKILL'));
+
+  const dir = path.join(tmp.path, 'received');
+  const rx = spawn(process.execPath, [bin, 'receive', '--nodes', nodes.map((n) => n.httpUrl).join(','), '-D', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => rx.kill('SIGKILL'));
+  let out = '';
+  rx.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  const exited = new Promise<number | null>((r) => rx.on('exit', (c) => r(c)));
+  const streamingFrom = () => [...out.matchAll(/streaming from (\S+) \(/g)].map((m) => m[1]!);
+  await until(() => streamingFrom().length > 0, 'the receiver to pick a node');
+  await new Promise((r) => setTimeout(r, 1500));
+  const first = streamingFrom()[0]!;
+  const victim = nodes.find((n) => n.httpUrl === first)!;
+  const killedAt = Date.now();
+  await victim.kill();
+  await until(() => streamingFrom().length > 1, 'a switch', 30_000);
+  const switchedAfter = Date.now() - killedAt;
+  const lines = out.split('\n').filter((l) => l.includes('streaming from'));
+  t.log(`switched ${switchedAfter} ms after the kill: ${lines.at(-1)}`);
+  t.not(streamingFrom().at(-1), first);
+  t.regex(lines.at(-1)!, /NoExistingConnection/);
+  await new Promise((r) => setTimeout(r, 1500));
+  bench.kill('SIGINT');
+  await pg.query('SELECT pg_switch_wal()');
+  await pg.query('CHECKPOINT');
+  const [{ l }] = await pg.query<{ l: string }>('SELECT pg_current_wal_flush_lsn()::text AS l');
+  const end = lsnOf(l);
+  // Wait until the receiver's directory holds everything up to `end`.
+  let diffs: string[] = ['not compared yet'];
+  for (let i = 0; i < 300 && diffs.length > 0; i++) {
+    diffs = await compareWalDirs(dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours', partialTail: 'ignore' });
+    if (diffs.length) await new Promise((r) => setTimeout(r, 100));
+  }
+  rx.kill('SIGINT');
+  t.is(await exited, 0, out);
+  t.deepEqual(await compareWalDirs(dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours', partialTail: 'ignore' }), []);
+});
