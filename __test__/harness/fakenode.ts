@@ -80,7 +80,12 @@ export interface FakeNode {
   pgAddress: string;
   /** The stream name. */
   stream: string;
-  /** The replication server: its log (commands, 'r' status, 'h' and 'z' feedback, startups), slots, disconnectAll(), setOptions(). */
+  /**
+   * The replication server: its log (commands, 'r' status, 'h' and 'z'
+   * feedback, startups), slots, disconnectAll(), setOptions(). Move the
+   * limit with setLimit(), not with upstream.setOptions({ limit }) (that
+   * would cut the tie between the status and what is served).
+   */
   upstream: FakeUpstream;
   /** Every HTTP request, as 'METHOD /path', in order. */
   requests: string[];

@@ -545,6 +545,9 @@ class Session {
     };
 
     const receiving = receive();
+    // However the connection ends (a FATAL after a bad message, close()), wake
+    // the loop: with keepaliveMs 0 nothing else would.
+    void conn.closed.then(kick);
     let lastSent = Date.now();
     try {
       if (o.closeAfter === 0) return hangUp();
