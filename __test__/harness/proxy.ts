@@ -228,18 +228,25 @@ class Connection {
     private readonly onGone: (c: Connection) => void,
   ) {
     const isDead = (): boolean => this.dead;
+    let upstreamConnected = false;
+    upstream.once('connect', () => (upstreamConnected = true));
     this.up = new Pump('up', client, upstream, ctl, isDead);
     this.down = new Pump('down', upstream, client, ctl, isDead);
     for (const [s, from] of [
       [client, this.up],
       [upstream, this.down],
     ] as const) {
-      // An error on one side (RST, refused connect) resets the other.
-      s.on('error', () => this.abort('reset'));
+      // An error on one side (RST, refused connect) takes the other side
+      // down too. With a plain destroy, not an RST: Node 20's
+      // resetAndDestroy() on a socket whose peer already failed leaves a
+      // request pending that makes the process spin at exit
+      // (Environment::CleanupHandles). Explicit cut('reset') still sends RSTs.
+      // A target that refuses the connection still resets the client (nothing is pending on it then).
+      s.on('error', () => this.abort(s === upstream && !upstreamConnected ? 'reset' : 'close'));
       s.on('close', (hadError) => {
         // A clean close comes after this side's FIN and our end(); anything
         // else (destroyed, reset) takes the other side along.
-        if (hadError || !from.ended) this.abort('reset');
+        if (hadError || !from.ended) this.abort('close');
         if (++this.closedSockets === 2) this.gone();
       });
     }
@@ -389,7 +396,9 @@ export async function startTcpProxy(target: TcpProxyTarget, listen: { host?: str
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         const drained = conns.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (allGone = resolve));
         cut();
-        await Promise.all([stopped, drained]);
+        // Sockets destroyed mid-stall can take a while to report 'close';
+        // a test's teardown must not hang on them.
+        await Promise.race([Promise.all([stopped, drained]), new Promise((r) => setTimeout(r, 2000).unref())]);
       })();
       return closed;
     },

@@ -157,6 +157,7 @@ export class ReceiverConnection {
       result = await copy.done;
     } catch (err) {
       if (bad) throw bad;
+      if (err instanceof ProtocolError) throw new BadNode(`malformed message from the node: ${err.message}`);
       if (err instanceof PgError) return { kind: 'lost', error: err };
       throw err;
     } finally {

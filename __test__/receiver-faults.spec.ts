@@ -1,0 +1,235 @@
+// Issue 5 acceptance c and d: a fault-injecting proxy makes a node stall,
+// fall behind or go silent on WAL, and each reason fires; misbehaving nodes
+// are dropped with the reason, put on cooldown, and the receiver goes on
+// with the others. Every run ends with exactly the primary's WAL.
+
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+
+import test from 'ava';
+
+import { formatLsn, HttpStatusSource, WalReceiver, type CandidateSource, type NodeStatus, type SwitchEvent, type WalChunk } from '../ts/index.js';
+import {
+  createTempDir,
+  lsnOf,
+  makeWalFixture,
+  registerCleanupHooks,
+  startFakeNode,
+  startPostgres,
+  startTcpProxy,
+  startTestNode,
+  until,
+  type PgCluster,
+  type TempDir,
+  type TestNode,
+  type WalFixture,
+} from './harness/index.js';
+
+registerCleanupHooks(test);
+
+const SEG = 1024 * 1024;
+let tmp: TempDir;
+
+test.before(async () => {
+  tmp = await createTempDir('walkeeper-rxfaults-');
+});
+test.after.always(async () => {
+  await tmp?.cleanup();
+});
+
+/** Candidate statuses from the nodes' HTTP, with replication addresses rewritten (through a proxy) and nodes hidden until shown. */
+class TestSource implements CandidateSource {
+  readonly inner: HttpStatusSource;
+  readonly hidden = new Set<string>();
+  readonly rewrite = new Map<string, string>();
+  constructor(urls: string[]) {
+    this.inner = new HttpStatusSource(urls, 'main', 100);
+  }
+  start(onStatus: (s: NodeStatus) => void, onError: (id: string, e: Error) => void): void {
+    this.inner.start((s) => {
+      if (this.hidden.has(s.nodeId)) return;
+      onStatus({ ...s, pgAddress: this.rewrite.get(s.nodeId) ?? s.pgAddress });
+    }, onError);
+  }
+  stop(): void {
+    this.inner.stop();
+  }
+}
+
+/** Consumes a receiver, checking contiguity; the bytes received, in order. */
+function collect(rx: WalReceiver) {
+  const got = { chunks: [] as Buffer[], first: null as bigint | null, next: null as bigint | null, switches: [] as SwitchEvent[], errors: [] as string[] };
+  rx.on('switch', (e) => got.switches.push(e));
+  rx.on('error', (e) => got.errors.push(e.message));
+  const done = (async () => {
+    for await (const c of rx as AsyncIterable<WalChunk>) {
+      if (got.next !== null && c.startLsn !== got.next) throw new Error(`gap or duplicate: ${formatLsn(c.startLsn)} after ${formatLsn(got.next)}`);
+      got.first ??= c.startLsn;
+      got.next = c.endLsn;
+      got.chunks.push(Buffer.from(c.data));
+      rx.ack(c.endLsn);
+    }
+  })();
+  return { got, done };
+}
+
+async function primaryBytes(pg: PgCluster, from: bigint, to: bigint): Promise<Buffer> {
+  const names = new Set(await readdir(pg.walDir));
+  const parts: Buffer[] = [];
+  for (let seg = Number(from / BigInt(SEG)); BigInt(seg) * BigInt(SEG) < to; seg++) {
+    const name = `00000001${'0'.repeat(8)}${seg.toString(16).toUpperCase().padStart(8, '0')}`;
+    if (!names.has(name)) throw new Error(`${name} is gone from pg_wal`);
+    parts.push(await readFile(path.join(pg.walDir, name)));
+  }
+  const all = Buffer.concat(parts);
+  const base = BigInt(Math.floor(Number(from / BigInt(SEG)))) * BigInt(SEG);
+  return all.subarray(Number(from - base), Number(to - base));
+}
+
+async function flushLsn(pg: PgCluster): Promise<bigint> {
+  const [r] = await pg.query<{ l: string }>('SELECT pg_current_wal_flush_lsn()::text AS l');
+  return lsnOf(r!.l);
+}
+
+interface Cluster {
+  pg: PgCluster;
+  a: TestNode;
+  b: TestNode;
+  upA: Awaited<ReturnType<typeof startTcpProxy>>;
+  rxA: Awaited<ReturnType<typeof startTcpProxy>>;
+}
+
+/** A primary; node A follows it through a proxy (upA) and is reached by the receiver through another (rxA); node B is direct. */
+async function cluster(t: import('ava').ExecutionContext, name: string): Promise<Cluster> {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '256MB' } });
+  t.teardown(() => pg.destroy());
+  const upA = await startTcpProxy({ host: '127.0.0.1', port: pg.port });
+  t.teardown(() => upA.close());
+  const a = await startTestNode({ dataDir: path.join(tmp.path, `${name}-a`), nodeId: 1, upstream: `host=127.0.0.1 port=${upA.port} user=postgres` });
+  t.teardown(() => a.stop());
+  const b = await startTestNode({ dataDir: path.join(tmp.path, `${name}-b`), nodeId: 2, upstream: `host=127.0.0.1 port=${pg.port} user=postgres` });
+  t.teardown(() => b.stop());
+  const rxA = await startTcpProxy({ host: '127.0.0.1', port: a.port });
+  t.teardown(() => rxA.close());
+  await pg.query('CREATE TABLE t (id int, v text)');
+  const f = await flushLsn(pg);
+  await until(() => [a, b].every((n) => (n.node.streams.get('main')?.commitLsn ?? 0n) >= f), 'both nodes to follow');
+  return { pg, a, b, upA, rxA };
+}
+
+async function write(pg: PgCluster, mib: number): Promise<void> {
+  await pg.query(`INSERT INTO t SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, ${Math.ceil((mib * 1048576) / 1100)}) g`);
+}
+
+/** Runs a receiver connected to A, applies `fault`, expects a switch to B for `reason`, then checks the WAL. */
+async function scenario(t: import('ava').ExecutionContext, name: string, policy: Record<string, unknown>, fault: (c: Cluster) => Promise<void>, reason: string) {
+  const c = await cluster(t, name);
+  const source = new TestSource([c.a.httpUrl, c.b.httpUrl]);
+  source.rewrite.set(c.a.httpUrl, c.rxA.address);
+  source.hidden.add(c.b.httpUrl);
+  const rx = new WalReceiver({ source, policy: { connectTimeoutMs: 10_000, laggingWalTimeoutMs: 60_000, ...policy } });
+  const { got, done } = collect(rx);
+  await write(c.pg, 0.5);
+  await until(() => got.next !== null && got.next >= c.a.node.stream().commitLsn, 'the receiver to stream from A');
+  t.is(got.switches.length, 1);
+  t.is(got.switches[0]!.to, c.a.httpUrl);
+  source.hidden.delete(c.b.httpUrl);
+  await fault(c);
+  await until(() => got.switches.length > 1, `a switch (${reason})`, 30_000);
+  const sw = got.switches[1]!;
+  t.is(sw.reason.kind as string, reason, sw.description);
+  t.is(sw.from, c.a.httpUrl);
+  t.is(sw.to, c.b.httpUrl);
+  t.log(sw.description);
+  // Heal, write more, and check that everything received is the primary's WAL.
+  c.upA.resume();
+  c.rxA.resume();
+  await write(c.pg, 1);
+  const end = await flushLsn(c.pg);
+  await until(() => got.next !== null && got.next >= end, 'the receiver to catch up', 30_000);
+  await rx.stop();
+  await done;
+  const want = await primaryBytes(c.pg, got.first!, got.next!);
+  t.true(Buffer.concat(got.chunks).equals(want), 'byte-identical to the primary, no gap, no duplicate');
+}
+
+test('a stalled node (no message for the connect timeout) triggers NoKeepAlives', (t) =>
+  scenario(t, 'nokeepalives', { connectTimeoutMs: 2000 }, async (c) => c.rxA.stall(), 'NoKeepAlives'));
+
+test('a node held behind by more than the lag threshold triggers LaggingWal', (t) =>
+  scenario(
+    t,
+    'lagging',
+    { maxLsnWalLag: 1n << 20n },
+    async (c) => {
+      c.upA.stall();
+      await write(c.pg, 3);
+    },
+    'LaggingWal',
+  ));
+
+test('a node silent on WAL while another has more triggers NoWalTimeout', (t) =>
+  scenario(
+    t,
+    'nowal',
+    { laggingWalTimeoutMs: 2000, maxLsnWalLag: 1n << 30n },
+    async (c) => {
+      c.upA.stall();
+      await write(c.pg, 0.3);
+    },
+    'NoWalTimeout',
+  ));
+
+// --- d: misbehaving nodes ------------------------------------------------------
+
+let fx: WalFixture;
+let other: WalFixture;
+let wal: Buffer;
+
+test.before(async () => {
+  [fx, other] = await Promise.all([makeWalFixture({ minBytes: 2 * SEG }), makeWalFixture({ minBytes: SEG })]);
+  wal = await fx.bytes();
+});
+test.after.always(async () => {
+  await fx?.destroy();
+  await other?.destroy();
+});
+
+async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameters<typeof startFakeNode>[0], expect: RegExp) {
+  const end = fx.firstLsn + BigInt(wal.length);
+  const good = await startFakeNode({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: fx.systemId, nodeId: 1, limit: end - 8192n * 4n, chunk: 65536 });
+  t.teardown(() => good.close());
+  const badNode = await startFakeNode({ nodeId: 2, chunk: 65536, ...bad });
+  t.teardown(() => badNode.close());
+  // Only the bad node is visible at first, so that it is the one chosen.
+  const source = new TestSource([good.httpUrl, badNode.httpUrl]);
+  source.hidden.add(good.httpUrl);
+  const rx = new WalReceiver({ source, startLsn: fx.firstLsn, tli: 1, systemId: fx.systemId });
+  const { got, done } = collect(rx);
+  await until(() => got.errors.length > 0, 'the bad node to be dropped', 30_000);
+  source.hidden.delete(good.httpUrl);
+  t.regex(got.errors[0]!, expect, got.errors[0]);
+  t.true(got.errors[0]!.includes(badNode.httpUrl), 'the error names the node');
+  const cand = rx.policy.candidates().find((c) => c.nodeId === badNode.httpUrl);
+  t.true((cand?.nextRetryAt ?? 0) > 0, `the bad node is on cooldown (${got.errors[0]})`);
+  good.setLimit(null);
+  await until(() => got.next === end, 'all WAL from the good node', 30_000);
+  await rx.stop();
+  await done;
+  t.is(got.first, fx.firstLsn);
+  t.true(Buffer.concat(got.chunks).equals(wal), 'nothing invalid was handed on');
+}
+
+const badBase = () => ({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: fx.systemId });
+
+test('a node sending non-contiguous XLogData is dropped', (t) =>
+  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 3 ? { start: m.start + 8192n, data: m.data } : null) }, /not contiguous/));
+
+test('a node of another database system is dropped', (t) =>
+  badNodeScenario(t, { wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: other.systemId, status: { system_id: fx.systemId.toString() } }, /system/));
+
+test('a node sending a malformed message is dropped', (t) =>
+  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 2 ? Buffer.from([0x64, 0, 0, 0, 9, 0x77, 1, 2, 3, 4]) : null) }, /malformed|truncated|XLogData/i));
+
+test('a node sending WAL beyond the commit_lsn it advertises is dropped', (t) =>
+  badNodeScenario(t, { ...badBase(), walEnd: (sent: bigint) => sent - 100n }, /beyond the end it announces/));
