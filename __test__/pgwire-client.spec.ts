@@ -196,7 +196,8 @@ test('START_REPLICATION: async iterator, errors before COPY, and W then E when a
     expected = m.start + BigInt(m.data.length);
     if (expected >= sys.xlogpos || ++count >= 3) break;
   }
-  t.is(copy.lastReceived, expected);
+  // Received (framed) can be ahead of what the loop took: messages may already be queued.
+  t.true(copy.lastReceived >= expected);
   const res = await copy.end();
   t.is(res.reason, 'clientEnd');
   t.deepEqual(res.tags, ['START_STREAMING', 'START_REPLICATION']);

@@ -2,7 +2,8 @@
 // its .history file; pg_receivewal and a real standby follow from 1 to 2
 // through the node.
 
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import test from 'ava';
@@ -76,4 +77,26 @@ test.serial('a standby on TLI 1 (a backup taken before the promotion) follows th
   t.is(Number(n), sw.rowsAfter);
   const wr = await standby.walReceiver();
   t.is(wr?.receivedTli, 2, JSON.stringify(wr, (_k, v) => (typeof v === 'bigint' ? formatLsn(v) : v)));
+});
+
+test.serial('walkeeper receive, resuming a directory on TLI 1, follows the switch to TLI 2 like pg_receivewal', async (t) => {
+  const end = node.node.stream().commitLsn;
+  const dir = path.join(tmp.path, 'wkrx');
+  await mkdir(dir);
+  const first = sw.files.tli1[0]!;
+  await copyFile(path.join(sw.promoted.walDir, first), path.join(dir, first));
+  const bin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'dist', 'cli', 'main.js');
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const p = spawn(process.execPath, [bin, 'receive', '--nodes', node.httpUrl, '-D', dir, '--endpos', formatLsn(end - 1n)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (b: Buffer) => (stderr += b));
+    p.on('exit', (code) => resolve({ code, stderr }));
+  });
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /switched to timeline 2 at /);
+  const files = await readdir(dir);
+  t.true(files.includes('00000002.history'), files.join(' '));
+  t.true(files.includes(`${sw.files.tli1Switch.replace(/\.partial$/, '')}.partial`), `the old timeline's switch segment stays .partial: ${files.join(' ')}`);
+  const diffs = await compareWalDirs(dir, sw.promoted.walDir, { segSize: sw.walSegSize, endLsn: { 1: sw.switchLsn, 2: end }, segments: 'ours', partialTail: 'ignore' });
+  t.deepEqual(diffs, []);
 });

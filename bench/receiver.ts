@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { formatLsn, importWal, WalReceiver } from '../ts/index.js';
 import { createTempDir, lsnOf, pgToolPath, runPgTool, startNodeProcess, startPostgres, startReceivewal, type NodeProcess } from '../__test__/harness/index.js';
 
-const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '3' } } });
+const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '3' }, only: { type: 'string' } } });
 const kills = Number(values.kills);
 const wantMiB = Number(values.mib);
 const rounds = Number(values.rounds);
@@ -146,13 +146,18 @@ async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: num
 async function main() {
   const tmp = await createTempDir('walkeeper-bench-receiver-');
   try {
-    const times = await failover(tmp.path);
-    const tp = await throughput(tmp.path);
-    const lines = [
-      `receiver: failover over ${kills} SIGKILLs of the connected node (3 nodes, pgbench -R 500 on the primary): first byte from another node after median ${median(times)} ms, max ${Math.max(...times)} ms (target ≤ 1000 ms median; PostgreSQL's walreceiver waits 5000 ms before retrying)`,
-      `receive throughput, ${tp.mib.toFixed(0)} MiB from one node into tmpfs, median of ${rounds}: pg_receivewal ${median(tp.theirs).toFixed(0)} MiB/s, walkeeper receive ${median(tp.ours).toFixed(0)} MiB/s = ${(median(tp.ours) / median(tp.theirs)).toFixed(2)}× (target ≥ 1.0×)`,
+    const lines: string[] = [];
+    if (values.only !== 'throughput') {
+      const times = await failover(tmp.path);
+      lines.push(`receiver: failover over ${kills} SIGKILLs of the connected node (3 nodes, pgbench -R 500 on the primary): first byte from another node after median ${median(times)} ms, max ${Math.max(...times)} ms (target ≤ 1000 ms median; PostgreSQL's walreceiver waits 5000 ms before retrying)`);
+    }
+    if (values.only !== 'failover') {
+      const tp = await throughput(tmp.path);
+      lines.push(`receive throughput, ${tp.mib.toFixed(0)} MiB from one node into tmpfs, median of ${rounds}: pg_receivewal ${median(tp.theirs).toFixed(0)} MiB/s, walkeeper receive ${median(tp.ours).toFixed(0)} MiB/s = ${(median(tp.ours) / median(tp.theirs)).toFixed(2)}× (target ≥ 1.0×)`);
+    }
+    lines.push(
       `machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
-    ];
+    );
     console.log(lines.join('\n'));
   } finally {
     await tmp.cleanup();

@@ -101,7 +101,7 @@ export interface NativeBinding {
   storeState(h: StoreHandle): StoreState;
   storeSetTimeline(h: StoreHandle, tli: number): void;
   storeList(h: StoreHandle): SegmentInfo[];
-  storeAppend(h: StoreHandle, lsn: Lsn, data: Buffer): Promise<Lsn>;
+  storeAppend(h: StoreHandle, lsn: Lsn, ...data: Buffer[]): Promise<Lsn>;
   storeFlush(h: StoreHandle): Promise<Lsn>;
   storeTruncate(h: StoreHandle, lsn: Lsn): Promise<void>;
   storeRemoveBelow(h: StoreHandle, segno: number): Promise<string[]>;

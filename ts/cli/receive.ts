@@ -10,7 +10,7 @@ import { mkdir, open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
-import { WalStore } from '../node/wal_storage.js';
+import { MAX_APPENDV, WalStore } from '../node/wal_storage.js';
 import { WalReceiver } from '../receiver/receiver.js';
 import { parseNodeStatus } from '../receiver/sources.js';
 import { parse, UsageError } from './args.js';
@@ -162,30 +162,61 @@ export async function receiveCommand(args: string[]): Promise<number> {
       }, 500)
     : null;
 
+  // fsync when a segment is complete, when the stream goes idle (nothing
+  // more arrived for a moment), at least every second, and after every
+  // write with --synchronous; the node hears of a flush only after it.
   let unflushed = false;
-  let tli = fresh ? 0 : state.tli;
-  const flush = async () => {
-    if (!unflushed) return;
-    const f = await store.flush();
-    unflushed = false;
-    receiver.ack(f);
+  let lastFlush = Date.now();
+  let flushing: Promise<void> = Promise.resolve();
+  const flush = (): Promise<void> => {
+    flushing = flushing.then(async () => {
+      if (!unflushed) return;
+      unflushed = false;
+      lastFlush = Date.now();
+      receiver.ack(await store.flush());
+    });
+    return flushing;
   };
+  let idleTimer: NodeJS.Timeout | null = null;
+  const flushWhenIdle = () => {
+    if (idleTimer) clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      idleTimer = null;
+      void flush();
+    }, 10);
+  };
+  let tli = fresh ? 0 : state.tli;
+  const MAX_BATCH = 4 * 1024 * 1024;
   try {
-    for await (const chunk of receiver) {
-      if (chunk.tli !== tli) {
-        if (tli !== 0 && chunk.tli > tli) {
-          await flush();
-          const history = receiver.history(chunk.tli);
-          if (history !== undefined) await store.putHistory(chunk.tli, history);
+    for await (const first of receiver) {
+      const batch = [first, ...receiver.takeQueued(MAX_BATCH - first.data.length)];
+      // One write per run of chunks on the same timeline.
+      for (let i = 0; i < batch.length; ) {
+        const c0 = batch[i]!;
+        if (c0.tli !== tli) {
+          if (tli !== 0 && c0.tli > tli) {
+            await flush();
+            const history = receiver.history(c0.tli);
+            if (history !== undefined) await store.putHistory(c0.tli, history);
+          }
+          if (c0.tli > store.state.tli) store.setTimeline(c0.tli);
+          tli = c0.tli;
         }
-        if (chunk.tli > store.state.tli) store.setTimeline(chunk.tli);
-        tli = chunk.tli;
+        let j = i + 1;
+        while (j < batch.length && j - i < MAX_APPENDV && batch[j]!.tli === tli) j++;
+        const run = batch.slice(i, j).map((c) => c.data);
+        const segBefore = c0.startLsn / BigInt(state.segmentSize);
+        const end = await store.appendv(c0.startLsn, run);
+        bytes += Number(end - c0.startLsn);
+        unflushed = true;
+        if (synchronous || (end - 1n) / BigInt(state.segmentSize) !== segBefore || end % BigInt(state.segmentSize) === 0n || Date.now() - lastFlush >= 1000) {
+          await flush();
+        }
+        i = j;
       }
-      await store.append(chunk.startLsn, chunk.data);
-      bytes += chunk.data.length;
-      unflushed = true;
-      if (synchronous || receiver.pending === 0) await flush();
+      if (receiver.pending === 0 && unflushed) flushWhenIdle();
     }
+    if (idleTimer) clearTimeout(idleTimer);
     await flush();
   } finally {
     if (progress) {

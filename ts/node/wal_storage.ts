@@ -8,6 +8,8 @@ import type { Lsn } from '../lsn.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;
 export const MAX_SEND_SIZE = 128 * 1024;
+/** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
+export const MAX_APPENDV = 10;
 
 export interface FrameRequest {
   tli: number;
@@ -43,6 +45,12 @@ export class WalStore {
   /** Appends at exactly `lsn`; resolves to the new write position. */
   append(lsn: Lsn, data: Buffer): Promise<Lsn> {
     return native().storeAppend(this.h, lsn, data);
+  }
+
+  /** Appends contiguous buffers (at most MAX_APPENDV) at exactly `lsn` in one thread-pool hop, without copying them together. */
+  appendv(lsn: Lsn, data: Buffer[]): Promise<Lsn> {
+    if (data.length === 0 || data.length > MAX_APPENDV) throw new RangeError(`appendv takes 1 to ${MAX_APPENDV} buffers`);
+    return native().storeAppend(this.h, lsn, ...data);
   }
 
   /** fsyncs what was appended; resolves to the new flush position. */

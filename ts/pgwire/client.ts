@@ -576,6 +576,44 @@ export class CopyBoth implements AsyncIterable<ReplicationMessage> {
   }
 }
 
+// ------------------------------------------------------- reads into slabs
+
+interface ReadSink {
+  fn: (chunk: Buffer) => void;
+}
+
+/**
+ * Read buffers for `net.connect({ onread })`: each read lands in the unused
+ * tail of a 1 MiB slab, and the bytes read are passed on as a view of it.
+ * Views are never overwritten (a slab is only written past what was handed
+ * out), so consumers may keep them; a slab is dropped once its tail gets
+ * small, and garbage-collected when its last view is.
+ */
+class SlabReader {
+  private slab = Buffer.allocUnsafe(SLAB);
+  private used = 0;
+  private current: Buffer = this.slab;
+  readonly sink: ReadSink = { fn: () => undefined };
+
+  next(): Uint8Array {
+    if (SLAB - this.used < MIN_READ) {
+      this.slab = Buffer.allocUnsafe(SLAB);
+      this.used = 0;
+    }
+    this.current = this.slab.subarray(this.used);
+    return this.current;
+  }
+
+  read(n: number): void {
+    const chunk = this.current.subarray(0, n);
+    this.used += n;
+    this.sink.fn(chunk);
+  }
+}
+
+const SLAB = 1 << 20;
+const MIN_READ = 256 * 1024;
+
 // ------------------------------------------------------- ReplicationClient
 
 export class ReplicationClient {
@@ -598,9 +636,12 @@ export class ReplicationClient {
     private socket: net.Socket,
     /** Whether the connection is encrypted (TLS). */
     readonly encrypted: boolean,
+    /** Set for sockets created with `onread` (plain TCP): where their reads go. */
+    sink: ReadSink | null = null,
   ) {
     this.closedPromise = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (sink) sink.fn = (chunk) => this.onData(chunk);
+    else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
       this.closeError ??= err;
     });
@@ -612,13 +653,24 @@ export class ReplicationClient {
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     const where = `${opts.host}:${opts.port}`;
     let socket: net.Socket | null = null;
+    let sink: ReadSink | null = null;
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
       socket?.destroy(new Error(`timeout after ${timeoutMs} ms connecting to ${where}`));
     }, timeoutMs);
     try {
-      socket = net.connect({ host: opts.host, port: opts.port });
+      const ssl0 = opts.ssl ?? false;
+      // Plain TCP reads go into large slabs we hand out views of (instead of
+      // Node's fresh 64 KiB buffer per read): a 128 KiB XLogData then usually
+      // arrives in one piece and reaches the caller without being copied.
+      if (ssl0 === false) {
+        const slabs = new SlabReader();
+        socket = net.connect({ host: opts.host, port: opts.port, onread: { buffer: () => slabs.next(), callback: (n: number) => (slabs.read(n), true) } });
+        sink = slabs.sink;
+      } else {
+        socket = net.connect({ host: opts.host, port: opts.port });
+      }
       socket.setNoDelay(true);
       // Errors are handled by whoever is listening for the phase at hand (and
       // by the TLS socket once upgraded); this keeps one between phases from
@@ -650,7 +702,7 @@ export class ReplicationClient {
           throw new Error(`server ${where} does not support SSL, but SSL was required`);
         }
       }
-      const client = new ReplicationClient(socket, encrypted);
+      const client = new ReplicationClient(socket, encrypted, encrypted ? null : sink);
       await client.startup(opts);
       return client;
     } catch (e) {

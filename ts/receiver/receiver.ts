@@ -15,6 +15,8 @@ import { BadNode, ReceiverConnection, type ConnectionEnd } from './connection.js
 import { ConnectionPolicy, describeReason, type PolicyConfig, type SwitchReason } from './policy.js';
 import { HttpStatusSource, type CandidateSource, type NodeStatus } from './sources.js';
 
+const FEEDBACK_MIN_MS = 50;
+
 export interface WalChunk {
   startLsn: Lsn;
   endLsn: Lsn;
@@ -108,6 +110,26 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
     return this.next;
   }
 
+  /**
+   * Takes, without waiting, the chunks already received (up to about
+   * `maxBytes`), in order — for consumers that write in batches.
+   */
+  takeQueued(maxBytes: number): WalChunk[] {
+    const out: WalChunk[] = [];
+    let bytes = 0;
+    while (this.queue.length > 0 && (out.length === 0 || bytes + this.queue[0]!.data.length <= maxBytes)) {
+      const c = this.queue.shift()!;
+      this.queued -= c.data.length;
+      bytes += c.data.length;
+      out.push(c);
+    }
+    if (this.paused && this.queued < (this.opts.maxQueuedBytes ?? 32 << 20) / 2) {
+      this.paused = false;
+      this.conn?.resume();
+    }
+    return out;
+  }
+
   /** Chunks received and not yet taken by the iterator. */
   get pending(): number {
     return this.queue.length;
@@ -121,6 +143,20 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
   ack(lsn: Lsn): void {
     if (lsn <= this.acked) return;
     this.acked = lsn;
+    // At most one status message per FEEDBACK_MIN_MS: a caller acking every
+    // chunk must not double the traffic (pg_receivewal reports every 10 s).
+    const wait = this.lastFeedbackAt + FEEDBACK_MIN_MS - Date.now();
+    if (wait <= 0) this.sendFeedback();
+    else this.feedbackSoon ??= setTimeout(() => this.sendFeedback(), wait);
+  }
+
+  private lastFeedbackAt = 0;
+  private feedbackSoon: NodeJS.Timeout | null = null;
+
+  private sendFeedback(): void {
+    if (this.feedbackSoon) clearTimeout(this.feedbackSoon);
+    this.feedbackSoon = null;
+    this.lastFeedbackAt = Date.now();
     this.conn?.feedback(this.acked);
   }
 
@@ -138,9 +174,23 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
   private finish(err?: Error): void {
     if (err) this.failure ??= err;
     this.finished = true;
+    if (this.feedbackTimer) clearInterval(this.feedbackTimer);
+    this.feedbackTimer = null;
+    if (this.feedbackSoon) clearTimeout(this.feedbackSoon);
+    this.feedbackSoon = null;
     const w = this.wakeReader;
     this.wakeReader = null;
     w?.();
+  }
+
+  /**
+   * 'error' reports what the receiver recovers from by itself (a node
+   * dropped, a connection lost): emitted only to listeners, so that an
+   * application that does not listen is not crashed by Node's rule for
+   * unhandled 'error' events.
+   */
+  private notify(e: Error & { nodeId?: string }): void {
+    if (this.listenerCount('error') > 0) this.emit('error', e);
   }
 
   private kick(): void {
@@ -293,11 +343,11 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
       if (end.kind === 'bad') {
         this.policy.markBad(status.nodeId, t);
         const e = Object.assign(new Error(`node ${status.nodeId} dropped: ${end.error.message}`), { nodeId: status.nodeId });
-        this.emit('error', e);
+        this.notify(e);
       } else {
         this.policy.connectionEnded(t);
         if (end.kind === 'lost' && !this.stopped && this.conn === conn && !/switching to another node/.test(end.error.message)) {
-          this.emit('error', Object.assign(new Error(`connection to ${status.nodeId} lost: ${end.error.message}`), { nodeId: status.nodeId }));
+          this.notify(Object.assign(new Error(`connection to ${status.nodeId} lost: ${end.error.message}`), { nodeId: status.nodeId }));
         }
       }
       if (this.conn === conn) this.conn = null;
