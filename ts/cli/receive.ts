@@ -132,7 +132,10 @@ export async function receiveCommand(args: string[]): Promise<number> {
   });
   const err = (line: string) => process.stderr.write(`walkeeper receive: ${line}\n`);
   let exitCode = 0;
-  receiver.on('switch', (e) => err(`streaming from ${e.to} (${e.pgAddress}) at ${formatLsn(e.at)}: ${e.description}`));
+  // One line per switch, once the new node really streams: the reason that led to it.
+  let lastSwitch: { description: string } | null = null;
+  receiver.on('switch', (e) => (lastSwitch = e));
+  receiver.on('connect', (e) => err(`streaming from ${e.nodeId} (${e.pgAddress}) at ${formatLsn(e.startLsn)}: ${lastSwitch?.description ?? 'first connection'}`));
   receiver.on('timeline', (e) => err(`switched to timeline ${e.tli} at ${formatLsn(e.startLsn)}`));
   receiver.on('error', (e) => {
     err(e.message);
