@@ -162,5 +162,7 @@ test('a stalled or vanishing upstream is retried, and the stream continues where
   const back = Buffer.alloc(wal.length);
   await node.node.stream().store.read(1, fx.firstLsn, back);
   t.true(back.equals(wal));
-  t.true(up.log.status.some((s) => s.flush === end), 'the end was acknowledged');
+  // The acknowledgement goes out right after the flush; let it arrive.
+  await until(() => up.log.status.some((s) => s.flush === end), 'the end to be acknowledged');
+  t.pass();
 });
