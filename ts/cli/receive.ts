@@ -11,7 +11,7 @@ import path from 'node:path';
 
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
 import { MAX_APPENDV, WalStore } from '../node/wal_storage.js';
-import { WalReceiver } from '../receiver/receiver.js';
+import { WalReceiver, type WalChunk } from '../receiver/receiver.js';
 import { parseNodeStatus } from '../receiver/sources.js';
 import { parse, UsageError } from './args.js';
 
@@ -189,36 +189,73 @@ export async function receiveCommand(args: string[]): Promise<number> {
     }, 10);
   };
   let tli = fresh ? 0 : state.tli;
-  const MAX_BATCH = 4 * 1024 * 1024;
+  // The network side and the disk side overlap: the loop below only takes
+  // chunks from the receiver; a writer appends them (up to MAX_APPENDV
+  // buffers per thread-pool hop, never concatenated) one batch after the
+  // other. Reading waits only when too much is waiting to be written.
+  const pending: WalChunk[] = [];
+  let pendingBytes = 0;
+  let wakeWriter: (() => void) | null = null;
+  let wakeReader: (() => void) | null = null;
+  let readerDone = false;
+  let writerError: Error | null = null;
+  const MAX_PENDING = 64 * 1024 * 1024;
+  const writer = (async () => {
+    for (;;) {
+      if (pending.length === 0) {
+        if (readerDone) break;
+        if (unflushed) flushWhenIdle();
+        await new Promise<void>((r) => (wakeWriter = r));
+        continue;
+      }
+      const c0 = pending[0]!;
+      if (c0.tli !== tli) {
+        if (tli !== 0 && c0.tli > tli) {
+          await flush();
+          const history = receiver.history(c0.tli);
+          if (history !== undefined) await store.putHistory(c0.tli, history);
+        }
+        if (c0.tli > store.state.tli) store.setTimeline(c0.tli);
+        tli = c0.tli;
+      }
+      let j = 1;
+      while (j < pending.length && j < MAX_APPENDV && pending[j]!.tli === tli) j++;
+      const run = pending.splice(0, j);
+      const n = run.reduce((a, c) => a + c.data.length, 0);
+      pendingBytes -= n;
+      const w = wakeReader as (() => void) | null;
+      wakeReader = null;
+      w?.();
+      const segBefore = c0.startLsn / BigInt(state.segmentSize);
+      const end = await store.appendv(c0.startLsn, run.map((c) => c.data));
+      bytes += n;
+      unflushed = true;
+      if (synchronous || (end - 1n) / BigInt(state.segmentSize) !== segBefore || end % BigInt(state.segmentSize) === 0n || Date.now() - lastFlush >= 1000) {
+        await flush();
+      }
+    }
+  })().catch((e: Error) => {
+    writerError = e;
+    void receiver.stop();
+  });
   try {
     for await (const first of receiver) {
-      const batch = [first, ...receiver.takeQueued(MAX_BATCH - first.data.length)];
-      // One write per run of chunks on the same timeline.
-      for (let i = 0; i < batch.length; ) {
-        const c0 = batch[i]!;
-        if (c0.tli !== tli) {
-          if (tli !== 0 && c0.tli > tli) {
-            await flush();
-            const history = receiver.history(c0.tli);
-            if (history !== undefined) await store.putHistory(c0.tli, history);
-          }
-          if (c0.tli > store.state.tli) store.setTimeline(c0.tli);
-          tli = c0.tli;
-        }
-        let j = i + 1;
-        while (j < batch.length && j - i < MAX_APPENDV && batch[j]!.tli === tli) j++;
-        const run = batch.slice(i, j).map((c) => c.data);
-        const segBefore = c0.startLsn / BigInt(state.segmentSize);
-        const end = await store.appendv(c0.startLsn, run);
-        bytes += Number(end - c0.startLsn);
-        unflushed = true;
-        if (synchronous || (end - 1n) / BigInt(state.segmentSize) !== segBefore || end % BigInt(state.segmentSize) === 0n || Date.now() - lastFlush >= 1000) {
-          await flush();
-        }
-        i = j;
+      for (const c of [first, ...receiver.takeQueued(MAX_PENDING)]) {
+        pending.push(c);
+        pendingBytes += c.data.length;
       }
-      if (receiver.pending === 0 && unflushed) flushWhenIdle();
+      const w = wakeWriter as (() => void) | null;
+      wakeWriter = null;
+      w?.();
+      while (pendingBytes > MAX_PENDING && !writerError) await new Promise<void>((r) => (wakeReader = r));
+      if (writerError) break;
     }
+    readerDone = true;
+    const w = wakeWriter as (() => void) | null;
+    wakeWriter = null;
+    w?.();
+    await writer;
+    if (writerError) throw writerError;
     if (idleTimer) clearTimeout(idleTimer);
     await flush();
   } finally {
