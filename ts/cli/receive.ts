@@ -171,13 +171,19 @@ export async function receiveCommand(args: string[]): Promise<number> {
   let unflushed = false;
   let lastFlush = Date.now();
   let flushing: Promise<void> = Promise.resolve();
+  let writerError: Error | null = null;
   const flush = (): Promise<void> => {
-    flushing = flushing.then(async () => {
-      if (!unflushed) return;
-      unflushed = false;
-      lastFlush = Date.now();
-      receiver.ack(await store.flush());
-    });
+    flushing = flushing
+      .then(async () => {
+        if (!unflushed) return;
+        unflushed = false;
+        lastFlush = Date.now();
+        receiver.ack(await store.flush());
+      })
+      .catch((e: Error) => {
+        writerError ??= e;
+        void receiver.stop();
+      });
     return flushing;
   };
   let idleTimer: NodeJS.Timeout | null = null;
@@ -198,7 +204,6 @@ export async function receiveCommand(args: string[]): Promise<number> {
   let wakeWriter: (() => void) | null = null;
   let wakeReader: (() => void) | null = null;
   let readerDone = false;
-  let writerError: Error | null = null;
   const MAX_PENDING = 64 * 1024 * 1024;
   const writer = (async () => {
     for (;;) {
@@ -230,8 +235,11 @@ export async function receiveCommand(args: string[]): Promise<number> {
       const end = await store.appendv(c0.startLsn, run.map((c) => c.data));
       bytes += n;
       unflushed = true;
-      if (synchronous || (end - 1n) / BigInt(state.segmentSize) !== segBefore || end % BigInt(state.segmentSize) === 0n || Date.now() - lastFlush >= 1000) {
+      if (synchronous) {
         await flush();
+      } else if ((end - 1n) / BigInt(state.segmentSize) !== segBefore || end % BigInt(state.segmentSize) === 0n || Date.now() - lastFlush >= 1000) {
+        // The fsync runs on the thread pool while appends go on (the store allows both at once).
+        void flush();
       }
     }
   })().catch((e: Error) => {
