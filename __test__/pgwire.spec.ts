@@ -690,3 +690,82 @@ test('parseBackendMessage: truncated or over-long bodies', (t) => {
   isProtocolError(t, () => parse('S', h`'a' 00`), /parameter value/);
   isProtocolError(t, () => parse('W', h`00 00 01`), /copy column format/);
 });
+
+test('ClientFramer: slab reads — split messages are framed from the slab without copying, byte-exact under any split', (t) => {
+  // A stream of CopyData messages of assorted sizes, each with a distinct pattern.
+  const msgs: Buffer[] = [];
+  for (let i = 0; i < 60; i++) {
+    const body = Buffer.alloc([1, 7, 300, 4096, 20_000, 131_072 + 25][i % 6]!);
+    for (let j = 0; j < body.length; j++) body[j] = (i * 31 + j) & 0xff;
+    msgs.push(backend.copyData(body));
+  }
+  const stream = Buffer.concat(msgs);
+  for (const [seed, slabSize, maxRead, drainEvery] of [
+    [1, 1 << 20, 1 << 20, 1],
+    [2, 1 << 20, 70_000, 1],
+    [3, 300_000, 300_000, 1],
+    [4, 1 << 20, 50_000, 3], // paused reader: pushes pile up between drains
+    [5, 200_000, 200_000, 4],
+  ] as const) {
+    let rnd = seed;
+    const rand = (n: number): number => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff) % n) + 1;
+    const f = new ClientFramer();
+    f.slabReads = true;
+    // Like the client's SlabReader: reads land one after another in a slab
+    // that is never written twice; a new slab when the tail gets short.
+    let slab = Buffer.alloc(slabSize);
+    let used = 0;
+    const slabs = new Set<ArrayBufferLike>([slab.buffer]);
+    const got: Buffer[] = [];
+    let pushes = 0;
+    for (let at = 0; at < stream.length; ) {
+      if (slabSize - used < 1024) {
+        slab = Buffer.alloc(slabSize);
+        slabs.add(slab.buffer);
+        used = 0;
+      }
+      const n = Math.min(rand(maxRead), slabSize - used, stream.length - at);
+      stream.copy(slab, used, at, at + n);
+      f.push(slab.subarray(used, used + n));
+      used += n;
+      at += n;
+      if (++pushes % drainEvery === 0) for (let m = f.nextRaw(); m; m = f.nextRaw()) got.push(Buffer.concat([Buffer.from([m.code]), m.payload]));
+    }
+    for (let m = f.nextRaw(); m; m = f.nextRaw()) got.push(Buffer.concat([Buffer.from([m.code]), m.payload]));
+    t.is(f.buffered, 0, `seed ${seed}`);
+    t.is(got.length, msgs.length, `seed ${seed}`);
+    t.true(
+      got.every((g, i) => g.equals(Buffer.concat([msgs[i]!.subarray(0, 1), msgs[i]!.subarray(5)]))),
+      `seed ${seed}: every message byte-exact`,
+    );
+  }
+  // Two reads next to each other in one slab: the split message is a view of the slab.
+  const f = new ClientFramer();
+  f.slabReads = true;
+  const slab = Buffer.alloc(1 << 16);
+  const m = backend.copyData(Buffer.alloc(1000, 7));
+  m.copy(slab, 0);
+  f.push(slab.subarray(0, 400));
+  t.is(f.nextRaw(), null);
+  f.push(slab.subarray(400, m.length));
+  const whole = f.nextRaw()!;
+  t.is(whole.payload.buffer, slab.buffer, 'framed from the slab, not copied');
+  // A read into a fresh slab completes the message: only that message is
+  // copied; what follows it stays a view of the new slab.
+  const g = new ClientFramer();
+  g.slabReads = true;
+  const a = Buffer.alloc(1 << 16);
+  const b = Buffer.alloc(1 << 16);
+  const two = Buffer.concat([m, m]);
+  two.copy(a, 0, 0, 600);
+  two.copy(b, 0, 600);
+  g.push(a.subarray(0, 600));
+  t.is(g.nextRaw(), null);
+  g.push(b.subarray(0, two.length - 600));
+  const first = g.nextRaw()!;
+  const second = g.nextRaw()!;
+  t.true(first.payload.equals(Buffer.alloc(1000, 7)));
+  t.true(second.payload.equals(Buffer.alloc(1000, 7)));
+  t.is(second.payload.buffer, b.buffer, 'the rest of the read is not copied');
+  t.is(g.buffered, 0);
+});

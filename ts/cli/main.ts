@@ -6,10 +6,6 @@
  */
 import { createRequire } from 'node:module';
 
-import { importCommand, IMPORT_USAGE } from './import.js';
-import { nodeCommand, NODE_USAGE } from './node.js';
-import { receiveCommand, RECEIVE_USAGE } from './receive.js';
-import { scanCommand, SCAN_USAGE } from './scan.js';
 import { UsageError } from './args.js';
 
 const require = createRequire(import.meta.url);
@@ -36,26 +32,31 @@ Documentation: README.md
 
 type Command = { run: (args: string[]) => Promise<number>; usage: string };
 
-const commands: Record<string, Command> = {
-  node: { run: nodeCommand, usage: NODE_USAGE },
-  receive: { run: receiveCommand, usage: RECEIVE_USAGE },
-  import: { run: importCommand, usage: IMPORT_USAGE },
-  scan: { run: scanCommand, usage: SCAN_USAGE },
+// Loaded on use: `walkeeper receive` should not pay for loading the node
+// server (and the node for the receiver), since start-up time is part of
+// every short catch-up run.
+const commands: Record<string, () => Promise<Command>> = {
+  node: () => import('./node.js').then((m) => ({ run: m.nodeCommand, usage: m.NODE_USAGE })),
+  receive: () => import('./receive.js').then((m) => ({ run: m.receiveCommand, usage: m.RECEIVE_USAGE })),
+  import: () => import('./import.js').then((m) => ({ run: m.importCommand, usage: m.IMPORT_USAGE })),
+  scan: () => import('./scan.js').then((m) => ({ run: m.scanCommand, usage: m.SCAN_USAGE })),
 };
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === 'help' || cmd === '-h' || cmd === '--help') {
     const topic = cmd === 'help' ? rest[0] : undefined;
-    process.stdout.write(topic && commands[topic] ? commands[topic].usage : USAGE);
+    const load = topic !== undefined && Object.hasOwn(commands, topic) ? commands[topic] : undefined;
+    process.stdout.write(load ? (await load()).usage : USAGE);
     return 0;
   }
   if (cmd === 'version' || cmd === '-V' || cmd === '--version') {
     process.stdout.write(`${pkg.version}\n`);
     return 0;
   }
-  const c = commands[cmd];
-  if (!c) throw new UsageError(`unknown command "${cmd}" (see walkeeper --help)`);
+  const load = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
+  if (!load) throw new UsageError(`unknown command "${cmd}" (see walkeeper --help)`);
+  const c = await load();
   if (rest.includes('-h') || rest.includes('--help')) {
     process.stdout.write(c.usage);
     return 0;

@@ -87,29 +87,32 @@ export class PageHeaderCheck {
   }
 
   private checkHeader(at: Lsn, h: Buffer): string | null {
-    const where = `WAL page at ${formatLsn(at)}`;
-    // After an XLOG_SWITCH, PostgreSQL 14+ fills the rest of the segment
-    // with all-zero pages, headers included. A segment's first page always
-    // has a real (long) header.
-    if (h.length === SHORT && at % BigInt(this.segmentSize) !== 0n && h.every((b) => b === 0)) return null;
+    // Runs for every page streamed: the message is only built for a failure.
+    const where = (): string => `WAL page at ${formatLsn(at)}`;
     const magic = h.readUInt16LE(0);
-    if (magic !== this.magic) return `${where} has magic ${magic.toString(16).toUpperCase()}, expected ${this.magic.toString(16).toUpperCase()}`;
+    if (magic !== this.magic) {
+      // After an XLOG_SWITCH, PostgreSQL 14+ fills the rest of the segment
+      // with all-zero pages, headers included. A segment's first page always
+      // has a real (long) header.
+      if (h.length === SHORT && at % BigInt(this.segmentSize) !== 0n && h.every((b) => b === 0)) return null;
+      return `${where()} has magic ${magic.toString(16).toUpperCase()}, expected ${this.magic.toString(16).toUpperCase()}`;
+    }
     const info = h.readUInt16LE(2);
-    if (info & ~0x000f) return `${where} has invalid info bits ${info.toString(16).toUpperCase()}`;
+    if (info & ~0x000f) return `${where()} has invalid info bits ${info.toString(16).toUpperCase()}`;
     const long = (info & 0x0002) !== 0;
     const segStart = at % BigInt(this.segmentSize) === 0n;
-    if (long !== segStart) return segStart ? `${where} starts a segment but has no long header` : `${where} has an unexpected long header`;
+    if (long !== segStart) return segStart ? `${where()} starts a segment but has no long header` : `${where()} has an unexpected long header`;
     const tli = h.readUInt32LE(4);
-    if (tli === 0 || tli > this.tli) return `${where} claims timeline ${tli}, streaming timeline ${this.tli}`;
+    if (tli === 0 || tli > this.tli) return `${where()} claims timeline ${tli}, streaming timeline ${this.tli}`;
     const pageaddr = h.readBigUInt64LE(8);
-    if (pageaddr !== at) return `${where} has pageaddr ${formatLsn(pageaddr)}`;
+    if (pageaddr !== at) return `${where()} has pageaddr ${formatLsn(pageaddr)}`;
     if (long) {
       const sysid = h.readBigUInt64LE(24);
-      if (sysid !== this.systemId) return `${where} is from database system ${sysid}, this stream's is ${this.systemId}`;
+      if (sysid !== this.systemId) return `${where()} is from database system ${sysid}, this stream's is ${this.systemId}`;
       const seg = h.readUInt32LE(32);
-      if (seg !== this.segmentSize) return `${where} says segments are ${seg} bytes, this stream's are ${this.segmentSize}`;
+      if (seg !== this.segmentSize) return `${where()} says segments are ${seg} bytes, this stream's are ${this.segmentSize}`;
       const blck = h.readUInt32LE(36);
-      if (blck !== PAGE) return `${where} has block size ${blck}`;
+      if (blck !== PAGE) return `${where()} has block size ${blck}`;
     }
     return null;
   }

@@ -640,7 +640,10 @@ export class ReplicationClient {
     sink: ReadSink | null = null,
   ) {
     this.closedPromise = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    if (sink) sink.fn = (chunk) => this.onData(chunk);
+    if (sink) {
+      sink.fn = (chunk) => this.onData(chunk);
+      this.framer.slabReads = true;
+    }
     else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
       this.closeError ??= err;

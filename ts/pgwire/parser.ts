@@ -44,15 +44,45 @@ abstract class Framer {
   /** Total size of the incomplete message at `start`, when its header has been seen (sizes the next allocation). */
   protected want = 0;
 
+  /**
+   * Received bytes that follow `buf[start, end)`, kept as the caller's view
+   * until the message before them is taken (see push).
+   */
+  private rest: Buffer | null = null;
+
   /** Bytes received and not yet returned as messages. */
   get buffered(): number {
-    return this.end - this.start;
+    return this.end - this.start + (this.rest?.length ?? 0);
   }
+
+  /**
+   * Set when chunks come from reads into memory that is never written twice
+   * (the client's slabs). Then a message split across two reads that landed
+   * next to each other is framed as one view of that memory, not copied.
+   */
+  slabReads = false;
+  /** The contiguous run of memory the last pushed chunks were read into (slabReads only). */
+  private runBuffer: ArrayBufferLike | null = null;
+  private runStart = 0;
+  private runEnd = 0;
 
   push(chunk: Buffer): void {
     const n = chunk.length;
     if (n === 0) return;
-    const pending = this.end - this.start;
+    const pending = this.buffered;
+    let widen = false;
+    if (this.slabReads) {
+      if (chunk.buffer === this.runBuffer && chunk.byteOffset === this.runEnd) {
+        // The pending bytes are the tail of what was pushed, so when the run
+        // holds them they sit right before this chunk.
+        widen = chunk.byteOffset - pending >= this.runStart;
+        this.runEnd += n;
+      } else {
+        this.runBuffer = chunk.buffer;
+        this.runStart = chunk.byteOffset;
+        this.runEnd = chunk.byteOffset + n;
+      }
+    }
     if (pending === 0) {
       // Nothing pending: use the chunk as is (no copy).
       this.buf = chunk;
@@ -60,6 +90,40 @@ abstract class Framer {
       this.end = n;
       return;
     }
+    if (widen) {
+      this.buf = Buffer.from(chunk.buffer, chunk.byteOffset - pending, pending + n);
+      this.start = 0;
+      this.end = pending + n;
+      this.rest = null;
+      return;
+    }
+    if (this.rest !== null) {
+      // Only while the reader is paused: fold the kept view in.
+      const r = this.rest;
+      this.rest = null;
+      this.append(r);
+    }
+    const need = this.want - (this.end - this.start);
+    if (need > 0 && need < n) {
+      // The chunk completes the pending message and goes on: copy only that
+      // message's missing bytes; the rest stays a view of the chunk. (A read
+      // that fills a whole fresh slab would otherwise be copied in full.)
+      const msg = Buffer.allocUnsafe(this.want);
+      this.buf.copy(msg, 0, this.start, this.end);
+      chunk.copy(msg, this.end - this.start, 0, need);
+      this.buf = msg;
+      this.start = 0;
+      this.end = this.want;
+      this.rest = chunk.subarray(need);
+      return;
+    }
+    this.append(chunk);
+  }
+
+  /** Appends a copy of `chunk` to the pending bytes. */
+  private append(chunk: Buffer): void {
+    const n = chunk.length;
+    const pending = this.end - this.start;
     if (this.buf.length - this.end >= n) {
       // Room after `end` in a buffer we allocated: never handed out, safe to fill.
       chunk.copy(this.buf, this.end);
@@ -95,9 +159,16 @@ abstract class Framer {
     this.start = at + total;
     this.want = 0;
     if (this.start === this.end) {
-      // Everything consumed: forget the buffer so the next chunk is used without copying.
-      this.buf = EMPTY;
-      this.start = this.end = 0;
+      if (this.rest !== null) {
+        this.buf = this.rest;
+        this.end = this.rest.length;
+        this.rest = null;
+      } else {
+        // Everything consumed: forget the buffer so the next chunk is used without copying.
+        this.buf = EMPTY;
+        this.end = 0;
+      }
+      this.start = 0;
     }
     return buf.subarray(at, at + total);
   }
