@@ -2,6 +2,8 @@
  * `walkeeper node`: run a node on a data directory — serve its streams to
  * replication clients and its state over HTTP — until SIGINT or SIGTERM.
  */
+import { parseEtcdEndpoints } from '../broker/etcd.js';
+import { parsePeerUrls } from '../broker/embedded.js';
 import { startNode } from '../node/node.js';
 import type { AuthMethod } from '../pgwire/server.js';
 import { intOption, parse, UsageError } from './args.js';
@@ -23,6 +25,10 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --availability-zone AZ  reported to receivers, which prefer their own zone
   --upstream CONNINFO     follow this PostgreSQL server into --stream (libpq URI or key=value)
   --application-name NAME name towards the upstream, for synchronous_standby_names (default walkeeper_<node-id>)
+  --peers URL[,URL…]      the other members' HTTP URLs (embedded broker): commit_lsn is what a
+                          majority of the members has flushed
+  --broker ENDPOINTS      etcd v3 endpoints (http://host:port,…) instead of --peers: members find
+                          each other under walkeeper/<stream>/ in etcd
 
 Clients choose a stream with options='-c stream=<name>'.
 `;
@@ -43,6 +49,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
       'availability-zone': { type: 'string' },
       upstream: { type: 'string' },
       'application-name': { type: 'string' },
+      peers: { type: 'string' },
+      broker: { type: 'string' },
     },
     NODE_USAGE,
   );
@@ -50,6 +58,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
   const auth = str('auth');
   if (auth !== undefined && auth !== 'trust' && auth !== 'scram') throw new UsageError(`--auth must be trust or scram, not ${JSON.stringify(auth)}`);
+  if (str('peers') !== undefined && str('broker') !== undefined) throw new UsageError('--peers and --broker exclude each other: members come from one or the other');
   const node = await startNode({
     dataDir: str('data-dir') ?? './walkeeper-data',
     listenPg: str('listen-pg'),
@@ -63,6 +72,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
     availabilityZone: str('availability-zone'),
     upstream: str('upstream'),
     applicationName: str('application-name'),
+    peers: str('peers') === undefined ? undefined : parsePeerUrls(str('peers')!),
+    broker: str('broker') === undefined ? undefined : parseEtcdEndpoints(str('broker')!),
   });
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

@@ -5,7 +5,8 @@
  */
 import http from 'node:http';
 
-import { formatLsn, type Lsn } from '../lsn.js';
+import { formatLsn, isLsn, parseLsn, type Lsn } from '../lsn.js';
+import type { Quorum } from './quorum.js';
 import type { Replica } from './replica.js';
 import type { Ingest } from './ingest.js';
 import type { Stream } from './stream.js';
@@ -17,6 +18,7 @@ export interface HttpNodeView {
   httpAddress: string;
   availabilityZone: string | null;
   streams: ReadonlyMap<string, Stream>;
+  quorums: ReadonlyMap<string, Quorum>;
 }
 
 const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
@@ -64,8 +66,11 @@ function upstreamJson(i: Ingest | undefined, s: Stream) {
   };
 }
 
-export function streamJson(node: HttpNodeView, s: Stream) {
-  const a = s.replicas.aggregates();
+/**
+ * What a node tells the other members and receivers about a stream (the
+ * value it puts in etcd, and the answer to a waiting status request).
+ */
+export function memberStatusJson(node: Omit<HttpNodeView, 'quorums' | 'ingests' | 'streams'>, s: Stream) {
   return {
     name: s.name,
     state: s.state,
@@ -76,11 +81,38 @@ export function streamJson(node: HttpNodeView, s: Stream) {
     segment_size: s.segmentSize,
     flush_lsn: formatLsn(s.flushLsn),
     commit_lsn: formatLsn(s.commitLsn),
+    remote_consistent_lsn: lsn(s.replicas.aggregates().maxRemoteConsistentLsn),
     oldest_lsn: lsn(s.oldestLsn),
     pg_address: node.pgAddress,
     http_address: node.httpAddress,
     availability_zone: node.availabilityZone,
     updated_at: new Date().toISOString(),
+  };
+}
+
+function membersJson(q: Quorum | undefined) {
+  if (!q) return null;
+  return {
+    members: q.memberCount,
+    quorum: q.size,
+    peers: q.list().map((m) => ({
+      peer: m.key,
+      node_id: m.nodeId,
+      flush_lsn: lsn(m.flushLsn),
+      commit_lsn: lsn(m.commitLsn),
+      pg_address: m.pgAddress,
+      http_address: m.httpAddress,
+      heard_at: m.heardAt === null ? null : new Date(m.heardAt).toISOString(),
+      error: m.error,
+    })),
+  };
+}
+
+export function streamJson(node: HttpNodeView, s: Stream) {
+  const a = s.replicas.aggregates();
+  return {
+    ...memberStatusJson(node, s),
+    cluster: membersJson(node.quorums.get(s.name)),
     upstream: upstreamJson(node.ingests.get(s.name), s),
     replicas: s.replicas.list().map(replicaJson),
     replica_aggregates: {
@@ -125,7 +157,22 @@ export function createHttpServer(node: HttpNodeView): http.Server {
         }
         const s = node.streams.get(parts[2]!);
         if (!s) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
-        if (parts.length === 3 && method === 'GET') return send(res, 200, streamJson(node, s));
+        if (parts.length === 3 && method === 'GET') {
+          const above = url.searchParams.get('wait_flush_above');
+          if (above === null) return send(res, 200, streamJson(node, s));
+          // A peer (the embedded broker) waiting for our flush_lsn to pass
+          // what it has seen: answered the moment it does, so commit_lsn on
+          // the other members follows a flush within one round trip.
+          if (!isLsn(above)) return send(res, 400, { error: `wait_flush_above must be an LSN (X/X), not ${JSON.stringify(above)}` });
+          const ms = Number(url.searchParams.get('timeout_ms') ?? 250);
+          if (!Number.isInteger(ms) || ms < 0 || ms > 10_000) return send(res, 400, { error: 'timeout_ms must be an integer from 0 to 10000' });
+          const w = s.flushWatch.waitAbove(parseLsn(above), ms);
+          res.on('close', w.cancel);
+          void w.promise.then(() => {
+            if (!res.destroyed) send(res, 200, memberStatusJson(node, s));
+          });
+          return;
+        }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {
           s.suspend('suspended over HTTP');
           return send(res, 200, streamJson(node, s));

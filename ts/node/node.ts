@@ -23,6 +23,11 @@ import { lockDataDir } from './lockfile.js';
 import { createLogger, type Logger } from './log.js';
 import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from './send_wal.js';
 import { Stream } from './stream.js';
+import { Quorum } from './quorum.js';
+import type { Broker } from '../broker/broker.js';
+import { EmbeddedBroker } from '../broker/embedded.js';
+import { EtcdBroker } from '../broker/etcd.js';
+import { memberStatusJson } from './http.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -50,6 +55,10 @@ export interface NodeOptions {
   logger?: Logger;
   sender?: Partial<SenderConfig>;
   ingest?: Partial<typeof DEFAULT_INGEST>;
+  /** The other members' HTTP URLs (embedded broker). */
+  peers?: string[];
+  /** etcd v3 endpoints (http://host:port) instead of peers. */
+  broker?: string[];
 }
 
 export function parseHostPort(text: string, what: string): { host: string; port: number } {
@@ -137,6 +146,10 @@ export class WalkeeperNode {
   private users = new Map<string, ScramVerifier>();
   /** Ingest per stream (one: the node's --stream, when --upstream is given). */
   readonly ingests = new Map<string, Ingest>();
+  /** commit_lsn per stream, from the members' flush positions. */
+  readonly quorums = new Map<string, Quorum>();
+  private broker: Broker | null = null;
+  private readonly detach = new Map<string, () => void>();
   private mockSecret: Buffer = randomBytes(32);
 
   constructor(readonly opts: NodeOptions) {
@@ -180,6 +193,8 @@ export class WalkeeperNode {
     else if (this.auth === 'scram') throw new Error('--auth scram needs --password-file');
     // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
     if (o.upstream !== undefined) parseConnInfo(o.upstream);
+    if (o.peers?.length && o.broker?.length) throw new Error('--peers and --broker exclude each other');
+    this.broker = o.broker?.length ? new EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
     const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
     const httpAt = parseHostPort(o.listenHttp ?? '127.0.0.1:7676', '--listen-http');
 
@@ -193,6 +208,8 @@ export class WalkeeperNode {
       this.httpServer = createHttpServer(this);
       const httpPort = await listen(this.httpServer, httpAt.host, httpAt.port);
       this.httpAddress = formatAddress(httpAt.host, httpPort);
+      // Status exchange starts once our addresses are known (they are part of it).
+      for (const s of this.streams.values()) this.attachBroker(s);
       if (o.upstream) this.startIngest(o.upstream);
     } catch (err) {
       await this.stop();
@@ -218,6 +235,13 @@ export class WalkeeperNode {
 
   private addStream(s: Stream): void {
     this.streams.set(s.name, s);
+    const b = this.broker!;
+    const peers = b.initialMembers;
+    const quorum = new Quorum(s, { nodeId: this.nodeId }, { peers: peers ?? [], membershipKnown: peers !== null });
+    this.quorums.set(s.name, quorum);
+    // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
+    s.commitWatch.onRaise = () => b.changed(s.name);
+    if (this.httpAddress !== '') this.attachBroker(s);
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
     });
@@ -247,9 +271,22 @@ export class WalkeeperNode {
     ingest.start();
   }
 
-  /** After ingest flushed: without peers, what this node has flushed is committed. */
+  private attachBroker(s: Stream): void {
+    if (this.detach.has(s.name) || !this.broker) return;
+    const quorum = this.quorums.get(s.name)!;
+    this.detach.set(
+      s.name,
+      this.broker.attach(
+        { name: s.name, get flushLsn() { return s.flushLsn; }, status: () => memberStatusJson(this, s) },
+        { members: (keys) => quorum.setMembers(keys), status: (st) => quorum.onStatus(st) },
+      ),
+    );
+  }
+
+  /** After ingest flushed: commit_lsn is what a quorum of members (just us, without peers) has flushed. */
   private flushed(s: Stream): void {
-    if (s.flushLsn > s.commitLsn) s.setCommitLsn(s.flushLsn);
+    this.quorums.get(s.name)?.update();
+    this.broker?.changed(s.name);
   }
 
   private onConnection(socket: net.Socket): void {
@@ -349,6 +386,9 @@ export class WalkeeperNode {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await Promise.all([...this.ingests.values()].map((i) => i.stop()));
+      for (const d of this.detach.values()) d();
+      this.detach.clear();
+      await this.broker?.close();
       this.pgServer?.close();
       this.httpServer?.close();
       this.httpServer?.closeAllConnections();

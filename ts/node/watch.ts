@@ -16,6 +16,9 @@ export type WaitResult = 'advanced' | 'timeout' | 'cancelled';
 export class LsnWatch {
   private waiters = new Set<Waiter>();
 
+  /** Called after every raise (e.g. to publish the new value). */
+  onRaise: ((lsn: Lsn) => void) | null = null;
+
   constructor(private current: Lsn = 0n) {}
 
   get value(): Lsn {
@@ -29,6 +32,7 @@ export class LsnWatch {
     for (const w of this.waiters) {
       if (lsn > w.above) this.settle(w, 'advanced');
     }
+    this.onRaise?.(lsn);
     return true;
   }
 

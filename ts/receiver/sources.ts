@@ -18,6 +18,10 @@ export interface NodeStatus {
   tli: number;
   segmentSize: number;
   pgVersion: number;
+  /** The node's HTTP address (host:port), when it reports one. */
+  httpAddress: string | null;
+  /** What the node's consumers report as durable downstream, when known. */
+  remoteConsistentLsn: Lsn | null;
 }
 
 export interface CandidateSource {
@@ -52,6 +56,8 @@ export function parseNodeStatus(nodeId: string, j: unknown): NodeStatus {
     tli: int('tli'),
     segmentSize: int('segment_size'),
     pgVersion: int('pg_version'),
+    httpAddress: typeof o.http_address === 'string' ? o.http_address : null,
+    remoteConsistentLsn: typeof o.remote_consistent_lsn === 'string' && isLsn(o.remote_consistent_lsn) ? parseLsn(o.remote_consistent_lsn) : null,
   };
 }
 
