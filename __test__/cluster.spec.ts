@@ -1,0 +1,176 @@
+// Issue 6 acceptance a: three nodes with --peers follow one primary. Under
+// load commit_lsn follows the second highest flush; with two nodes killed
+// the survivor's commit_lsn stops — regular clients get nothing beyond it
+// while a recovery client gets up to flush_lsn, and IDENTIFY_SYSTEM answers
+// each accordingly; with the two back, commit_lsn catches up.
+
+import test from 'ava';
+
+import { formatLsn, parseLsn, segmentStart, type Lsn } from '../ts/lsn.js';
+import { ReplicationClient } from '../ts/pgwire/client.js';
+import {
+  createTempDir,
+  freePort,
+  lsnOf,
+  NodeProcess,
+  registerCleanupHooks,
+  runPgTool,
+  startPostgres,
+  until,
+  type PgCluster,
+  type StreamStatus,
+  type TempDir,
+} from './harness/index.js';
+
+registerCleanupHooks(test);
+
+const SEG = 1024 * 1024;
+let tmp: TempDir;
+test.before(async () => {
+  tmp = await createTempDir('walkeeper-cluster-');
+});
+test.after.always(async () => {
+  await tmp?.cleanup();
+});
+
+interface ClusterStatus extends StreamStatus {
+  cluster: { members: number; quorum: number; peers: { peer: string; node_id: number | null; flush_lsn: string | null; error: string | null }[] };
+}
+
+async function primaryFlush(pg: PgCluster): Promise<Lsn> {
+  const [r] = await pg.query<{ l: string }>('SELECT pg_current_wal_flush_lsn()::text AS l');
+  return lsnOf(r!.l);
+}
+
+async function pgbench(pg: PgCluster, args: string[]): Promise<void> {
+  await runPgTool('pgbench', [...args, '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { check: true, timeoutMs: 120_000 });
+}
+
+async function status(n: NodeProcess): Promise<ClusterStatus> {
+  const s = (await n.status()) as ClusterStatus | null;
+  if (!s) throw new Error(`node at ${n.httpUrl} does not answer`);
+  return s;
+}
+
+/** Three node processes that know each other's HTTP URLs before any starts. */
+export async function threeNodes(dir: string, upstream: string, extra: (i: number) => string[] = () => []): Promise<NodeProcess[]> {
+  const nodes: NodeProcess[] = [];
+  for (let i = 1; i <= 3; i++) {
+    const n = new NodeProcess({ dataDir: `${dir}/n${i}`, nodeId: i, upstream, env: { WALKEEPER_LOG_LEVEL: 'info' } });
+    n.pgPort = await freePort();
+    n.httpPort = await freePort();
+    nodes.push(n);
+  }
+  nodes.forEach((n, i) => {
+    n.opts.extraArgs = [...(extra(i + 1).length ? extra(i + 1) : ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(',')])];
+  });
+  return nodes;
+}
+
+/** What a client sees: IDENTIFY_SYSTEM's xlogpos, and how far a stream from `from` gets within `ms`. */
+async function clientView(n: NodeProcess, applicationName: string, from: Lsn, ms: number): Promise<{ xlogpos: Lsn; received: Lsn }> {
+  const c = await ReplicationClient.connect({ host: '127.0.0.1', port: n.pgPort, applicationName });
+  try {
+    const sys = await c.identifySystem();
+    const copy = c.startReplication(`START_REPLICATION ${formatLsn(from)} TIMELINE 1`);
+    let received = from;
+    copy.onXLogData = (m) => {
+      if (m.start !== received) throw new Error(`gap: expected ${formatLsn(received)}, got ${formatLsn(m.start)}`);
+      received = m.start + BigInt(m.data.length);
+    };
+    copy.onKeepalive = (k) => {
+      if (k.replyRequested) copy.sendStatus({ write: received, flush: received, apply: 0n });
+    };
+    await copy.started;
+    await new Promise((r) => setTimeout(r, ms));
+    await copy.end().catch(() => undefined);
+    return { xlogpos: sys.xlogpos, received };
+  } finally {
+    c.close();
+  }
+}
+
+test('three nodes with --peers: commit_lsn is the second highest flush; two killed → it stops, regular clients get nothing beyond it, a recovery client gets flush_lsn; back → catches up', async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
+  t.teardown(() => pg.destroy());
+  const nodes = await threeNodes(tmp.path, `host=127.0.0.1 port=${pg.port} user=postgres`);
+  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
+  await Promise.all(nodes.map((n) => n.start()));
+  const [n1, n2, n3] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+
+  await pgbench(pg, ['-i', '-q', '-s', '1']);
+  const settled = async (which: NodeProcess[], what: string) => {
+    const target = await primaryFlush(pg);
+    await until(
+      async () => {
+        for (const n of which) {
+          const s = await n.status();
+          if (!s || parseLsn(s.flush_lsn) < target || s.commit_lsn !== s.flush_lsn) return false;
+        }
+        return true;
+      },
+      `${what}: flush_lsn = commit_lsn ≥ ${formatLsn(target)}`,
+      60_000,
+    );
+  };
+  await settled(nodes, 'all three');
+  const first = await status(n1);
+  t.is(first.cluster.members, 3);
+  t.is(first.cluster.quorum, 2);
+  t.deepEqual(first.cluster.peers.map((p) => p.node_id).sort(), [2, 3]);
+
+  // Under load: at every sample, commit_lsn ≤ flush_lsn, and commit_lsn is
+  // at most the second highest flush the node knows (its own and its peers').
+  const samples: string[] = [];
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      for (const n of nodes) {
+        const s = await status(n);
+        const flushes = [parseLsn(s.flush_lsn), ...s.cluster.peers.map((p) => (p.flush_lsn ? parseLsn(p.flush_lsn) : 0n))].sort((a, b) => (a > b ? -1 : 1));
+        const commit = parseLsn(s.commit_lsn);
+        if (commit > parseLsn(s.flush_lsn) || commit > flushes[1]!) samples.push(`node ${s.node_id}: commit ${s.commit_lsn}, flushes ${flushes.map(formatLsn).join(' ')}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  await pgbench(pg, ['-c', '2', '-T', '3']);
+  sampling = false;
+  await sampler;
+  t.deepEqual(samples, [], 'commit_lsn never above the second highest known flush');
+  await settled(nodes, 'after the load');
+
+  // One node down: two of three still make a quorum.
+  await n3.kill();
+  await pgbench(pg, ['-c', '2', '-t', '300']);
+  await settled([n1, n2], 'with node 3 down');
+
+  // Two down: the survivor keeps flushing what the primary sends, but commit_lsn stops.
+  await n2.kill();
+  await pgbench(pg, ['-c', '2', '-t', '300']);
+  const end = await primaryFlush(pg);
+  await until(async () => parseLsn((await status(n1)).flush_lsn) >= end, 'node 1 to flush the new WAL', 60_000);
+  const stuck = await status(n1);
+  const commit = parseLsn(stuck.commit_lsn);
+  const flush = parseLsn(stuck.flush_lsn);
+  t.true(commit < flush, `commit ${stuck.commit_lsn} stays below flush ${stuck.flush_lsn}`);
+  const p2 = stuck.cluster.peers.find((p) => p.node_id === 2)!;
+  const p3 = stuck.cluster.peers.find((p) => p.node_id === 3)!;
+  const second = [parseLsn(p2.flush_lsn!), parseLsn(p3.flush_lsn!), flush].sort((a, b) => (a > b ? -1 : 1))[1]!;
+  t.is(commit, second, 'commit_lsn is the second highest of the last known flushes');
+  await new Promise((r) => setTimeout(r, 1000));
+  t.is((await status(n1)).commit_lsn, stuck.commit_lsn, 'and it does not move');
+
+  const from = segmentStart(commit, SEG) - BigInt(SEG);
+  const regular = await clientView(n1, 'regular', from, 1500);
+  t.is(regular.xlogpos, commit, 'IDENTIFY_SYSTEM to a regular client: commit_lsn');
+  t.is(regular.received, commit, 'a regular client gets exactly up to commit_lsn, nothing beyond');
+  const recovery = await clientView(n1, 'walkeeper_recovery', from, 1500);
+  t.is(recovery.xlogpos, flush, 'IDENTIFY_SYSTEM to a recovery client: flush_lsn');
+  t.is(recovery.received, flush, 'a recovery client gets up to flush_lsn');
+
+  // The two come back: commit_lsn catches up with everything.
+  await Promise.all([n2.start(), n3.start()]);
+  await settled(nodes, 'after the restart');
+  t.true(parseLsn((await status(n1)).commit_lsn) >= end);
+});
