@@ -707,7 +707,7 @@ test('ClientFramer: slab reads — split messages are framed from the slab witho
     [4, 1 << 20, 50_000, 3], // paused reader: pushes pile up between drains
     [5, 200_000, 200_000, 4],
   ] as const) {
-    let rnd = seed;
+    let rnd: number = seed;
     const rand = (n: number): number => ((rnd = (rnd * 1103515245 + 12345) & 0x7fffffff) % n) + 1;
     const f = new ClientFramer();
     f.slabReads = true;
