@@ -1,10 +1,13 @@
-// Issue 6 acceptance a: three nodes with --peers follow one primary. Under
-// load commit_lsn follows the second highest flush; with two nodes killed
-// the survivor's commit_lsn stops — regular clients get nothing beyond it
-// while a recovery client gets up to flush_lsn, and IDENTIFY_SYSTEM answers
-// each accordingly; with the two back, commit_lsn catches up.
+// Issue 6 acceptance a and b: three nodes follow one primary, finding each
+// other with --peers (a) or through a real etcd (b). Under load commit_lsn
+// follows the second highest flush; with two nodes killed the survivor's
+// commit_lsn stops — regular clients get nothing beyond it while a recovery
+// client gets up to flush_lsn, and IDENTIFY_SYSTEM answers each accordingly;
+// with the two back, commit_lsn catches up. With etcd, etcd is also stopped
+// in the middle: commit_lsn stays where the last known statuses put it while
+// the nodes keep flushing, and moves again when etcd is back.
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, parseLsn, segmentStart, type Lsn } from '../ts/lsn.js';
 import { ReplicationClient } from '../ts/pgwire/client.js';
@@ -21,6 +24,7 @@ import {
   type StreamStatus,
   type TempDir,
 } from './harness/index.js';
+import { etcdAvailable, startEtcd, type EtcdServer } from './harness/etcd.js';
 
 registerCleanupHooks(test);
 
@@ -90,10 +94,15 @@ async function clientView(n: NodeProcess, applicationName: string, from: Lsn, ms
   }
 }
 
-test('three nodes with --peers: commit_lsn is the second highest flush; two killed → it stops, regular clients get nothing beyond it, a recovery client gets flush_lsn; back → catches up', async (t) => {
+async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<void> {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
   t.teardown(() => pg.destroy());
-  const nodes = await threeNodes(tmp.path, `host=127.0.0.1 port=${pg.port} user=postgres`);
+  let etcd: EtcdServer | null = null;
+  if (mode === 'etcd') {
+    etcd = await startEtcd(`${tmp.path}/${mode}`);
+    t.teardown(() => etcd!.stop());
+  }
+  const nodes = await threeNodes(`${tmp.path}/${mode}`, `host=127.0.0.1 port=${pg.port} user=postgres`, () => (etcd ? ['--broker', etcd.endpoint] : []));
   t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
   await Promise.all(nodes.map((n) => n.start()));
   const [n1, n2, n3] = nodes as [NodeProcess, NodeProcess, NodeProcess];
@@ -140,6 +149,23 @@ test('three nodes with --peers: commit_lsn is the second highest flush; two kill
   t.deepEqual(samples, [], 'commit_lsn never above the second highest known flush');
   await settled(nodes, 'after the load');
 
+  if (etcd) {
+    // etcd away: the nodes keep following the primary, but commit_lsn stays
+    // where the members' last known flushes put it.
+    await etcd.stop();
+    await pgbench(pg, ['-c', '2', '-t', '200']);
+    const target = await primaryFlush(pg);
+    await until(async () => (await Promise.all(nodes.map(status))).every((s) => parseLsn(s.flush_lsn) >= target), 'the nodes to flush without etcd', 60_000);
+    for (const s of await Promise.all(nodes.map(status))) {
+      const flushes = [parseLsn(s.flush_lsn), ...s.cluster.peers.map((p) => parseLsn(p.flush_lsn ?? '0/0'))].sort((a, b) => (a > b ? -1 : 1));
+      t.is(parseLsn(s.commit_lsn), flushes[1]! < parseLsn(s.flush_lsn) ? flushes[1]! : parseLsn(s.flush_lsn), `node ${s.node_id}: commit_lsn is what the last known statuses prove`);
+      t.true(parseLsn(s.commit_lsn) < parseLsn(s.flush_lsn), `node ${s.node_id}: commit_lsn ${s.commit_lsn} stopped below flush ${s.flush_lsn}`);
+    }
+    // etcd back: picked up without a restart.
+    await etcd.start();
+    await settled(nodes, 'with etcd back');
+  }
+
   // One node down: two of three still make a quorum.
   await n3.kill();
   await pgbench(pg, ['-c', '2', '-t', '300']);
@@ -173,4 +199,13 @@ test('three nodes with --peers: commit_lsn is the second highest flush; two kill
   await Promise.all([n2.start(), n3.start()]);
   await settled(nodes, 'after the restart');
   t.true(parseLsn((await status(n1)).commit_lsn) >= end);
+}
+
+test('three nodes with --peers: commit_lsn is the second highest flush; two killed → it stops, regular clients get nothing beyond it, a recovery client gets flush_lsn; back → catches up', async (t) => {
+  await scenario(t, 'peers');
+});
+
+test('three nodes with --broker on a real etcd: the same, and an etcd restart in the middle is picked up without restarting the nodes', async (t) => {
+  if (!etcdAvailable()) return t.fail('etcd is not installed (apt-get install etcd-server); .ci/run installs it');
+  await scenario(t, 'etcd');
 });

@@ -42,3 +42,41 @@ export interface Broker {
 
 export const STATUS_WAIT_MS = 250;
 export const PEER_RETRY_MS = 250;
+
+/** `--broker`: etcd endpoints, comma-separated (a missing scheme means http://). */
+export function parseEtcdEndpoints(text: string): string[] {
+  const hosts = text
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean)
+    .map((h) => (/^[a-z]+:\/\//i.test(h) ? h : `http://${h}`));
+  if (hosts.length === 0) throw new Error('--broker needs at least one etcd endpoint (http://host:port)');
+  for (const h of hosts) {
+    let u: URL;
+    try {
+      u = new URL(h);
+    } catch {
+      throw new Error(`--broker: ${JSON.stringify(h)} is not an etcd endpoint (expected http://host:port)`);
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`--broker: ${JSON.stringify(h)} must be http:// or https://`);
+  }
+  return hosts;
+}
+
+/** `--peers`: the other members' HTTP URLs, comma-separated. */
+export function parsePeerUrls(text: string): string[] {
+  const urls = text
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  for (const u of urls) {
+    let url: URL;
+    try {
+      url = new URL(u);
+    } catch {
+      throw new Error(`--peers: ${JSON.stringify(u)} is not a URL (expected http://host:port)`);
+    }
+    if (url.protocol !== 'http:') throw new Error(`--peers: ${JSON.stringify(u)} is not an http:// URL`);
+  }
+  return [...new Set(urls.map((u) => u.replace(/\/+$/, '')))];
+}

@@ -12,23 +12,6 @@ import { parseNodeStatus } from '../receiver/sources.js';
 import type { Logger } from '../node/log.js';
 import { PEER_RETRY_MS, STATUS_WAIT_MS, type Broker, type BrokerListener, type BrokerStream } from './broker.js';
 
-export function parsePeerUrls(text: string): string[] {
-  const urls = text
-    .split(',')
-    .map((u) => u.trim())
-    .filter(Boolean);
-  for (const u of urls) {
-    let url: URL;
-    try {
-      url = new URL(u);
-    } catch {
-      throw new Error(`--peers: ${JSON.stringify(u)} is not a URL (expected http://host:port)`);
-    }
-    if (url.protocol !== 'http:') throw new Error(`--peers: ${JSON.stringify(u)} is not an http:// URL`);
-  }
-  return [...new Set(urls.map((u) => u.replace(/\/+$/, '')))];
-}
-
 export class EmbeddedBroker implements Broker {
   readonly kind = 'embedded';
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 4 });

@@ -26,25 +26,6 @@ export const PUBLISH_INTERVAL_MS = 1000;
 const CALL_TIMEOUT_MS = 2000;
 const RESYNC_MS = 1000;
 
-export function parseEtcdEndpoints(text: string): string[] {
-  const hosts = text
-    .split(',')
-    .map((h) => h.trim())
-    .filter(Boolean)
-    .map((h) => (/^[a-z]+:\/\//i.test(h) ? h : `http://${h}`));
-  if (hosts.length === 0) throw new Error('--broker needs at least one etcd endpoint (http://host:port)');
-  for (const h of hosts) {
-    let u: URL;
-    try {
-      u = new URL(h);
-    } catch {
-      throw new Error(`--broker: ${JSON.stringify(h)} is not an etcd endpoint (expected http://host:port)`);
-    }
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`--broker: ${JSON.stringify(h)} must be http:// or https://`);
-  }
-  return hosts;
-}
-
 export const streamPrefix = (stream: string): string => `walkeeper/${stream}/`;
 const memberKey = (stream: string, id: number): string => `${streamPrefix(stream)}members/${id}`;
 const statusKey = (stream: string, id: number): string => `${streamPrefix(stream)}nodes/${id}`;
@@ -233,7 +214,13 @@ export class EtcdCandidateSource implements CandidateSource {
     const client = etcdClient(this.hosts);
     this.client = client;
     const prefix = `${streamPrefix(this.stream)}nodes/`;
+    // A status is handed on when it changed (nodes re-put theirs every
+    // second with a new updated_at): a dead node's key, which lingers until
+    // its lease expires, then goes silent and the policy forgets it.
+    const last = new Map<string, string>();
     const apply = (key: string, value: string): void => {
+      if (last.get(key) === value) return;
+      last.set(key, value);
       try {
         onStatus(statusFromValue(`node ${key.slice(prefix.length)}`, value));
       } catch (e) {

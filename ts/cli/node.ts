@@ -2,8 +2,7 @@
  * `walkeeper node`: run a node on a data directory — serve its streams to
  * replication clients and its state over HTTP — until SIGINT or SIGTERM.
  */
-import { parseEtcdEndpoints } from '../broker/etcd.js';
-import { parsePeerUrls } from '../broker/embedded.js';
+import { parseEtcdEndpoints, parsePeerUrls } from '../broker/broker.js';
 import { startNode } from '../node/node.js';
 import type { AuthMethod } from '../pgwire/server.js';
 import { intOption, parse, UsageError } from './args.js';

@@ -12,16 +12,18 @@ import path from 'node:path';
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
 import { MAX_APPENDV, WalStore } from '../node/wal_storage.js';
 import { WalReceiver, type WalChunk } from '../receiver/receiver.js';
-import { parseNodeStatus } from '../receiver/sources.js';
+import { parseEtcdEndpoints } from '../broker/broker.js';
+import { HttpStatusSource, type CandidateSource, type NodeStatus } from '../receiver/sources.js';
 import { parse, UsageError } from './args.js';
 
-export const RECEIVE_USAGE = `Usage: walkeeper receive --nodes URL[,URL…] -D DIR [options]
+export const RECEIVE_USAGE = `Usage: walkeeper receive (--nodes URL[,URL…] | --broker ENDPOINTS) -D DIR [options]
 
 Streams a stream's WAL into DIR from the best of the given nodes, switching
 node by itself when the one it streams from dies, stalls or falls behind.
 DIR is laid out as pg_receivewal lays it out, and resumes from its contents.
 
   --nodes URL,…     the nodes' HTTP URLs (e.g. http://10.0.0.1:7676)
+  --broker ENDPOINTS  or: etcd v3 endpoints (http://host:port,…) where the nodes publish their status
   --stream NAME     stream to follow (default main)
   -D, --directory DIR   where to write the WAL
   --endpos LSN      stop (exit 0) once WAL past this LSN was received
@@ -67,6 +69,19 @@ async function inspectDir(dir: string): Promise<DirState | null> {
   return { segmentSize, systemId: hdr.readBigUInt64LE(24), resume, tli: best!.tli };
 }
 
+/** The first status a source reports (null if none within `ms`). */
+function firstStatus(source: CandidateSource, ms: number): Promise<NodeStatus | null> {
+  return new Promise((resolve) => {
+    const done = (s: NodeStatus | null): void => {
+      clearTimeout(timer);
+      source.stop();
+      resolve(s);
+    };
+    const timer = setTimeout(() => done(null), ms);
+    source.start(done, () => undefined);
+  });
+}
+
 export async function receiveCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(
     args,
@@ -85,14 +100,18 @@ export async function receiveCommand(args: string[]): Promise<number> {
   );
   const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
   if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\n${RECEIVE_USAGE}`);
-  if (str('broker') !== undefined) throw new UsageError('--broker is not available yet: give the nodes with --nodes');
+  if (str('broker') !== undefined && str('nodes') !== undefined) throw new UsageError('--nodes and --broker exclude each other');
+  const brokerHosts = str('broker') !== undefined ? parseEtcdEndpoints(str('broker')!) : null;
   const nodes = (str('nodes') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  if (nodes.length === 0) throw new UsageError(`--nodes is required\n${RECEIVE_USAGE}`);
+  if (nodes.length === 0 && brokerHosts === null) throw new UsageError(`--nodes or --broker is required\n${RECEIVE_USAGE}`);
   for (const u of nodes) if (!/^https?:\/\/[^/]+/.test(u)) throw new UsageError(`--nodes: ${JSON.stringify(u)} is not an http:// URL`);
   const dir = str('directory');
   if (!dir) throw new UsageError(`-D DIR is required\n${RECEIVE_USAGE}`);
   const endpos = str('endpos') !== undefined ? parseLsn(str('endpos')!) : undefined;
   const stream = str('stream') ?? 'main';
+  // The etcd client (gRPC) is loaded only when asked for: it costs start-up time.
+  const etcd = brokerHosts ? await import('../broker/etcd.js') : null;
+  const makeSource = (): CandidateSource => (etcd && brokerHosts ? new etcd.EtcdCandidateSource(brokerHosts, stream) : new HttpStatusSource(nodes, stream));
   const password = str('password-file') ? (await (await import('node:fs/promises')).readFile(str('password-file')!, 'utf8')).trim() : process.env.PGPASSWORD;
   const noLoop = values['no-loop'] === true;
   const synchronous = values.synchronous === true;
@@ -101,19 +120,8 @@ export async function receiveCommand(args: string[]): Promise<number> {
   let state = await inspectDir(dir);
   if (!state) {
     // A fresh directory: learn the segment size and system from the first node that answers.
-    let first: Awaited<ReturnType<typeof parseNodeStatus>> | null = null;
-    for (const u of nodes) {
-      try {
-        const r = await fetch(`${u.replace(/\/+$/, '')}/v1/streams/${encodeURIComponent(stream)}`, { signal: AbortSignal.timeout(5000) });
-        if (r.ok) {
-          first = parseNodeStatus(u, await r.json());
-          break;
-        }
-      } catch {
-        // next node
-      }
-    }
-    if (!first) throw new Error(`none of the nodes answered for stream ${stream}: ${nodes.join(', ')}`);
+    const first = await firstStatus(makeSource(), 10_000);
+    if (!first) throw new Error(`no node answered for stream ${stream} (${brokerHosts ? `etcd ${brokerHosts.join(',')}` : nodes.join(', ')})`);
     state = { segmentSize: first.segmentSize, systemId: first.systemId, resume: -1n, tli: 0 };
   }
   const fresh = state.resume < 0n;
@@ -121,7 +129,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
   if (!fresh && store.list().length > 0) await store.truncate(state.resume);
   const receiver = new WalReceiver({
     stream,
-    nodes,
+    source: makeSource(),
     startLsn: fresh ? undefined : state.resume,
     tli: fresh ? undefined : state.tli,
     systemId: state.systemId,

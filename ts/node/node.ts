@@ -26,7 +26,6 @@ import { Stream } from './stream.js';
 import { Quorum } from './quorum.js';
 import type { Broker } from '../broker/broker.js';
 import { EmbeddedBroker } from '../broker/embedded.js';
-import { EtcdBroker } from '../broker/etcd.js';
 import { memberStatusJson } from './http.js';
 
 const require = createRequire(import.meta.url);
@@ -194,7 +193,7 @@ export class WalkeeperNode {
     // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
     if (o.upstream !== undefined) parseConnInfo(o.upstream);
     if (o.peers?.length && o.broker?.length) throw new Error('--peers and --broker exclude each other');
-    this.broker = o.broker?.length ? new EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
+    this.broker = o.broker?.length ? new (await import('../broker/etcd.js')).EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
     const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
     const httpAt = parseHostPort(o.listenHttp ?? '127.0.0.1:7676', '--listen-http');
 
