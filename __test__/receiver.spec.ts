@@ -1,13 +1,14 @@
-// Issue 5 acceptance b: three nodes follow one primary under pgbench;
-// `walkeeper receive` follows them; the node it streams from is SIGKILLed:
-// it switches, writes no gap and no duplicate, and the final directory is
+// Issue 5 acceptance b (and issue 6 e): three nodes follow one primary
+// under pgbench; `walkeeper receive` follows them, given by --nodes or found
+// through etcd with --broker; the node it streams from is SIGKILLed: it
+// switches, writes no gap and no duplicate, and the final directory is
 // byte-identical to the primary's WAL.
 
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import {
   compareWalDirs,
@@ -20,6 +21,7 @@ import {
   until,
   type TempDir,
 } from './harness/index.js';
+import { etcdAvailable, startEtcd, type EtcdServer } from './harness/etcd.js';
 
 registerCleanupHooks(test);
 
@@ -35,11 +37,17 @@ test.after.always(async () => {
   await tmp?.cleanup();
 });
 
-test('walkeeper receive fails over when its node is SIGKILLed, with no gap or duplicate, ending byte-identical to the primary', async (t) => {
+async function failover(t: ExecutionContext, mode: 'nodes' | 'broker'): Promise<void> {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
   t.teardown(() => pg.destroy());
   const conninfo = `host=127.0.0.1 port=${pg.port} user=postgres`;
-  const nodes = await Promise.all([1, 2, 3].map((id) => startNodeProcess({ dataDir: path.join(tmp.path, `n${id}`), nodeId: id, upstream: conninfo })));
+  let etcd: EtcdServer | null = null;
+  if (mode === 'broker') {
+    etcd = await startEtcd(path.join(tmp.path, mode));
+    t.teardown(() => etcd!.stop());
+  }
+  const extraArgs = etcd ? ['--broker', etcd.endpoint] : [];
+  const nodes = await Promise.all([1, 2, 3].map((id) => startNodeProcess({ dataDir: path.join(tmp.path, mode, `n${id}`), nodeId: id, upstream: conninfo, extraArgs })));
   t.teardown(() => Promise.all(nodes.map((n) => n.kill())));
   await until(() => true, '');
   for (const n of nodes) {
@@ -54,8 +62,9 @@ test('walkeeper receive fails over when its node is SIGKILLed, with no gap or du
   const bench = spawn(pgToolPath('pgbench'), ['-c', '2', '-T', '600', '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { stdio: 'ignore' });
   t.teardown(() => bench.kill('SIGKILL'));
 
-  const dir = path.join(tmp.path, 'received');
-  const rx = spawn(process.execPath, [bin, 'receive', '--nodes', nodes.map((n) => n.httpUrl).join(','), '-D', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const dir = path.join(tmp.path, mode, 'received');
+  const where = etcd ? ['--broker', etcd.endpoint] : ['--nodes', nodes.map((n) => n.httpUrl).join(',')];
+  const rx = spawn(process.execPath, [bin, 'receive', ...where, '-D', dir], { stdio: ['ignore', 'ignore', 'pipe']});
   t.teardown(() => rx.kill('SIGKILL'));
   let out = '';
   rx.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -88,4 +97,13 @@ test('walkeeper receive fails over when its node is SIGKILLed, with no gap or du
   rx.kill('SIGINT');
   t.is(await exited, 0, out);
   t.deepEqual(await compareWalDirs(dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours', partialTail: 'ignore' }), []);
+}
+
+test('walkeeper receive fails over when its node is SIGKILLed, with no gap or duplicate, ending byte-identical to the primary', async (t) => {
+  await failover(t, 'nodes');
+});
+
+test('walkeeper receive --broker finds the nodes in etcd and fails over the same way', async (t) => {
+  if (!etcdAvailable()) return t.fail('etcd is not installed (apt-get install etcd-server); .ci/run installs it');
+  await failover(t, 'broker');
 });

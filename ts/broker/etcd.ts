@@ -58,6 +58,8 @@ export class EtcdBroker implements Broker {
   readonly initialMembers = null;
   private readonly client: Etcd3;
   private readonly streams = new Map<string, { dirty: boolean; kick: () => void }>();
+  /** Watches being cancelled: the client is closed only after them (a watch left open reconnects forever). */
+  private readonly cancels = new Set<Promise<unknown>>();
 
   constructor(
     hosts: string[],
@@ -148,7 +150,7 @@ export class EtcdBroker implements Broker {
         if (watcher === null) {
           const w = await this.client.watch().prefix(prefix).create();
           if (stopped) {
-            void w.cancel();
+            this.cancels.add(w.cancel().catch(() => undefined));
             return;
           }
           watcher = w;
@@ -180,9 +182,11 @@ export class EtcdBroker implements Broker {
       stopped = true;
       clearInterval(timer);
       this.streams.delete(stream.name);
-      void watcher?.cancel().catch(() => undefined);
+      const w = watcher;
+      watcher = null;
+      if (w) this.cancels.add(w.cancel().catch(() => undefined));
       // Revoke: the status disappears at once rather than after the TTL.
-      void lease?.revoke().catch(() => undefined);
+      if (lease) this.cancels.add(lease.revoke().catch(() => undefined));
     };
   }
 
@@ -194,6 +198,7 @@ export class EtcdBroker implements Broker {
   }
 
   async close(): Promise<void> {
+    await Promise.race([Promise.all([...this.cancels]), new Promise((r) => setTimeout(r, 3000).unref())]);
     this.client.close();
   }
 }
@@ -203,6 +208,7 @@ export class EtcdCandidateSource implements CandidateSource {
   private client: Etcd3 | null = null;
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
+  private watch: Promise<Watcher | null> = Promise.resolve(null);
 
   constructor(
     private readonly hosts: string[],
@@ -244,21 +250,28 @@ export class EtcdCandidateSource implements CandidateSource {
     };
     read();
     this.timer = setInterval(read, this.intervalMs);
-    client
+    this.watch = client
       .watch()
       .prefix(prefix)
       .create()
       .then((w) => {
-        if (this.stopped) return void w.cancel();
         w.on('put', (kv) => !this.stopped && apply(kv.key.toString(), kv.value.toString()));
         w.on('error', () => undefined);
+        return w;
       })
-      .catch(() => undefined);
+      .catch(() => null);
   }
 
   stop(): void {
+    if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    this.client?.close();
+    const client = this.client;
+    // Cancel the watch before closing: a watch left open reconnects forever
+    // and keeps the process alive.
+    void this.watch
+      .then((w) => w?.cancel())
+      .catch(() => undefined)
+      .finally(() => client?.close());
   }
 }
