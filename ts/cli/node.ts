@@ -4,6 +4,7 @@
  */
 import { parseEtcdEndpoints, parsePeerUrls } from '../broker/broker.js';
 import { startNode } from '../node/node.js';
+import { parseSize } from '../node/retention.js';
 import type { AuthMethod } from '../pgwire/server.js';
 import { intOption, parse, UsageError } from './args.js';
 
@@ -26,11 +27,21 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --application-name NAME name towards the upstream, for synchronous_standby_names (default walkeeper_<node-id>)
   --peers URL[,URL…]      the other members' HTTP URLs (embedded broker): commit_lsn is what a
                           majority of the members has flushed
+  --wal-keep-size SIZE    WAL kept behind flush_lsn whatever else says (default 1GB)
+  --replica-window SECS   a departed replica's position holds WAL this long (default 600)
   --broker ENDPOINTS      etcd v3 endpoints (http://host:port,…) instead of --peers: members find
                           each other under walkeeper/<stream>/ in etcd
 
 Clients choose a stream with options='-c stream=<name>'.
 `;
+
+function sizeOption(flag: string, text: string): bigint {
+  try {
+    return parseSize(text, flag);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(
@@ -50,6 +61,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
       'application-name': { type: 'string' },
       peers: { type: 'string' },
       broker: { type: 'string' },
+      'wal-keep-size': { type: 'string' },
+      'replica-window': { type: 'string' },
     },
     NODE_USAGE,
   );
@@ -73,6 +86,10 @@ export async function nodeCommand(args: string[]): Promise<number> {
     applicationName: str('application-name'),
     peers: str('peers') === undefined ? undefined : parsePeerUrls(str('peers')!),
     broker: str('broker') === undefined ? undefined : parseEtcdEndpoints(str('broker')!),
+    retention: {
+      ...(str('wal-keep-size') !== undefined ? { keepBytes: sizeOption('--wal-keep-size', str('wal-keep-size')!) } : {}),
+      ...(str('replica-window') !== undefined ? { replicaWindowMs: intOption('replica-window', str('replica-window'), 0, 365 * 86400)! * 1000 } : {}),
+    },
   });
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

@@ -27,6 +27,7 @@ import { Quorum } from './quorum.js';
 import type { Broker } from '../broker/broker.js';
 import { EmbeddedBroker } from '../broker/embedded.js';
 import { memberStatusJson } from './http.js';
+import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from './retention.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -58,6 +59,8 @@ export interface NodeOptions {
   peers?: string[];
   /** etcd v3 endpoints (http://host:port) instead of peers. */
   broker?: string[];
+  /** When local WAL may be removed (keep size, replica window, how often). */
+  retention?: Partial<RetentionConfig>;
 }
 
 export function parseHostPort(text: string, what: string): { host: string; port: number } {
@@ -149,6 +152,9 @@ export class WalkeeperNode {
   readonly quorums = new Map<string, Quorum>();
   private broker: Broker | null = null;
   private readonly detach = new Map<string, () => void>();
+  readonly retention: RetentionConfig;
+  private retentionTimer: NodeJS.Timeout | null = null;
+  private retaining: Promise<void> = Promise.resolve();
   private mockSecret: Buffer = randomBytes(32);
 
   constructor(readonly opts: NodeOptions) {
@@ -156,6 +162,7 @@ export class WalkeeperNode {
     this.log = (opts.logger ?? createLogger()).child({ node_id: this.nodeId });
     this.availabilityZone = opts.availabilityZone ?? null;
     this.senderConfig = { ...DEFAULT_SENDER_CONFIG, ...opts.sender };
+    this.retention = { ...DEFAULT_RETENTION, ...opts.retention };
   }
 
   /** The senders streaming right now (for tests and diagnostics). */
@@ -210,6 +217,7 @@ export class WalkeeperNode {
       // Status exchange starts once our addresses are known (they are part of it).
       for (const s of this.streams.values()) this.attachBroker(s);
       if (o.upstream) this.startIngest(o.upstream);
+      this.retentionTimer = setInterval(() => void this.removeOldWal(), this.retention.intervalMs);
     } catch (err) {
       await this.stop();
       throw err;
@@ -280,6 +288,32 @@ export class WalkeeperNode {
         { members: (keys) => quorum.setMembers(keys), status: (st) => quorum.onStatus(st) },
       ),
     );
+  }
+
+  /**
+   * Removes each stream's segments that every horizon has passed (see
+   * retention.ts). One pass at a time; a failure is logged and retried on
+   * the next tick.
+   */
+  removeOldWal(): Promise<void> {
+    this.retaining = this.retaining.then(async () => {
+      for (const s of this.streams.values()) {
+        if (s.state !== 'active') continue;
+        const h = retentionHorizon({
+          commitLsn: s.commitLsn,
+          flushLsn: s.flushLsn,
+          slots: [...s.slots.values()].map((sl) => ({ name: sl.name, restartLsn: sl.restartLsn })),
+          replicas: s.replicas.retention(Date.now(), this.retention.replicaWindowMs),
+          keepBytes: this.retention.keepBytes,
+        });
+        try {
+          await s.removeWalBelow(h.lsn, h.heldBy);
+        } catch (err) {
+          s.log.error({ err: (err as Error).message }, 'cannot remove old WAL');
+        }
+      }
+    });
+    return this.retaining;
   }
 
   /** After ingest flushed: commit_lsn is what a quorum of members (just us, without peers) has flushed. */
@@ -384,6 +418,8 @@ export class WalkeeperNode {
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.retentionTimer) clearInterval(this.retentionTimer);
+      await this.retaining;
       await Promise.all([...this.ingests.values()].map((i) => i.stop()));
       for (const d of this.detach.values()) d();
       this.detach.clear();

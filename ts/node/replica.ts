@@ -82,11 +82,28 @@ export interface ReplicaAggregates {
   maxRemoteConsistentLsn: Lsn | null;
 }
 
+const clientName = (r: Replica): string => `${r.info.applicationName || 'unnamed'}@${r.info.address.replace(/:\d+$/, '')}`;
+
 const fullXid = (epoch: number, xid: number) => (BigInt(epoch) << 32n) | BigInt(xid);
+
+/** What a departed replica last reported, kept so that WAL it will ask for again is retained for a while. */
+export interface DepartedReplica {
+  name: string;
+  /** Its last reported flush (or where it started, if it never reported one). */
+  lsn: Lsn;
+  leftAt: number;
+}
+
+/** The position a replica still needs: its reported flush, or where it started before it reported one. */
+export function neededLsn(r: Replica): Lsn {
+  return r.feedback.flushLsn !== 0n ? r.feedback.flushLsn : r.info.startLsn;
+}
 
 export class ReplicaRegistry {
   private next = 1;
   private readonly replicas = new Map<number, Replica>();
+  /** By client name (application_name@host): a reconnect comes from another port. */
+  private readonly departed = new Map<string, DepartedReplica>();
 
   register(info: ReplicaInfo): Replica {
     const r = new Replica(this.next++, info);
@@ -94,8 +111,28 @@ export class ReplicaRegistry {
     return r;
   }
 
-  unregister(r: Replica): void {
-    this.replicas.delete(r.id);
+  unregister(r: Replica, now = Date.now()): void {
+    if (!this.replicas.delete(r.id)) return;
+    const name = clientName(r);
+    this.departed.set(name, { name, lsn: neededLsn(r), leftAt: now });
+  }
+
+  /**
+   * Positions WAL must be kept for: every connected replica's, and those of
+   * replicas that left within `windowMs` (forgotten after that).
+   */
+  retention(now: number, windowMs: number): { name: string; lsn: Lsn }[] {
+    const out: { name: string; lsn: Lsn }[] = [];
+    const live = new Set<string>();
+    for (const r of this.replicas.values()) {
+      live.add(clientName(r));
+      out.push({ name: clientName(r), lsn: neededLsn(r) });
+    }
+    for (const [k, d] of this.departed) {
+      if (now - d.leftAt > windowMs) this.departed.delete(k);
+      else if (!live.has(k)) out.push({ name: d.name, lsn: d.lsn });
+    }
+    return out;
   }
 
   get size(): number {

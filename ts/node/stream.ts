@@ -275,16 +275,23 @@ export class Stream extends EventEmitter {
    * Removes segments wholly below `lsn`, but never one a slot still needs or
    * the one being written. Returns the names removed.
    */
-  async removeWalBelow(lsn: Lsn): Promise<string[]> {
+  async removeWalBelow(lsn: Lsn, heldBy = `${formatLsn(lsn)}`): Promise<string[]> {
     const horizon = this.slotHorizon();
     const limit = horizon !== null && horizon < lsn ? horizon : lsn;
     const removed = await this.store.removeBelow(Number(limit / BigInt(this.segmentSize)));
     if (removed.length > 0) {
-      this.log.info({ removed: removed.length, first: removed[0], last: removed[removed.length - 1], oldest_lsn: this.oldestLsn === null ? null : formatLsn(this.oldestLsn) }, 'removed old WAL segments');
+      this.removedSegments += removed.length;
+      this.log.info(
+        { removed: removed.length, first: removed[0], last: removed[removed.length - 1], oldest_lsn: this.oldestLsn === null ? null : formatLsn(this.oldestLsn), held_by: heldBy },
+        'removed old WAL segments',
+      );
       this.persistSoon();
     }
     return removed;
   }
+
+  /** Segments removed since the stream was opened (for metrics). */
+  removedSegments = 0;
 
   // --- lifecycle ------------------------------------------------------------
 
