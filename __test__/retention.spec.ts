@@ -123,12 +123,19 @@ test('segments go only when every horizon has passed: a slot keeps them, a depar
   t.true(node.logs.some((l) => l.msg === 'removed old WAL segments' && typeof l.held_by === 'string'), 'removal is logged with what holds the rest');
   const http = (await (await fetch(`${node.httpUrl}/v1/streams/main`)).json()) as { oldest_lsn: string };
   t.is(http.oldest_lsn, formatLsn(oldest(node)), 'HTTP shows the oldest LSN held');
+  const metrics = await (await fetch(`${node.httpUrl}/metrics`)).text();
+  t.regex(metrics, /walkeeper_removed_segments_total\{stream="main",node_id="1"\} [1-9]/);
+  t.true(metrics.includes(`walkeeper_oldest_lsn{stream="main",node_id="1"} ${Number(oldest(node))}`));
 
   // A replica that reads from here and leaves holds its position for the replica window.
   const dir = path.join(tmp.path, 'rw-noslot');
   const rw = startReceivewal({ host: node.host, port: node.port, dir, noLoop: true });
   await until(() => s.replicas.size > 0, 'pg_receivewal to stream', 20_000);
   await new Promise((r) => setTimeout(r, 300));
+  const withReplica = await (await fetch(`${node.httpUrl}/metrics`)).text();
+  t.regex(withReplica, /walkeeper_replicas\{stream="main",node_id="1"\} 1/);
+  t.regex(withReplica, /walkeeper_replica_lag_bytes\{stream="main",replica="\d+ pg_receivewal@127\.0\.0\.1:\d+",node_id="1"\} \d+/);
+  t.regex(withReplica, /walkeeper_wal_sent_bytes_total\{stream="main",node_id="1"\} \d+/);
   await rw.stop();
   const held = segmentStart(s.replicas.retention(Date.now(), 60_000)[0]!.lsn, SEG);
   const leftAt = Date.now();

@@ -19,6 +19,7 @@ export interface HttpNodeView {
   availabilityZone: string | null;
   streams: ReadonlyMap<string, Stream>;
   quorums: ReadonlyMap<string, Quorum>;
+  metrics: { text(): Promise<string>; readonly contentType: string };
 }
 
 const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
@@ -70,7 +71,7 @@ function upstreamJson(i: Ingest | undefined, s: Stream) {
  * What a node tells the other members and receivers about a stream (the
  * value it puts in etcd, and the answer to a waiting status request).
  */
-export function memberStatusJson(node: Omit<HttpNodeView, 'quorums' | 'ingests' | 'streams'>, s: Stream) {
+export function memberStatusJson(node: Pick<HttpNodeView, 'nodeId' | 'pgAddress' | 'httpAddress' | 'availabilityZone'>, s: Stream) {
   return {
     name: s.name,
     state: s.state,
@@ -149,6 +150,17 @@ export function createHttpServer(node: HttpNodeView): http.Server {
       if (parts.length === 1 && parts[0] === 'healthz') {
         if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
         return send(res, 200, { status: 'ok', node_id: node.nodeId, streams: node.streams.size });
+      }
+      if (parts.length === 1 && parts[0] === 'metrics') {
+        if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+        void node.metrics.text().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': node.metrics.contentType, 'cache-control': 'no-store' });
+            res.end(text);
+          },
+          (err: Error) => send(res, 500, { error: err.message }),
+        );
+        return;
       }
       if (parts[0] === 'v1' && parts[1] === 'streams') {
         if (parts.length === 2) {

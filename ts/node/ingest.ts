@@ -55,6 +55,8 @@ export interface IngestHost {
   createStream(name: string, init: { systemId: bigint; pgVersion: number; segmentSize: number; tli: number; start: Lsn; histories: Map<number, string> }): Promise<Stream>;
   /** Called after each flush: the node decides commit_lsn (flush_lsn without peers; a quorum with them). */
   flushed(stream: Stream): void;
+  /** The stream's writer lock (peer recovery may hold it while the upstream was away); resolves with its release. */
+  acquireWriter(stream: Stream): Promise<() => void>;
 }
 
 /** The upstream did something that retrying cannot fix (other system id, bad WAL): ingest stops. */
@@ -232,6 +234,18 @@ export class Ingest {
       this.log.info({ start: formatLsn(start), tli, system_id: sys.systemId.toString() }, 'new stream from the upstream');
     }
     if (sys.timeline < stream.tli) throw new IngestFatal(`the upstream is on timeline ${sys.timeline}, behind this stream's timeline ${stream.tli}`);
+    // The upstream answers: take the stream from peer recovery, if it was
+    // writing, and continue from what it flushed.
+    const release = await this.host.acquireWriter(stream);
+    try {
+      return await this.follow(client, stream, sys.timeline, history, histories);
+    } finally {
+      release();
+    }
+  }
+
+  private async follow(client: ReplicationClient, stream: Stream, upstreamTli: number, history: TimelineEntry[], histories: Map<number, string>): Promise<boolean> {
+    const sys = { timeline: upstreamTli };
     // The upstream switched timelines since our WAL: its history says where
     // our timeline ended there; WAL we hold past that point diverged.
     if (sys.timeline > stream.tli) {

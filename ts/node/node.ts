@@ -28,6 +28,8 @@ import type { Broker } from '../broker/broker.js';
 import { EmbeddedBroker } from '../broker/embedded.js';
 import { memberStatusJson } from './http.js';
 import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from './retention.js';
+import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from './recovery.js';
+import { NodeMetrics } from './metrics.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -61,6 +63,8 @@ export interface NodeOptions {
   broker?: string[];
   /** When local WAL may be removed (keep size, replica window, how often). */
   retention?: Partial<RetentionConfig>;
+  /** When to pull WAL from peers while the upstream is away. */
+  recovery?: Partial<RecoveryConfig>;
 }
 
 export function parseHostPort(text: string, what: string): { host: string; port: number } {
@@ -153,6 +157,10 @@ export class WalkeeperNode {
   private broker: Broker | null = null;
   private readonly detach = new Map<string, () => void>();
   readonly retention: RetentionConfig;
+  /** One writer per stream: ingest or peer recovery. */
+  private readonly writers = new Map<string, WriterLock>();
+  readonly recoveries = new Map<string, PeerRecovery>();
+  readonly metrics: NodeMetrics;
   private retentionTimer: NodeJS.Timeout | null = null;
   private retaining: Promise<void> = Promise.resolve();
   private mockSecret: Buffer = randomBytes(32);
@@ -163,6 +171,7 @@ export class WalkeeperNode {
     this.availabilityZone = opts.availabilityZone ?? null;
     this.senderConfig = { ...DEFAULT_SENDER_CONFIG, ...opts.sender };
     this.retention = { ...DEFAULT_RETENTION, ...opts.retention };
+    this.metrics = new NodeMetrics(this);
   }
 
   /** The senders streaming right now (for tests and diagnostics). */
@@ -248,6 +257,22 @@ export class WalkeeperNode {
     this.quorums.set(s.name, quorum);
     // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
     s.commitWatch.onRaise = () => b.changed(s.name);
+    s.onFsync = (secs) => this.metrics.fsync(s.name, secs);
+    const lock = new WriterLock();
+    this.writers.set(s.name, lock);
+    const recovery = new PeerRecovery(
+      s,
+      quorum,
+      lock,
+      {
+        upstreamStreaming: () => this.ingests.get(s.name)?.status().state === 'streaming',
+        flushed: () => this.flushed(s),
+        switched: (reason) => this.metrics.receiverSwitch(s.name, reason),
+      },
+      { ...DEFAULT_RECOVERY, ...this.opts.recovery },
+    );
+    this.recoveries.set(s.name, recovery);
+    recovery.start();
     if (this.httpAddress !== '') this.attachBroker(s);
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
@@ -270,6 +295,7 @@ export class WalkeeperNode {
           return s;
         },
         flushed: (s) => this.flushed(s),
+        acquireWriter: (s) => this.writers.get(s.name)!.acquire('ingest'),
       },
       { ...DEFAULT_INGEST, ...this.opts.ingest, conninfo, applicationName: appName, slotName: this.opts.slotName ?? `walkeeper_${this.nodeId}`, stream: name },
       this.log,
@@ -421,6 +447,7 @@ export class WalkeeperNode {
       if (this.retentionTimer) clearInterval(this.retentionTimer);
       await this.retaining;
       await Promise.all([...this.ingests.values()].map((i) => i.stop()));
+      await Promise.all([...this.recoveries.values()].map((r) => r.stop()));
       for (const d of this.detach.values()) d();
       this.detach.clear();
       await this.broker?.close();

@@ -209,6 +209,7 @@ export class WalSender {
         }
         this.sent += BigInt(n - XLOGDATA_HEADER_SIZE);
         this.replica.sentLsn = this.sent;
+        stream.bytesSent += n - XLOGDATA_HEADER_SIZE;
         this.conn.write(buf.subarray(0, n), () => this.release(i));
         idleSince = Date.now();
         this.maybePing();

@@ -177,14 +177,24 @@ export class Stream extends EventEmitter {
     if (this.commitWatch.set(lsn)) this.persistSoon();
   }
 
+  /** Counters for metrics: WAL bytes written here, and sent to clients. */
+  bytesReceived = 0;
+  bytesSent = 0;
+  /** Called with each fsync's duration in seconds (metrics). */
+  onFsync: ((seconds: number) => void) | null = null;
+
   /** Appends received WAL at exactly `lsn` (ingest's path into the store). */
-  appendWal(lsn: Lsn, data: Buffer): Promise<Lsn> {
-    return this.store.append(lsn, data);
+  async appendWal(lsn: Lsn, data: Buffer): Promise<Lsn> {
+    const end = await this.store.append(lsn, data);
+    this.bytesReceived += data.length;
+    return end;
   }
 
   /** fsyncs what was appended and publishes the new flush_lsn. */
   async flushWal(): Promise<Lsn> {
+    const t0 = process.hrtime.bigint();
     const flushed = await this.store.flush();
+    this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
     if (this.flushWatch.set(flushed)) this.persistSoon();
     return flushed;
   }

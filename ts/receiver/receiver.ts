@@ -114,6 +114,11 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
    * Takes, without waiting, the chunks already received (up to about
    * `maxBytes`), in order — for consumers that write in batches.
    */
+  /** Bytes received and not yet taken by the iterator. */
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
   takeQueued(maxBytes: number): WalChunk[] {
     const out: WalChunk[] = [];
     let bytes = 0;

@@ -1,0 +1,112 @@
+/**
+ * Prometheus metrics at `GET /metrics` (prom-client), one registry per node
+ * so that several nodes in one process (tests, embedding tools) do not mix.
+ * LSN and byte gauges are read from the streams at scrape time; events
+ * (fsyncs, receiver switches) are counted as they happen.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+import { neededLsn } from './replica.js';
+import type { Stream } from './stream.js';
+
+export interface MetricsNodeView {
+  readonly nodeId: number;
+  readonly streams: ReadonlyMap<string, Stream>;
+}
+
+export class NodeMetrics {
+  readonly registry = new Registry();
+  private readonly fsyncSeconds: Histogram<'stream'>;
+  private readonly switches: Counter<'stream' | 'reason'>;
+
+  constructor(node: MetricsNodeView) {
+    const r = this.registry;
+    r.setDefaultLabels({ node_id: String(node.nodeId) });
+    collectDefaultMetrics({ register: r, prefix: 'walkeeper_process_' });
+    const each = (fn: (s: Stream) => void) => () => {
+      for (const s of node.streams.values()) fn(s);
+    };
+    const lsnGauge = (name: string, help: string, get: (s: Stream) => bigint) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['stream'],
+        registers: [r],
+        collect(this: Gauge<'stream'>) {
+          this.reset();
+          each((s) => this.set({ stream: s.name }, Number(get(s))))();
+        },
+      });
+    lsnGauge('walkeeper_flush_lsn', 'End of WAL fsynced on this node (bytes).', (s) => s.flushLsn);
+    lsnGauge('walkeeper_commit_lsn', 'End of WAL on a quorum of the members (bytes); what regular clients are served up to.', (s) => s.commitLsn);
+    lsnGauge('walkeeper_oldest_lsn', 'Start of the oldest segment held (bytes).', (s) => s.oldestLsn ?? 0n);
+    const total = (name: string, help: string, get: (s: Stream) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['stream'],
+        registers: [r],
+        collect(this: Counter<'stream'>) {
+          this.reset();
+          each((s) => this.inc({ stream: s.name }, get(s)))();
+        },
+      });
+    total('walkeeper_wal_received_bytes_total', 'WAL bytes written to this node (from the upstream or peers).', (s) => s.bytesReceived);
+    total('walkeeper_wal_sent_bytes_total', 'WAL bytes sent to clients.', (s) => s.bytesSent);
+    total('walkeeper_removed_segments_total', 'Segments removed by retention.', (s) => s.removedSegments);
+    new Gauge({
+      name: 'walkeeper_replicas',
+      help: 'Connected replication clients.',
+      labelNames: ['stream'],
+      registers: [r],
+      collect(this: Gauge<'stream'>) {
+        this.reset();
+        each((s) => this.set({ stream: s.name }, s.replicas.size))();
+      },
+    });
+    new Gauge({
+      name: 'walkeeper_replica_lag_bytes',
+      help: "How far a replica's reported flush is behind commit_lsn (its start, before it reports).",
+      labelNames: ['stream', 'replica'],
+      registers: [r],
+      collect(this: Gauge<'stream' | 'replica'>) {
+        this.reset();
+        each((s) => {
+          for (const rep of s.replicas.list()) {
+            const need = neededLsn(rep);
+            this.set({ stream: s.name, replica: `${rep.id} ${rep.name}` }, Number(s.commitLsn > need ? s.commitLsn - need : 0n));
+          }
+        })();
+      },
+    });
+    this.fsyncSeconds = new Histogram({
+      name: 'walkeeper_fsync_seconds',
+      help: 'Duration of WAL fsyncs.',
+      labelNames: ['stream'],
+      buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
+      registers: [r],
+    });
+    this.switches = new Counter({
+      name: 'walkeeper_receiver_switches_total',
+      help: "Switches of this node's receivers (peer recovery) by reason.",
+      labelNames: ['stream', 'reason'],
+      registers: [r],
+    });
+  }
+
+  fsync(stream: string, seconds: number): void {
+    this.fsyncSeconds.observe({ stream }, seconds);
+  }
+
+  receiverSwitch(stream: string, reason: string): void {
+    this.switches.inc({ stream, reason });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * Peer recovery: a node whose upstream is unreachable and whose flush_lsn is
+ * behind a peer's pulls the missing WAL from the most advanced peer, as a
+ * recovery client (application_name `walkeeper_recovery`, so the peer serves
+ * up to its flush_lsn rather than its commit_lsn). It is walkeeper's own
+ * WalReceiver underneath: the peer's system id, contiguity and page headers
+ * are checked as for any receiver, and a failing peer is left for another.
+ *
+ * One writer per stream: ingest and recovery take the stream's WriterLock.
+ * When the upstream answers again, ingest asks for the lock and recovery
+ * yields at once; ingest then continues from what recovery flushed.
+ */
+import { formatLsn, type Lsn } from '../lsn.js';
+import { WalReceiver } from '../receiver/receiver.js';
+import type { CandidateSource, NodeStatus } from '../receiver/sources.js';
+import type { Logger } from './log.js';
+import type { Quorum } from './quorum.js';
+import type { Stream } from './stream.js';
+
+export const RECOVERY_APPLICATION_NAME = 'walkeeper_recovery';
+
+/** Who may append to a stream: ingest or recovery, one at a time. */
+export class WriterLock {
+  private holder: { who: string; yieldNow: () => void } | null = null;
+  private readonly waiting: { who: string; resolve: (release: () => void) => void }[] = [];
+
+  get heldBy(): string | null {
+    return this.holder?.who ?? null;
+  }
+
+  /** Takes the lock if free; `yieldNow` is called when someone else asks for it. */
+  tryAcquire(who: string, yieldNow: () => void): (() => void) | null {
+    if (this.holder || this.waiting.length) return null;
+    return this.grant(who, yieldNow);
+  }
+
+  /** Waits for the lock, asking the holder to yield. */
+  acquire(who: string, yieldNow: () => void = () => undefined): Promise<() => void> {
+    if (!this.holder) return Promise.resolve(this.grant(who, yieldNow));
+    return new Promise((resolve) => {
+      this.waiting.push({ who, resolve: (r) => resolve(r) });
+      this.holder!.yieldNow();
+    }).then((release) => {
+      this.holder!.yieldNow = yieldNow;
+      return release as () => void;
+    });
+  }
+
+  private grant(who: string, yieldNow: () => void): () => void {
+    const me = { who, yieldNow };
+    this.holder = me;
+    let released = false;
+    return () => {
+      if (released || this.holder !== me) return;
+      released = true;
+      this.holder = null;
+      const next = this.waiting.shift();
+      if (next) next.resolve(this.grant(next.who, () => undefined));
+    };
+  }
+}
+
+/** Candidates for recovery: the members the quorum heard from, ranked by flush_lsn (the receiver ranks by the field it calls commit_lsn). */
+class MemberSource implements CandidateSource {
+  private timer: NodeJS.Timeout | null = null;
+  constructor(
+    private readonly stream: Stream,
+    private readonly quorum: Quorum,
+  ) {}
+
+  start(onStatus: (s: NodeStatus) => void): void {
+    const tick = (): void => {
+      for (const m of this.quorum.list()) {
+        if (m.error !== null || m.flushLsn === null || m.pgAddress === null) continue;
+        onStatus({
+          nodeId: m.key,
+          nodeNumber: m.nodeId,
+          commitLsn: m.flushLsn,
+          flushLsn: m.flushLsn,
+          pgAddress: m.pgAddress,
+          availabilityZone: null,
+          systemId: this.stream.systemId,
+          tli: this.stream.tli,
+          segmentSize: this.stream.segmentSize,
+          pgVersion: this.stream.pgVersion,
+          httpAddress: m.httpAddress,
+          remoteConsistentLsn: null,
+        });
+      }
+    };
+    tick();
+    this.timer = setInterval(tick, 250);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+}
+
+export interface RecoveryHost {
+  /** Whether the stream's upstream is streaming now (recovery is for when it is not). */
+  upstreamStreaming(): boolean;
+  /** After a flush: the node recomputes commit_lsn and tells the members. */
+  flushed(): void;
+  /** A switch of the recovery receiver (metrics). */
+  switched(reason: string): void;
+}
+
+export interface RecoveryConfig {
+  /** How long the upstream must have been away before recovery starts. */
+  afterMs: number;
+  /** How often the conditions are checked. */
+  checkMs: number;
+}
+
+export const DEFAULT_RECOVERY: RecoveryConfig = { afterMs: 1000, checkMs: 250 };
+
+export class PeerRecovery {
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private receiver: WalReceiver | null = null;
+  private upstreamAwaySince: number | null = null;
+  private readonly log: Logger;
+  private stopped = false;
+
+  constructor(
+    private readonly stream: Stream,
+    private readonly quorum: Quorum,
+    private readonly lock: WriterLock,
+    private readonly host: RecoveryHost,
+    private readonly cfg: RecoveryConfig = DEFAULT_RECOVERY,
+  ) {
+    this.log = stream.log.child({ component: 'recovery' });
+  }
+
+  get active(): boolean {
+    return this.running !== null;
+  }
+
+  start(): void {
+    this.timer = setInterval(() => this.check(), this.cfg.checkMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.receiver?.stop();
+    await this.running;
+  }
+
+  private check(): void {
+    if (this.stopped || this.running) return;
+    const now = Date.now();
+    if (this.host.upstreamStreaming()) {
+      this.upstreamAwaySince = null;
+      return;
+    }
+    this.upstreamAwaySince ??= now;
+    if (now - this.upstreamAwaySince < this.cfg.afterMs) return;
+    const own = this.stream.flushLsn;
+    const ahead = this.quorum.list().filter((m) => m.error === null && m.flushLsn !== null && m.flushLsn > own && m.pgAddress !== null);
+    if (ahead.length === 0) return;
+    const release = this.lock.tryAcquire('recovery', () => void this.receiver?.stop());
+    if (!release) return;
+    this.running = this.run(own)
+      .catch((err: Error) => this.log.error({ err: err.message }, 'peer recovery failed'))
+      .finally(() => {
+        release();
+        this.receiver = null;
+        this.running = null;
+      });
+  }
+
+  private async run(from: Lsn): Promise<void> {
+    const s = this.stream;
+    const best = this.quorum.list().reduce((a, m) => ((m.flushLsn ?? 0n) > (a.flushLsn ?? 0n) ? m : a));
+    this.log.info({ from: formatLsn(from), peer_flush_lsn: formatLsn(best.flushLsn ?? 0n) }, 'upstream unreachable and a peer is ahead: recovering WAL from peers');
+    const rx = new WalReceiver({
+      stream: s.name,
+      source: new MemberSource(s, this.quorum),
+      startLsn: from,
+      tli: s.tli,
+      systemId: s.systemId,
+      applicationName: RECOVERY_APPLICATION_NAME,
+    });
+    this.receiver = rx;
+    rx.on('switch', (e) => this.host.switched(e.reason.kind));
+    rx.on('connect', (e) => this.log.info({ peer: e.nodeId, start: formatLsn(e.startLsn) }, 'recovering from peer'));
+    rx.on('error', (e) => this.log.warn({ err: e.message }, 'peer recovery connection'));
+    let unflushed = 0;
+    const flush = async (): Promise<void> => {
+      if (!unflushed) return;
+      unflushed = 0;
+      const f = await s.flushWal();
+      rx.ack(f);
+      this.host.flushed();
+    };
+    try {
+      for await (const first of rx) {
+        const batch = [first, ...rx.takeQueued(4 << 20)];
+        for (const c of batch) {
+          if (c.tli !== s.tli) {
+            // Following a peer across a timeline switch is ingest's job (it has the upstream's history).
+            this.log.info({ tli: c.tli }, 'the peer moved to another timeline; recovery stops there');
+            await flush();
+            return;
+          }
+          await s.appendWal(c.startLsn, c.data);
+          unflushed += c.data.length;
+        }
+        // Flush when caught up with what arrived, and at least every 16 MiB.
+        if (rx.queuedBytes === 0 || unflushed >= 16 << 20) await flush();
+      }
+    } finally {
+      await rx.stop();
+      await flush();
+      this.log.info({ flush_lsn: formatLsn(s.flushLsn) }, 'peer recovery stopped');
+    }
+  }
+}
