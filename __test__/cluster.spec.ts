@@ -8,9 +8,13 @@
 // the nodes keep flushing, and moves again when etcd is back.
 // Acceptance c: peer recovery while the primary is down.
 
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
 import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, parseLsn, segmentStart, type Lsn } from '../ts/lsn.js';
+import { memberStatusJson } from '../ts/node/http.js';
 import { ReplicationClient } from '../ts/pgwire/client.js';
 import {
   compareWalDirs,
@@ -21,6 +25,7 @@ import {
   registerCleanupHooks,
   runPgTool,
   startPostgres,
+  startTestNode,
   until,
   type PgCluster,
   type StreamStatus,
@@ -264,4 +269,46 @@ test('peer recovery: a node down during the load, then the primary stopped; rest
   const last = await primaryFlush(pg);
   await caughtUp([n2], last);
   t.deepEqual(await compareWalDirs(`${tmp.path}/recovery/n2/streams/main`, pg.walDir, { segSize: SEG, endLsn: last, segments: 'ours', partialTail: 'ignore' }), []);
+});
+
+test('a peer reporting another system id, nonsense LSNs or malformed status is ignored with a logged error and cannot move commit_lsn', async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
+  t.teardown(() => pg.destroy());
+  // The lying peer: a plain HTTP server (a real node cannot be made to lie).
+  let body: unknown = {};
+  const fake = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(typeof body === 'string' ? body : JSON.stringify(body));
+  });
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => fake.close(() => r())));
+  const fakeUrl = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+  const node = await startTestNode({ upstream: `host=127.0.0.1 port=${pg.port} user=postgres`, dataDir: `${tmp.path}/liar`, peers: [fakeUrl] });
+  t.teardown(() => node.stop());
+  await pgbench(pg, ['-i', '-q', '-s', '1']);
+  await until(async () => node.node.streams.has('main') && node.node.stream('main').flushLsn >= (await primaryFlush(pg)), 'the node to follow', 30_000);
+  const s = node.node.stream('main');
+  const start = s.commitLsn;
+  t.true(s.flushLsn > start);
+  const valid = () => ({ ...memberStatusJson(node.node, s), node_id: 9, flush_lsn: 'FF/0', commit_lsn: 'FF/0' });
+  const errors = (re: RegExp) => node.logs.filter((l) => typeof l.msg === 'string' && re.test(l.msg)).length;
+
+  body = { ...valid(), system_id: '12345' };
+  await until(() => errors(/peer status ignored: reports database system 12345/) > 0, 'the other system to be reported');
+  body = { ...valid(), flush_lsn: '0/100', commit_lsn: '0/200' };
+  await until(() => errors(/peer status ignored: reports commit_lsn 0\/200 above its flush_lsn 0\/100/) > 0, 'the nonsense LSNs to be reported');
+  body = { ...valid(), flush_lsn: 'not an LSN' };
+  await until(() => node.logs.some((l) => l.msg === 'cannot get peer status' && /flush_lsn is not an LSN/.test(String(l.err))), 'the malformed status to be reported');
+  body = '{ not json';
+  await new Promise((r) => setTimeout(r, 600));
+  t.is(s.commitLsn, start, 'none of them moved commit_lsn');
+
+  // A sound report of a flush below ours: commit_lsn = that (two members, both must have it).
+  const peerFlush = s.flushLsn - 1000n;
+  body = { ...valid(), flush_lsn: formatLsn(peerFlush), commit_lsn: formatLsn(peerFlush) };
+  await until(() => s.commitLsn === peerFlush, 'a sound status to count');
+  // And a lower one later cannot take it back.
+  body = { ...valid(), flush_lsn: formatLsn(start), commit_lsn: formatLsn(start) };
+  await new Promise((r) => setTimeout(r, 600));
+  t.is(s.commitLsn, peerFlush);
 });

@@ -33,6 +33,7 @@ export class EmbeddedBroker implements Broker {
     const log = this.log.child({ stream: stream.name, component: 'broker' });
     const loop = (peer: string, seen: Lsn | null, failing: string | null): void => {
       if (stopped) return;
+      const sentAt = Date.now();
       const q = seen === null ? '' : `?wait_flush_above=${formatLsn(seen)}&timeout_ms=${STATUS_WAIT_MS}`;
       const req = http.get(`${peer}/v1/streams/${encodeURIComponent(stream.name)}${q}`, { agent: this.agent, timeout: STATUS_WAIT_MS + 5000 }, (res) => {
         const parts: Buffer[] = [];
@@ -51,8 +52,16 @@ export class EmbeddedBroker implements Broker {
           } catch (e) {
             err = (e as Error).message;
           }
-          if (err === null) loop(peer, next, null);
-          else retry(peer, seen, failing, err);
+          if (err !== null) return retry(peer, seen, failing, err);
+          // A peer that answered at once without news did not wait (not a
+          // walkeeper node, or an old one): do not ask it in a tight loop.
+          const early = next === seen && Date.now() - sentAt < STATUS_WAIT_MS / 2;
+          if (!early) return loop(peer, next, null);
+          const t = setTimeout(() => {
+            timers.delete(t);
+            loop(peer, next, null);
+          }, STATUS_WAIT_MS);
+          timers.add(t);
         });
         res.on('error', () => undefined);
       });
