@@ -103,6 +103,7 @@ export interface NativeBinding {
   storeList(h: StoreHandle): SegmentInfo[];
   storeAppend(h: StoreHandle, lsn: Lsn, ...data: Buffer[]): Promise<Lsn>;
   storeFlush(h: StoreHandle): Promise<Lsn>;
+  storeAppendFlush(h: StoreHandle, lsn: Lsn, ...data: Buffer[]): Promise<Lsn>;
   storeTruncate(h: StoreHandle, lsn: Lsn): Promise<void>;
   storeRemoveBelow(h: StoreHandle, segno: number): Promise<string[]>;
   storeRead(h: StoreHandle, tli: number, lsn: Lsn, buf: Buffer): Promise<number>;

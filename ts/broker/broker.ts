@@ -2,10 +2,10 @@
  * How the nodes of a stream learn each other's status (flush_lsn above all,
  * which commit_lsn is computed from). Two kinds behind one interface:
  *
- *   embedded (default, `--peers <http-url,…>`): each node asks its peers'
- *     HTTP `GET /v1/streams/<name>`; the request waits (up to 250 ms) for the
- *     peer's flush_lsn to pass what was last seen, so a flush reaches the
- *     other members in one loopback round trip instead of a polling period.
+ *   embedded (default, `--peers <http-url,…>`): each node follows its
+ *     peers' HTTP `GET /v1/streams/<name>?watch=flush`, a held-open stream
+ *     of status lines (one per flush, a heartbeat every 250 ms), so a flush
+ *     reaches the other members in one one-way trip, not a polling period.
  *   etcd (`--broker <endpoints>`): each node puts its status under
  *     `walkeeper/<stream>/nodes/<node-id>` with a 10 s lease and watches the
  *     prefix; membership is `walkeeper/<stream>/members/<node-id>`, written
@@ -40,7 +40,6 @@ export interface Broker {
   close(): Promise<void>;
 }
 
-export const STATUS_WAIT_MS = 250;
 export const PEER_RETRY_MS = 250;
 
 /** `--broker`: etcd endpoints, comma-separated (a missing scheme means http://). */

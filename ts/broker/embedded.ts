@@ -1,16 +1,16 @@
 /**
  * The embedded broker: peers given by HTTP URL (`--peers`). Each node serves
- * its own status over HTTP and asks each peer for theirs in a loop; the
- * request carries the peer's last seen flush_lsn and the peer answers as
- * soon as it has flushed more (or after STATUS_WAIT_MS), so commit_lsn
- * follows a quorum flush within one round trip.
+ * its own status over HTTP and follows each peer's with a held-open
+ * `GET /v1/streams/<name>?watch=flush`: a line of JSON per flush_lsn move
+ * (and a heartbeat every 250 ms), so commit_lsn follows a quorum flush
+ * within a one-way trip. A peer that fails or falls silent is asked again
+ * every PEER_RETRY_MS; its last known status stays what the quorum counts.
  */
 import http from 'node:http';
 
-import { formatLsn, type Lsn } from '../lsn.js';
-import { parseNodeStatus } from '../receiver/sources.js';
+import { parseNodeStatus, type NodeStatus } from '../receiver/sources.js';
 import type { Logger } from '../node/log.js';
-import { PEER_RETRY_MS, STATUS_WAIT_MS, type Broker, type BrokerListener, type BrokerStream } from './broker.js';
+import { PEER_RETRY_MS, type Broker, type BrokerListener, type BrokerStream } from './broker.js';
 
 export class EmbeddedBroker implements Broker {
   readonly kind = 'embedded';
@@ -31,57 +31,76 @@ export class EmbeddedBroker implements Broker {
     const inflight = new Set<http.ClientRequest>();
     const timers = new Set<NodeJS.Timeout>();
     const log = this.log.child({ stream: stream.name, component: 'broker' });
-    const loop = (peer: string, seen: Lsn | null, failing: string | null): void => {
+    const follow = (peer: string, failing: string | null): void => {
       if (stopped) return;
-      const sentAt = Date.now();
-      const q = seen === null ? '' : `?wait_flush_above=${formatLsn(seen)}&timeout_ms=${STATUS_WAIT_MS}`;
-      const req = http.get(`${peer}/v1/streams/${encodeURIComponent(stream.name)}${q}`, { agent: this.agent, timeout: STATUS_WAIT_MS + 5000 }, (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (b: Buffer) => parts.push(b));
-        res.on('end', () => {
-          inflight.delete(req);
-          if (stopped) return;
-          let next = seen;
-          let err: string | null = null;
+      let buf = '';
+      let heard = false;
+      let silence: NodeJS.Timeout | null = null;
+      let error: NodeJS.ErrnoException | null = null;
+      // (the error is kept here: once a response is under way, destroy() does not emit it on the request)
+      const fail = (e: Error): void => {
+        error ??= e;
+        req.destroy(e);
+      };
+      const quiet = () => {
+        if (silence) clearTimeout(silence);
+        // Heartbeats come every 250 ms: a peer silent for much longer is gone.
+        silence = setTimeout(() => fail(new Error('no status for 3 s')), 3000);
+      };
+      const req = http.get(`${peer}/v1/streams/${encodeURIComponent(stream.name)}?watch=flush`, { agent: this.agent }, (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          fail(new Error(`HTTP ${res.statusCode}`));
+          return;
+        }
+        res.setEncoding('utf8');
+        const take = (line: string): boolean => {
+          let st: NodeStatus;
           try {
-            if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
-            const s = parseNodeStatus(peer, JSON.parse(Buffer.concat(parts).toString('utf8')));
-            next = s.flushLsn;
-            if (failing !== null) log.info({ peer }, 'peer answers again');
-            listener.status(s);
+            st = parseNodeStatus(peer, JSON.parse(line));
           } catch (e) {
-            err = (e as Error).message;
+            fail(e as Error);
+            return false;
           }
-          if (err !== null) return retry(peer, seen, failing, err);
-          // A peer that answered at once without news did not wait (not a
-          // walkeeper node, or an old one): do not ask it in a tight loop.
-          const early = next === seen && Date.now() - sentAt < STATUS_WAIT_MS / 2;
-          if (!early) return loop(peer, next, null);
-          const t = setTimeout(() => {
-            timers.delete(t);
-            loop(peer, next, null);
-          }, STATUS_WAIT_MS);
-          timers.add(t);
+          if (!heard && failing !== null) log.info({ peer }, 'peer answers again');
+          heard = true;
+          listener.status(st);
+          return true;
+        };
+        res.on('data', (chunk: string) => {
+          quiet();
+          buf += chunk;
+          for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (line.trim() !== '' && !take(line)) return;
+          }
+        });
+        // A peer that answers with one document (not a stream) is asked again after PEER_RETRY_MS.
+        res.on('end', () => {
+          if (buf.trim() === '' || take(buf)) req.destroy();
         });
         res.on('error', () => undefined);
       });
       inflight.add(req);
-      req.on('timeout', () => req.destroy(new Error('no answer')));
-      req.on('error', (e: NodeJS.ErrnoException) => {
-        if (!inflight.delete(req) || stopped) return;
-        retry(peer, seen, failing, e.code ?? e.message);
+      quiet();
+      req.on('error', (e: NodeJS.ErrnoException) => (error ??= e));
+      req.on('close', () => {
+        if (silence) clearTimeout(silence);
+        inflight.delete(req);
+        if (stopped) return;
+        const msg = error ? (error.code ?? error.message) : null;
+        // One line when a peer starts failing (or fails differently), not one per attempt.
+        const now = heard ? null : failing;
+        if (msg !== null && now !== msg) log.warn({ peer, err: msg }, 'cannot get peer status');
+        const t = setTimeout(() => {
+          timers.delete(t);
+          follow(peer, msg ?? (heard ? null : failing));
+        }, PEER_RETRY_MS);
+        timers.add(t);
       });
     };
-    const retry = (peer: string, seen: Lsn | null, failing: string | null, err: string): void => {
-      // One line when a peer starts failing (or fails differently), not one per attempt.
-      if (failing !== err) log.warn({ peer, err }, 'cannot get peer status');
-      const t = setTimeout(() => {
-        timers.delete(t);
-        loop(peer, seen, err);
-      }, PEER_RETRY_MS);
-      timers.add(t);
-    };
-    for (const p of this.peers) loop(p, null, null);
+    for (const p of this.peers) follow(p, null);
     const stop = (): void => {
       stopped = true;
       for (const r of inflight) r.destroy();

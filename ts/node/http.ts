@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 
-import { formatLsn, isLsn, parseLsn, type Lsn } from '../lsn.js';
+import { formatLsn, type Lsn } from '../lsn.js';
 import type { Quorum } from './quorum.js';
 import type { Replica } from './replica.js';
 import type { Ingest } from './ingest.js';
@@ -170,19 +170,28 @@ export function createHttpServer(node: HttpNodeView): http.Server {
         const s = node.streams.get(parts[2]!);
         if (!s) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
         if (parts.length === 3 && method === 'GET') {
-          const above = url.searchParams.get('wait_flush_above');
-          if (above === null) return send(res, 200, streamJson(node, s));
-          // A peer (the embedded broker) waiting for our flush_lsn to pass
-          // what it has seen: answered the moment it does, so commit_lsn on
-          // the other members follows a flush within one round trip.
-          if (!isLsn(above)) return send(res, 400, { error: `wait_flush_above must be an LSN (X/X), not ${JSON.stringify(above)}` });
-          const ms = Number(url.searchParams.get('timeout_ms') ?? 250);
-          if (!Number.isInteger(ms) || ms < 0 || ms > 10_000) return send(res, 400, { error: 'timeout_ms must be an integer from 0 to 10000' });
-          const w = s.flushWatch.waitAbove(parseLsn(above), ms);
-          res.on('close', w.cancel);
-          void w.promise.then(() => {
-            if (!res.destroyed) send(res, 200, memberStatusJson(node, s));
+          if (url.searchParams.get('watch') !== 'flush') return send(res, 200, streamJson(node, s));
+          // A peer (the embedded broker) following our flush_lsn: one line
+          // of JSON (the member status) now, then one the moment flush_lsn
+          // moves, and at least every 250 ms as a heartbeat. A held-open
+          // response saves the peer a request per flush, which a
+          // synchronous commit waiting on the quorum would feel.
+          res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+          let closed = false;
+          let cancel: () => void = () => undefined;
+          res.on('close', () => {
+            closed = true;
+            cancel();
           });
+          void (async () => {
+            while (!closed && !res.destroyed) {
+              const seen = s.flushLsn;
+              if (!res.write(`${JSON.stringify(memberStatusJson(node, s))}\n`)) await new Promise((r) => res.once('drain', r));
+              const w = s.flushWatch.waitAbove(seen, 250);
+              cancel = w.cancel;
+              await w.promise;
+            }
+          })();
           return;
         }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {

@@ -427,6 +427,34 @@ export class Ingest {
         const items = queue.splice(0, n);
         const data = items.length === 1 ? items[0]!.data : Buffer.concat(items.map((i) => i.data), bytes);
         queued -= data.length;
+        if (queue.length === 0 && unflushed === 0 && !flushing) {
+          // Caught up (a commit's worth of WAL, typically): write and fsync
+          // in one thread-pool hop, since the primary's synchronous commit
+          // waits for every hop.
+          const done = stream.appendAndFlushWal(items[0]!.start, data).then((f) => {
+            written = f;
+            this.host.flushed(stream);
+            sendStatus(false);
+          });
+          // (a failure is handled below, where the writer awaits it)
+          flushing = done
+            .finally(() => {
+              flushing = null;
+            })
+            .catch(() => undefined);
+          try {
+            await done;
+          } catch (err) {
+            fatal ??= new IngestFatal(`cannot write received WAL: ${(err as Error).message}`);
+            return;
+          }
+          progressed = true;
+          if (paused && queued < this.cfg.maxQueuedBytes / 2) {
+            paused = false;
+            copy.resume();
+          }
+          continue;
+        }
         written = await stream.appendWal(items[0]!.start, data);
         progressed = true;
         unflushed += data.length;

@@ -190,6 +190,19 @@ export class Stream extends EventEmitter {
     return end;
   }
 
+  /**
+   * appendWal + flushWal in one thread-pool hop: for a writer that is caught
+   * up, where every hop is time a synchronous commit on the primary waits.
+   */
+  async appendAndFlushWal(lsn: Lsn, data: Buffer): Promise<Lsn> {
+    const t0 = process.hrtime.bigint();
+    const flushed = await this.store.appendFlush(lsn, data);
+    this.bytesReceived += data.length;
+    this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
+    if (this.flushWatch.set(flushed)) this.persistSoon();
+    return flushed;
+  }
+
   /** fsyncs what was appended and publishes the new flush_lsn. */
   async flushWal(): Promise<Lsn> {
     const t0 = process.hrtime.bigint();

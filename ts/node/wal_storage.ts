@@ -53,6 +53,11 @@ export class WalStore {
     return native().storeAppend(this.h, lsn, ...data);
   }
 
+  /** Appends at exactly `lsn` and fsyncs, in one thread-pool hop; resolves to the new flush position. */
+  appendFlush(lsn: Lsn, data: Buffer): Promise<Lsn> {
+    return native().storeAppendFlush(this.h, lsn, data);
+  }
+
   /** fsyncs what was appended; resolves to the new flush position. */
   flush(): Promise<Lsn> {
     return native().storeFlush(this.h);

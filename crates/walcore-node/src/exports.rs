@@ -31,7 +31,7 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 18] = [
+    let fns: [(&str, crate::napi::Callback); 19] = [
         ("version", version),
         ("crc32cImplementation", crc32c_implementation),
         ("findEndOfWal", find_end),
@@ -43,6 +43,7 @@ pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
         ("storeList", store_list),
         ("storeAppend", store_append),
         ("storeFlush", store_flush),
+        ("storeAppendFlush", store_append_flush),
         ("storeTruncate", store_truncate),
         ("storeRemoveBelow", store_remove_below),
         ("storeRead", store_read),
@@ -240,6 +241,35 @@ fn store_append(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
                 at = Lsn(at.0 + d.len() as u64);
             }
             Ok(at)
+        },
+        |env, end| env.bigint(end.0),
+    )
+}
+
+/// `storeAppendFlush(store, lsn, ...data: Buffer[]): Promise<bigint>` — append,
+/// then fsync, in one thread-pool hop; resolves to the new flush position.
+/// For a caught-up writer, where each hop is latency a commit waits for.
+fn store_append_flush(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let s = store_arg(args)?;
+    let lsn = lsn_arg(args, 1, "lsn")?;
+    if args.len() < 3 {
+        return Err(JsError::type_error("data must be a Buffer").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
+    }
+    let mut bufs = Vec::with_capacity(args.len() - 2);
+    for i in 2..args.len() {
+        bufs.push(args.buffer_ref(i, "data")?);
+    }
+    spawn_with_buffers(
+        env,
+        bufs,
+        move |bufs: &mut [BufferRef]| {
+            let mut at = lsn;
+            for b in bufs.iter() {
+                let d = b.as_slice();
+                s.append(at, d).map_err(js_err)?;
+                at = Lsn(at.0 + d.len() as u64);
+            }
+            s.flush().map_err(js_err)
         },
         |env, end| env.bigint(end.0),
     )
