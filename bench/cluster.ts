@@ -13,8 +13,14 @@
  *   flight per stream and node, as fast as etcd answers) while each node
  *   watches its streams' prefixes: status puts per second etcd sustains.
  *
+ *   --node-dir DIR puts the nodes' data there (e.g. /dev/shm: no disk, so
+ *   the difference left is the software's own); --nodes N (default 3).
+ *   BENCH_NODE1_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles node 1.
+ *
  *   npm run bench:cluster [-- --commits 2000 --seconds 10]
  */
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -26,7 +32,7 @@ import { ReplicationClient } from '../ts/pgwire/client.js';
 import { createTempDir, freePort, lsnOf, NodeProcess, startPostgres } from '../__test__/harness/index.js';
 import { startEtcd } from '../__test__/harness/etcd.js';
 
-const { values } = parseArgs({ options: { commits: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' } } });
+const { values } = parseArgs({ options: { commits: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' }, 'node-dir': { type: 'string' } } });
 const log = (s: string) => process.stderr.write(`[cluster] ${s}\n`);
 
 const pct = (xs: number[], p: number): number => {
@@ -82,7 +88,7 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
   try {
     const conninfo = `host=127.0.0.1 port=${pg.port} user=postgres`;
     for (let i = 1; i <= Number(values.nodes); i++) {
-      const n = new NodeProcess({ dataDir: path.join(tmpDir, `n${i}`), nodeId: i, upstream: conninfo, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
+      const n = new NodeProcess({ dataDir: path.join(tmpDir, `n${i}`), nodeId: i, upstream: conninfo, env: { WALKEEPER_LOG_LEVEL: 'warn' }, nodeArgs: i === 1 && process.env.BENCH_NODE1_ARGS ? process.env.BENCH_NODE1_ARGS.split(' ') : [] });
       n.pgPort = await freePort();
       n.httpPort = await freePort();
       nodes.push(n);
@@ -101,6 +107,8 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
     const direct = await consumer(pg.host, pg.port, 'bench_direct');
     const viaNode = await consumer('127.0.0.1', nodes[0]!.pgPort, 'bench_via_walkeeper');
     const client = await pg.connect();
+    const cpu = () => nodes.map((n) => { const f = readFileSync(`/proc/${n.pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); });
+    const cpu0 = process.platform === 'linux' ? cpu() : [];
     const d: number[] = [];
     const w: number[] = [];
     try {
@@ -120,12 +128,14 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       await direct.close();
       await viaNode.close();
     }
+    const cpuMs = process.platform === 'linux' ? cpu().map((c, i) => ((c - cpu0[i]!) * 10) / (commits + 50)) : [];
     const line = (name: string, xs: number[]) => `${name}: median ${pct(xs, 50).toFixed(3)} ms, p99 ${pct(xs, 99).toFixed(3)} ms`;
     return [
-      `commit latency, ${commits} commits, commit sent → commit record received (same run):`,
+      `commit latency, ${commits} commits, commit sent → commit record received (same run; node data in ${path.dirname(tmpDir)}):`,
       `  ${line('consumer of the primary          ', d)}`,
       `  ${line(`consumer of a walkeeper node (${nodes.length} node${nodes.length > 1 ? `s, Q=${Math.floor(nodes.length / 2) + 1}` : ''})`.padEnd(34), w)}`,
       `  difference: median +${(pct(w, 50) - pct(d, 50)).toFixed(3)} ms, p99 +${(pct(w, 99) - pct(d, 99)).toFixed(3)} ms (target: p99 within 2 ms)`,
+      ...(cpuMs.length ? [`  node CPU per commit: ${cpuMs.map((c) => `${c.toFixed(3)} ms`).join(', ')} (2 cores shared with PostgreSQL and this benchmark)`] : []),
     ];
   } finally {
     await Promise.all(nodes.map((n) => n.stop()));
@@ -184,7 +194,12 @@ async function main() {
   const tmp = await createTempDir('walkeeper-bench-cluster-');
   try {
     const lines: string[] = [];
-    if (values.only !== 'broker') lines.push(...(await commitLatency(path.join(tmp.path, 'latency'), Number(values.commits))));
+    const nodeDir = values['node-dir'] ? await mkdtemp(path.join(values['node-dir'], 'walkeeper-bench-')) : path.join(tmp.path, 'latency');
+    try {
+      if (values.only !== 'broker') lines.push(...(await commitLatency(nodeDir, Number(values.commits))));
+    } finally {
+      if (values['node-dir']) await rm(nodeDir, { recursive: true, force: true });
+    }
     if (values.only !== 'latency') lines.push(...(await brokerLoad(path.join(tmp.path, 'broker'), Number(values.seconds))));
     lines.push(`machine: ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
     process.stdout.write(`${lines.join('\n')}\n`);

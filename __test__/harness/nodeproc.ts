@@ -21,6 +21,8 @@ export interface NodeProcessOptions {
   stream?: string;
   extraArgs?: string[];
   env?: Record<string, string>;
+  /** Options for node itself (e.g. --cpu-prof), before the script. */
+  nodeArgs?: string[];
 }
 
 export interface StreamStatus {
@@ -67,7 +69,7 @@ export class NodeProcess {
     if (o.upstream) args.push('--upstream', o.upstream);
     if (o.stream) args.push('--stream', o.stream);
     args.push(...(o.extraArgs ?? []));
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
+    const child = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
     live.add(child);
     this.child = child;
     child.stdout!.on('data', (b: Buffer) => (this.output += b.toString()));
