@@ -165,11 +165,16 @@ export class Stream extends EventEmitter {
   get commitLsn(): Lsn {
     return this.commitWatch.value;
   }
-  /** Start of the oldest segment still held, or null when there is none. */
+  /**
+   * Start of the oldest segment still held, or null when there is none.
+   * Cached (every status line asks): it changes only when segments are
+   * removed or cut back, or when the first one is written.
+   */
   get oldestLsn(): Lsn | null {
-    const first = this.store.list()[0];
-    return first ? first.start : null;
+    if (this._oldest === undefined || this._oldest === null) this._oldest = this.store.list()[0]?.start ?? null;
+    return this._oldest;
   }
+  private _oldest: Lsn | null | undefined = undefined;
 
   /** Raises commit_lsn (never above flush_lsn, never down) and wakes the senders waiting on it. */
   setCommitLsn(lsn: Lsn): void {
@@ -254,6 +259,7 @@ export class Stream extends EventEmitter {
     this.log.warn({ from: formatLsn(this.flushLsn), to: formatLsn(lsn), reason: why }, 'truncating local WAL');
     this.emit('rewind', lsn, why);
     await this.store.truncate(lsn);
+    this._oldest = undefined;
     this.flushWatch.resetTo(lsn);
     this.commitWatch.resetTo(lsn);
     await this.persistNow();
@@ -302,6 +308,7 @@ export class Stream extends EventEmitter {
     const horizon = this.slotHorizon();
     const limit = horizon !== null && horizon < lsn ? horizon : lsn;
     const removed = await this.store.removeBelow(Number(limit / BigInt(this.segmentSize)));
+    this._oldest = undefined;
     if (removed.length > 0) {
       this.removedSegments += removed.length;
       this.log.info(
