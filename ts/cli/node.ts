@@ -3,10 +3,12 @@
  * replication clients and its state over HTTP — until SIGINT or SIGTERM.
  */
 import { parseEtcdEndpoints, parsePeerUrls } from '../broker/broker.js';
-import { startNode } from '../node/node.js';
+import { createLogger } from '../node/log.js';
+import { parseHostPort, startNode } from '../node/node.js';
 import { parseSize } from '../node/retention.js';
 import type { AuthMethod } from '../pgwire/server.js';
-import { intOption, parse, UsageError } from './args.js';
+import { parse, UsageError } from './args.js';
+import { resolveSettings, SettingsReader, type SettingDef } from './settings.js';
 
 export const NODE_USAGE = `Usage: walkeeper node [options]
 
@@ -32,64 +34,63 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --broker ENDPOINTS      etcd v3 endpoints (http://host:port,…) instead of --peers: members find
                           each other under walkeeper/<stream>/ in etcd
 
+  --log-level LEVEL       trace | debug | info | warn | error (default info)
+  --config FILE           settings file (default ./walkeeper.json when present)
+
+Every setting can also come from walkeeper.json (keys named like the flags,
+e.g. {"node-id": 2, "peers": ["http://10.0.0.2:7676"]}) or from a variable
+WALKEEPER_<NAME> (e.g. WALKEEPER_NODE_ID=2). Flags win over variables, which
+win over the file, which wins over the defaults.
+
 Clients choose a stream with options='-c stream=<name>'.
 `;
 
-function sizeOption(flag: string, text: string): bigint {
-  try {
-    return parseSize(text, flag);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-}
+/** The node's settings: each is a flag, a key of walkeeper.json and a WALKEEPER_* variable. */
+export const NODE_SETTINGS: SettingDef[] = [
+  'data-dir', 'listen-pg', 'listen-http', 'node-id', 'stream', 'auth', 'password-file', 'tls-cert', 'tls-key',
+  'availability-zone', 'upstream', 'application-name', 'peers', 'broker', 'wal-keep-size', 'replica-window', 'log-level',
+].map((name) => ({ name }));
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(
     args,
-    {
-      'data-dir': { type: 'string' },
-      'listen-pg': { type: 'string' },
-      'listen-http': { type: 'string' },
-      'node-id': { type: 'string' },
-      stream: { type: 'string' },
-      auth: { type: 'string' },
-      'password-file': { type: 'string' },
-      'tls-cert': { type: 'string' },
-      'tls-key': { type: 'string' },
-      'availability-zone': { type: 'string' },
-      upstream: { type: 'string' },
-      'application-name': { type: 'string' },
-      peers: { type: 'string' },
-      broker: { type: 'string' },
-      'wal-keep-size': { type: 'string' },
-      'replica-window': { type: 'string' },
-    },
+    { config: { type: 'string' }, ...Object.fromEntries(NODE_SETTINGS.map((d) => [d.name, { type: 'string' as const }])) },
     NODE_USAGE,
   );
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\n${NODE_USAGE}`);
-  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
-  const auth = str('auth');
-  if (auth !== undefined && auth !== 'trust' && auth !== 'scram') throw new UsageError(`--auth must be trust or scram, not ${JSON.stringify(auth)}`);
-  if (str('peers') !== undefined && str('broker') !== undefined) throw new UsageError('--peers and --broker exclude each other: members come from one or the other');
+  const config = typeof values.config === 'string' ? values.config : (process.env.WALKEEPER_CONFIG ?? null);
+  const r = new SettingsReader(resolveSettings(NODE_SETTINGS, values, process.env, config));
+  const auth = r.oneOf('auth', ['trust', 'scram'] as const);
+  if (r.str('peers') !== undefined && r.str('broker') !== undefined) {
+    throw new UsageError(`${r.where('peers')} and ${r.where('broker')} exclude each other: members come from one or the other`);
+  }
+  const listenPg = r.str('listen-pg');
+  const listenHttp = r.str('listen-http');
+  r.parsed('listen-pg', (v) => parseHostPort(v, 'it'));
+  r.parsed('listen-http', (v) => parseHostPort(v, 'it'));
+  const logLevel = r.oneOf('log-level', ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const);
+  const keepBytes = r.parsed('wal-keep-size', (v) => parseSize(v, 'it'));
+  const windowS = r.int('replica-window', 0, 365 * 86400);
   const node = await startNode({
-    dataDir: str('data-dir') ?? './walkeeper-data',
-    listenPg: str('listen-pg'),
-    listenHttp: str('listen-http'),
-    nodeId: intOption('node-id', str('node-id'), 1, 2 ** 31 - 1),
-    stream: str('stream'),
+    dataDir: r.str('data-dir') ?? './walkeeper-data',
+    listenPg,
+    listenHttp,
+    nodeId: r.int('node-id', 1, 2 ** 31 - 1),
+    stream: r.str('stream'),
     auth: auth as AuthMethod | undefined,
-    passwordFile: str('password-file'),
-    tlsCert: str('tls-cert'),
-    tlsKey: str('tls-key'),
-    availabilityZone: str('availability-zone'),
-    upstream: str('upstream'),
-    applicationName: str('application-name'),
-    peers: str('peers') === undefined ? undefined : parsePeerUrls(str('peers')!),
-    broker: str('broker') === undefined ? undefined : parseEtcdEndpoints(str('broker')!),
+    passwordFile: r.str('password-file'),
+    tlsCert: r.str('tls-cert'),
+    tlsKey: r.str('tls-key'),
+    availabilityZone: r.str('availability-zone'),
+    upstream: r.str('upstream'),
+    applicationName: r.str('application-name'),
+    peers: r.parsed('peers', parsePeerUrls),
+    broker: r.parsed('broker', parseEtcdEndpoints),
     retention: {
-      ...(str('wal-keep-size') !== undefined ? { keepBytes: sizeOption('--wal-keep-size', str('wal-keep-size')!) } : {}),
-      ...(str('replica-window') !== undefined ? { replicaWindowMs: intOption('replica-window', str('replica-window'), 0, 365 * 86400)! * 1000 } : {}),
+      ...(keepBytes !== undefined ? { keepBytes } : {}),
+      ...(windowS !== undefined ? { replicaWindowMs: windowS * 1000 } : {}),
     },
+    ...(logLevel !== undefined ? { logger: createLogger({ level: logLevel }) } : {}),
   });
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {
