@@ -7,6 +7,8 @@ import http from 'node:http';
 
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { Quorum } from './quorum.js';
+import type { StreamHistory } from './history.js';
+import { STATUS_PAGE } from './status_page.js';
 import type { Replica } from './replica.js';
 import type { Ingest } from './ingest.js';
 import type { Stream } from './stream.js';
@@ -20,6 +22,7 @@ export interface HttpNodeView {
   streams: ReadonlyMap<string, Stream>;
   quorums: ReadonlyMap<string, Quorum>;
   metrics: { text(): Promise<string>; readonly contentType: string };
+  histories: ReadonlyMap<string, StreamHistory>;
 }
 
 const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
@@ -151,6 +154,12 @@ export function createHttpServer(node: HttpNodeView): http.Server {
         if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
         return send(res, 200, { status: 'ok', node_id: node.nodeId, streams: node.streams.size });
       }
+      if (parts.length === 0) {
+        if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(STATUS_PAGE) });
+        res.end(STATUS_PAGE);
+        return;
+      }
       if (parts.length === 1 && parts[0] === 'metrics') {
         if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
         void node.metrics.text().then(
@@ -193,6 +202,9 @@ export function createHttpServer(node: HttpNodeView): http.Server {
             }
           })();
           return;
+        }
+        if (parts.length === 4 && method === 'GET' && parts[3] === 'history') {
+          return send(res, 200, (node.histories.get(s.name)?.list() ?? []).map((x) => ({ ...x, flushLsn: formatLsn(x.flushLsn), commitLsn: formatLsn(x.commitLsn) })));
         }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {
           s.suspend('suspended over HTTP');

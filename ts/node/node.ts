@@ -30,6 +30,7 @@ import { memberStatusJson } from './http.js';
 import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from './retention.js';
 import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from './recovery.js';
 import { NodeMetrics } from './metrics.js';
+import { StreamHistory } from './history.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -161,6 +162,9 @@ export class WalkeeperNode {
   private readonly writers = new Map<string, WriterLock>();
   readonly recoveries = new Map<string, PeerRecovery>();
   readonly metrics: NodeMetrics;
+  /** The last minutes of each stream, for the status page. */
+  readonly histories = new Map<string, StreamHistory>();
+  private historyTimer: NodeJS.Timeout | null = null;
   private retentionTimer: NodeJS.Timeout | null = null;
   private retaining: Promise<void> = Promise.resolve();
   private mockSecret: Buffer = randomBytes(32);
@@ -227,6 +231,9 @@ export class WalkeeperNode {
       for (const s of this.streams.values()) this.attachBroker(s);
       if (o.upstream) this.startIngest(o.upstream);
       this.retentionTimer = setInterval(() => void this.removeOldWal(), this.retention.intervalMs);
+      this.historyTimer = setInterval(() => {
+        for (const h of this.histories.values()) h.sample();
+      }, 1000);
     } catch (err) {
       await this.stop();
       throw err;
@@ -273,6 +280,9 @@ export class WalkeeperNode {
     );
     this.recoveries.set(s.name, recovery);
     recovery.start();
+    const h = new StreamHistory(s);
+    h.sample();
+    this.histories.set(s.name, h);
     if (this.httpAddress !== '') this.attachBroker(s);
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
@@ -445,6 +455,7 @@ export class WalkeeperNode {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.retentionTimer) clearInterval(this.retentionTimer);
+      if (this.historyTimer) clearInterval(this.historyTimer);
       await this.retaining;
       await Promise.all([...this.ingests.values()].map((i) => i.stop()));
       await Promise.all([...this.recoveries.values()].map((r) => r.stop()));
