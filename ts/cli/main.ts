@@ -19,6 +19,7 @@ Commands:
   node               run a node: serve its streams to pg_receivewal, standbys and receivers
   receive           stream WAL into a directory from the best node, failing over by itself
   import <wal-dir>   seed a stream from a pg_wal or WAL archive directory
+  demo               the whole system on this machine: a primary, three nodes, a standby, a receiver, a failover
   status             a node's streams, members and replicas at a glance (--json for scripts)
   scan <wal-dir>     find the end of valid WAL in a pg_wal, archive or stream directory
   help               show this help
@@ -41,6 +42,7 @@ const commands: Record<string, () => Promise<Command>> = {
   receive: () => import('./receive.js').then((m) => ({ run: m.receiveCommand, usage: m.RECEIVE_USAGE })),
   import: () => import('./import.js').then((m) => ({ run: m.importCommand, usage: m.IMPORT_USAGE })),
   scan: () => import('./scan.js').then((m) => ({ run: m.scanCommand, usage: m.SCAN_USAGE })),
+  demo: () => import('./demo.js').then((m) => ({ run: m.demoCommand, usage: m.DEMO_USAGE })),
   status: () => import('./status.js').then((m) => ({ run: m.statusCommand, usage: m.STATUS_USAGE })),
 };
 
