@@ -94,3 +94,26 @@ test('a bad setting: non-zero exit and one line naming the setting and where it 
     t.regex(lines[0]!, re, what);
   }
 });
+
+test('logs: JSON lines by default, readable lines on a terminal', async (t) => {
+  const { readableLine, createLogger } = await import('../ts/node/log.js');
+  t.is(
+    readableLine({ level: 'warn', time: '2026-11-26T01:02:03.456Z', pid: 1, node_id: 2, stream: 'main', client: 'standby1@127.0.0.1:5000', msg: 'terminating walsender', timeout_ms: 60000, reason: 'no reply' }),
+    '01:02:03.456 WARN  [node 2 stream main client standby1@127.0.0.1:5000] terminating walsender  timeout_ms=60000 reason="no reply"\n',
+  );
+  t.is(readableLine({ level: 'info', time: '2026-11-26T01:02:03.456Z', msg: 'walkeeper node started' }), '01:02:03.456 INFO  walkeeper node started\n');
+  // Not a terminal: JSON; a terminal: readable.
+  const { Writable } = await import('node:stream');
+  const sink = (tty: boolean) => {
+    const lines: string[] = [];
+    const w = Object.assign(new Writable({ write: (c: Buffer, _e, cb) => (lines.push(c.toString()), cb()) }), tty ? { isTTY: true } : {});
+    return { w, lines };
+  };
+  const plain = sink(false);
+  createLogger({ level: 'info', destination: plain.w }).child({ stream: 'main' }).info({ lsn: '0/3000000' }, 'hello');
+  const rec = JSON.parse(plain.lines.join('')) as Record<string, unknown>;
+  t.like(rec, { level: 'info', stream: 'main', lsn: '0/3000000', msg: 'hello' });
+  const tty = sink(true);
+  createLogger({ level: 'info', destination: tty.w }).child({ stream: 'main' }).info({ lsn: '0/3000000' }, 'hello');
+  t.regex(tty.lines.join(''), /^\d\d:\d\d:\d\d\.\d{3} INFO  \[stream main\] hello  lsn=0\/3000000\n$/);
+});
