@@ -13,7 +13,7 @@ import { createTempDir, registerCleanupHooks, runPgTool, startNodeProcess, start
 
 registerCleanupHooks(test);
 
-const CHROMIUM = process.env.WALKEEPER_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+const CHROMIUM = process.env.WALKEEPER_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/google-chrome', '/usr/bin/google-chrome-stable'].find((p) => existsSync(p));
 let tmp: TempDir;
 test.before(async () => {
   tmp = await createTempDir('walkeeper-page-');
@@ -23,7 +23,7 @@ test.after.always(async () => {
 });
 
 test('the status page shows the current commit_lsn and a live chart, with nothing fetched from elsewhere', async (t) => {
-  if (!CHROMIUM) return t.fail('chromium is not installed (apt-get install chromium); .ci/run installs it');
+  if (!CHROMIUM) return t.fail('neither chromium nor google-chrome is installed (apt-get install chromium, or set WALKEEPER_CHROMIUM); .ci/run installs it');
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
   t.teardown(() => pg.destroy());
   const node = await startNodeProcess({ dataDir: path.join(tmp.path, 'n'), upstream: `host=127.0.0.1 port=${pg.port} user=postgres` });
