@@ -55,15 +55,22 @@ function findBindir(): string {
   throw new Error(`PostgreSQL server binaries not found (tried ${tried.join(', ')} and /usr/lib/postgresql/*/bin): ${INSTALL_HINT}`);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
+/**
+ * A free port below Linux's ephemeral range: the three nodes must know each
+ * other's ports before any listens, and a port from listen(0) could be
+ * taken meanwhile by some process's outgoing connection.
+ */
+async function freePort(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = 15000 + Math.floor(Math.random() * 17000);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen({ host: '127.0.0.1', port, exclusive: true }, () => s.close(() => resolve(true)));
     });
-  });
+    if (ok) return port;
+  }
+  throw new Error('no free TCP port on 127.0.0.1 in 15000-32000');
 }
 
 /** PostgreSQL refuses to run as root: then its tools run as the postgres OS user, on files it owns. */
