@@ -116,6 +116,7 @@ export function streamJson(node: HttpNodeView, s: Stream) {
   const a = s.replicas.aggregates();
   return {
     ...memberStatusJson(node, s),
+    storage_error: s.storageError,
     cluster: membersJson(node.quorums.get(s.name)),
     upstream: upstreamJson(node.ingests.get(s.name), s),
     replicas: s.replicas.list().map(replicaJson),

@@ -62,6 +62,14 @@ export interface IngestHost {
 /** The upstream did something that retrying cannot fix (other system id, bad WAL): ingest stops. */
 export class IngestFatal extends Error {}
 
+/**
+ * The node could not store what the upstream sent (disk full, an I/O
+ * error): nothing past flush_lsn is acknowledged or served; ingest retries
+ * with backoff after throwing away what was written but not fsynced, so it
+ * continues by itself when space returns.
+ */
+export class StorageError extends Error {}
+
 function parseSegmentSize(text: string): number {
   const m = /^(\d+)\s*(MB|GB|kB)$/.exec(text.trim());
   if (!m) throw new IngestFatal(`cannot parse the upstream's wal_segment_size "${text}"`);
@@ -155,7 +163,8 @@ export class Ingest {
           return;
         }
         this.lastError = (err as Error).message;
-        this.log.warn({ err: (err as Error).message }, 'upstream connection lost');
+        if (err instanceof StorageError) this.log.error({ err: err.message }, 'cannot store WAL: acknowledging nothing past flush_lsn, retrying');
+        else this.log.warn({ err: (err as Error).message }, 'upstream connection lost');
       } finally {
         this.connectedTo = null;
         const c = this.client;
@@ -246,6 +255,9 @@ export class Ingest {
 
   private async follow(client: ReplicationClient, stream: Stream, upstreamTli: number, history: TimelineEntry[], histories: Map<number, string>): Promise<boolean> {
     const sys = { timeline: upstreamTli };
+    // After a failed write or fsync, what was written but not fsynced is in
+    // an unknown state: drop it and continue from flush_lsn.
+    if (stream.storageError !== null) await stream.resetToFlushed();
     // The upstream switched timelines since our WAL: its history says where
     // our timeline ended there; WAL we hold past that point diverged.
     if (sys.timeline > stream.tli) {
@@ -309,7 +321,7 @@ export class Ingest {
     const queue: { start: Lsn; data: Buffer }[] = [];
     let queued = 0;
     let expected = start;
-    let fatal: IngestFatal | null = null;
+    let fatal: Error | null = null;
     let wakeWriter: (() => void) | null = null;
     let paused = false;
     let writerDone = false;
@@ -350,6 +362,15 @@ export class Ingest {
       fatal ??= new IngestFatal(msg);
       this.log.error({ err: msg }, 'refusing WAL from the upstream');
       wake();
+      client.destroy(fatal);
+    };
+    const storageFail = (msg: string) => {
+      if (fatal) return;
+      fatal = new StorageError(msg);
+      stream.storageFailed(msg, expected);
+      wake();
+      // End the copy: nothing more can be stored, and the primary must not
+      // count on us (it keeps the WAL in our slot).
       client.destroy(fatal);
     };
     copy.onXLogData = (m) => {
@@ -400,10 +421,7 @@ export class Ingest {
           startFlush();
         }
       });
-      flushing.catch((err: Error) => {
-        fatal ??= new IngestFatal(`cannot flush received WAL: ${err.message}`);
-        wake();
-      });
+      flushing.catch((err: Error) => storageFail(`cannot flush received WAL: ${err.message}`));
     };
     const MAX_WRITE = 4 * 1024 * 1024;
     const writer = (async () => {
@@ -445,7 +463,7 @@ export class Ingest {
           try {
             await done;
           } catch (err) {
-            fatal ??= new IngestFatal(`cannot write received WAL: ${(err as Error).message}`);
+            storageFail(`cannot write received WAL: ${(err as Error).message}`);
             return;
           }
           progressed = true;
@@ -470,7 +488,8 @@ export class Ingest {
       if (fatal) return;
       if (unflushed > 0) startFlush();
       while (flushing) await flushing;
-    })();
+    })().catch((err: Error) => storageFail(`cannot write received WAL: ${err.message}`));
+    // (a failed write must end the copy at once: the upstream keeps sending, and the copy would not end by itself)
     let result: Awaited<typeof copy.done> | null = null;
     let failure: unknown = null;
     try {
@@ -486,9 +505,7 @@ export class Ingest {
       stream.off('feedback', onFeedback);
       writerDone = true;
       wake();
-      await writer.catch((err: Error) => {
-        fatal ??= new IngestFatal(`cannot write received WAL: ${err.message}`);
-      });
+      await writer;
     }
     if (fatal) throw fatal;
     if (failure) throw failure;

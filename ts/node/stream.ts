@@ -182,6 +182,33 @@ export class Stream extends EventEmitter {
     if (this.commitWatch.set(lsn)) this.persistSoon();
   }
 
+  /** Why the last write or fsync failed (disk full, I/O error), until the WAL it could not store is on disk. */
+  storageError: string | null = null;
+  private storageErrorUntil: Lsn = 0n;
+
+  /** A write or fsync failed while WAL up to `until` had arrived. */
+  storageFailed(message: string, until: Lsn): void {
+    this.storageError = message;
+    if (until > this.storageErrorUntil) this.storageErrorUntil = until;
+  }
+
+  private stored(): void {
+    if (this.storageError !== null && this.flushLsn >= this.storageErrorUntil) {
+      this.storageError = null;
+      this.log.info({ flush_lsn: formatLsn(this.flushLsn) }, 'WAL is being stored again');
+    }
+  }
+
+  /**
+   * Throws away what was written after flush_lsn (after a failed write or
+   * fsync its state is unknown), so that appending resumes there.
+   */
+  async resetToFlushed(): Promise<void> {
+    await this.store.truncate(this.flushLsn);
+    this._oldest = undefined;
+    this.log.info({ flush_lsn: formatLsn(this.flushLsn) }, 'discarded WAL written after flush_lsn; resuming there');
+  }
+
   /** Counters for metrics: WAL bytes written here, and sent to clients. */
   bytesReceived = 0;
   bytesSent = 0;
@@ -205,6 +232,7 @@ export class Stream extends EventEmitter {
     this.bytesReceived += data.length;
     this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
     if (this.flushWatch.set(flushed)) this.persistSoon();
+    this.stored();
     return flushed;
   }
 
@@ -214,6 +242,7 @@ export class Stream extends EventEmitter {
     const flushed = await this.store.flush();
     this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
     if (this.flushWatch.set(flushed)) this.persistSoon();
+    this.stored();
     return flushed;
   }
 
