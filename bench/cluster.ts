@@ -31,6 +31,7 @@ import { createLogger } from '../ts/node/log.js';
 import { ReplicationClient } from '../ts/pgwire/client.js';
 import { createTempDir, freePort, lsnOf, NodeProcess, startPostgres } from '../__test__/harness/index.js';
 import { startEtcd } from '../__test__/harness/etcd.js';
+import { record } from './results.js';
 
 const { values } = parseArgs({ options: { commits: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' }, 'node-dir': { type: 'string' } } });
 const log = (s: string) => process.stderr.write(`[cluster] ${s}\n`);
@@ -129,6 +130,8 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       await viaNode.close();
     }
     const cpuMs = process.platform === 'linux' ? cpu().map((c, i) => ((c - cpu0[i]!) * 10) / (commits + 50)) : [];
+    record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), better: 'lower', chart: 'latency' });
+    record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 2 ms', better: 'lower', chart: 'latency' });
     const line = (name: string, xs: number[]) => `${name}: median ${pct(xs, 50).toFixed(3)} ms, p99 ${pct(xs, 99).toFixed(3)} ms`;
     return [
       `commit latency, ${commits} commits, commit sent → commit record received (same run; node data in ${path.dirname(tmpDir)}):`,
@@ -182,6 +185,7 @@ async function brokerLoad(tmpDir: string, seconds: number): Promise<string[]> {
     clearInterval(kick);
     const puts = brokers.reduce((a, b) => a + b.puts, 0) - before;
     const rate = puts / ((Date.now() - t0) / 1000);
+    record({ bench: 'cluster', what: 'etcd broker: status puts/s sustained, 100 streams × 3 nodes on one etcd', unit: 'puts/s', walkeeper: rate, better: 'higher' });
     return [`broker load: 100 streams × 3 nodes on one etcd (${seconds} s): ${rate.toFixed(0)} status puts/s sustained (${(rate / 300).toFixed(1)} per stream and node)`];
   } finally {
     for (const d of detach) d();

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { basebackup, createTempDir, lsnOf, runPgTool, startNodeProcess, startPostgres, startStandby, type NodeProcess } from '../__test__/harness/index.js';
+import { record } from './results.js';
 
 const { values } = parseArgs({ options: { time: { type: 'string', default: '20' }, rounds: { type: 'string', default: '2' }, scale: { type: 'string', default: '10' }, clients: { type: 'string', default: '4' } } });
 const seconds = Number(values.time);
@@ -107,6 +108,8 @@ async function main() {
     }
     const tps = (i: number) => mean(res.get(settings[i]![0])!.tps);
     lines.push(`(3)/(2) = ${(tps(2) / tps(1)).toFixed(2)}   (4)/(2) = ${(tps(3) / tps(1)).toFixed(2)}   (target ≥ 0.95, aim ≥ 1.0)`);
+    record({ bench: 'ingest', what: 'pgbench TPS with one node as synchronous standby (vs one PostgreSQL standby)', unit: 'tps', walkeeper: tps(2), postgres: tps(1), target: '≥ 0.95×', better: 'higher' });
+    record({ bench: 'ingest', what: 'pgbench TPS with ANY 2 of three nodes (vs one PostgreSQL standby)', unit: 'tps', walkeeper: tps(3), postgres: tps(1), target: '≥ 0.95×', better: 'higher' });
     lines.push(`bulk insert: ${mib.toFixed(0)} MiB of WAL generated at ${(mib / genSecs).toFixed(0)} MiB/s; the node had flushed all of it ${(followSecs - genSecs).toFixed(2)} s after the insert ended (${(mib / followSecs).toFixed(0)} MiB/s)`);
     lines.push(`  flush lag (sent − flushed), one segment = 16 MiB:  walkeeper node ${lagLine('walkeeper_1')}`);
     lines.push(`                                                    PostgreSQL standby ${lagLine('pgstandby')}`);

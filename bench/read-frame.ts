@@ -21,6 +21,7 @@ import { parseArgs } from 'node:util';
 
 import { formatLsn, native, WalStore, XLOGDATA_HEADER_SIZE, MAX_SEND_SIZE } from '../ts/index.js';
 import { createTempDir, lsnOf, runPgTool, startPostgres } from '../__test__/harness/index.js';
+import { record } from './results.js';
 
 const { values } = parseArgs({
   options: { mib: { type: 'string', default: '256' }, rounds: { type: 'string', default: '5' } },
@@ -147,6 +148,7 @@ async function main() {
     console.log(row('framed', 'framed XLogData (sender path)'));
     console.log(row('framedAsync', 'framed XLogData on the thread pool'));
     const ratio = median('framed') / median('readSync');
+    record({ bench: 'read-frame', what: 'serve WAL from the page cache as XLogData (vs fs.readSync of the same bytes)', unit: 'GB/s', walkeeper: median('framed'), postgres: median('readSync'), target: '≥ 0.90×', better: 'higher' });
     console.log(`framed / readSync = ${ratio.toFixed(2)} (target ≥ 0.90): ${ratio >= 0.9 ? 'met' : 'NOT met'}`);
   } finally {
     await pg.destroy();

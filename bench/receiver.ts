@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 
 import { formatLsn, importWal, WalReceiver } from '../ts/index.js';
 import { createTempDir, lsnOf, pgToolPath, runPgTool, startNodeProcess, startPostgres, startReceivewal, type NodeProcess } from '../__test__/harness/index.js';
+import { record } from './results.js';
 
 const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '3' }, only: { type: 'string' } } });
 const kills = Number(values.kills);
@@ -149,10 +150,12 @@ async function main() {
     const lines: string[] = [];
     if (values.only !== 'throughput') {
       const times = await failover(tmp.path);
+      record({ bench: 'receiver', what: `failover: SIGKILL of the connected node → first byte from another (median of ${kills}; PostgreSQL's walreceiver waits 5000 ms)`, unit: 'ms', walkeeper: median(times), postgres: 5000, target: '≤ 1000 ms', better: 'lower' });
       lines.push(`receiver: failover over ${kills} SIGKILLs of the connected node (3 nodes, pgbench -R 500 on the primary): first byte from another node after median ${median(times)} ms, max ${Math.max(...times)} ms (target ≤ 1000 ms median; PostgreSQL's walreceiver waits 5000 ms before retrying)`);
     }
     if (values.only !== 'failover') {
       const tp = await throughput(tmp.path);
+      record({ bench: 'receiver', what: 'receive WAL into a directory: walkeeper receive (vs pg_receivewal)', unit: 'MiB/s', walkeeper: median(tp.ours), postgres: median(tp.theirs), target: '≥ 1.0×', better: 'higher', chart: 'throughput' });
       lines.push(`receive throughput, ${tp.mib.toFixed(0)} MiB from one node into tmpfs, median of ${rounds}: pg_receivewal ${median(tp.theirs).toFixed(0)} MiB/s, walkeeper receive ${median(tp.ours).toFixed(0)} MiB/s = ${(median(tp.ours) / median(tp.theirs)).toFixed(2)}× (target ≥ 1.0×)`);
     }
     lines.push(

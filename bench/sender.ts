@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
+import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
 const wantMiB = Number(values.mib);
@@ -140,6 +141,7 @@ async function main() {
       const p = median(by['PostgreSQL walsender']!);
       const w = median(by['walkeeper node']!);
       lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×`);
+      record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.5×' : /pg_receivewal/.test(what) ? '≥ 1.0×' : /consumers/.test(what) ? '≥ 1.5×' : undefined, better: 'higher', chart: 'throughput' });
     }
     lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; idle ${(idleRss / 1024).toFixed(0)} MiB; with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
     console.log(lines.join('\n'));
