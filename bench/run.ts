@@ -126,18 +126,21 @@ async function main(): Promise<void> {
       const rs = rows.filter((r) => r.chart === kind);
       if (rs.length === 0) return false;
       const dat = path.join(work, `${kind}.dat`);
-      writeFileSync(dat, rs.map((r, i) => `${i} "${r.what.replace(/ \(vs.*$/, '').replace(/"/g, "'").slice(0, 48)}" ${r.walkeeper} ${r.postgres ?? 0}`).join('\n') + '\n');
+      const label = (w: string) => w.replace(/ \(vs.*$/, '').replace(/^commit → commit record at a consumer, /, '').replace(/"/g, "'").slice(0, 48);
+      writeFileSync(dat, rs.map((r, i) => `${i} "${label(r.what)}" ${r.walkeeper} ${r.postgres ?? 0}`).join('\n') + '\n');
+      const top = Math.max(...rs.map((r) => Math.max(r.walkeeper, r.postgres ?? 0)), limit ?? 0) * 1.15;
       const script = [
         'set terminal pngcairo size 1200,600 font "sans,10"',
         `set output "${path.join(root, file)}"`,
         'set style data histograms',
         'set style histogram clustered gap 1',
         'set style fill solid 0.8 border -1',
-        'set key top left',
+        'set key top right opaque box',
         'set grid ytics',
         `set ylabel "${ylabel}"`,
-        'set yrange [0:*]',
-        'set xtics rotate by -20 scale 0',
+        `set yrange [0:${top}]`,
+        'set xtics rotate by -15 scale 0',
+        'set bmargin 8',
         limit ? `set arrow from graph 0, first ${limit} to graph 1, first ${limit} nohead lc rgb "#888888" dt 2` : '',
         limit ? `set label "loopback TCP ${fmt(limit)} MiB/s" at graph 0.01, first ${limit} offset 0,0.7 tc rgb "#666666"` : '',
         `plot "${dat}" using 3:xtic(2) title "walkeeper" lc rgb "#2b6cb0", "" using 4 title "PostgreSQL (same run)" lc rgb "#c05621"`,
