@@ -8,12 +8,13 @@
  *   - node exits other than the injected kills (must be 0),
  *   - peak RSS per node.
  *
- * Faults so far: SIGKILL and restart of a random node, and a primary
- * restart. (Still to come: the fault proxy stalling and cutting links, a
- * node's disk filling up.)
+ * Faults, one every 10–20 s at random: SIGKILL and restart of a node; a
+ * primary restart; the fault proxy between a node and the primary stalling
+ * the link for 5 s, or cutting it (TCP reset); node 3's disk (a 48 MiB
+ * tmpfs, mounted as root or through sudo) filled up for 5 s and freed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -27,6 +28,9 @@ import {
   NodeProcess,
   startPostgres,
   startStandby,
+  startTcpProxy,
+  isRoot,
+  type TcpProxy,
 } from '../__test__/harness/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -37,7 +41,8 @@ if (!(minutes > 0)) {
   process.exit(2);
 }
 let seed = Number(values.seed ?? Date.now() % 100000);
-const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2147483648) % n);
+// (the high bits: the low bits of this LCG cycle quickly)
+const rand = (n: number) => Math.floor((seed = (seed * 1103515245 + 12345) % 2147483648) / 65536) % n;
 const log = (s: string) => process.stderr.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
 
 async function main(): Promise<number> {
@@ -49,15 +54,36 @@ async function main(): Promise<number> {
   const injected = new Set<NodeProcess>();
   const unexpected: string[] = [];
   const peakRss = new Map<number, number>();
+  const cleanups: (() => void)[] = [];
+  let proxiesRef: TcpProxy[] = [];
   try {
-    const upstream = `host=127.0.0.1 port=${pg.port} user=postgres`;
+    // Each node reaches the primary through its own fault proxy.
+    const proxies: TcpProxy[] = [];
+    for (let i = 0; i < 3; i++) proxies.push(await startTcpProxy({ host: '127.0.0.1', port: pg.port }));
+    // Node 3's data on a small tmpfs, so that its disk can fill up.
+    const small = path.join(tmp.path, 'small');
+    mkdirSync(small);
+    const priv = (cmd: string, args: string[]) => (isRoot() ? execFileSync(cmd, args, { stdio: 'ignore' }) : execFileSync('sudo', ['-n', cmd, ...args], { stdio: 'ignore' }));
+    let mounted = false;
+    try {
+      priv('mount', ['-t', 'tmpfs', '-o', `size=48m,uid=${process.getuid!()},gid=${process.getgid!()},mode=0700`, 'tmpfs', small]);
+      mounted = true;
+    } catch {
+      log('cannot mount a tmpfs (needs root or passwordless sudo): no disk-full faults in this run');
+    }
+    cleanups.push(() => {
+      if (mounted) priv('umount', ['-l', small]);
+      for (const p of proxies) void p.close();
+    });
     for (let i = 1; i <= 3; i++) {
-      const n = new NodeProcess({ dataDir: path.join(tmp.path, `n${i}`), nodeId: i, upstream, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
+      const dataDir = i === 3 && mounted ? path.join(small, 'n3') : path.join(tmp.path, `n${i}`);
+      const n = new NodeProcess({ dataDir, nodeId: i, upstream: `host=127.0.0.1 port=${proxies[i - 1]!.port} user=postgres`, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
       n.pgPort = await freePort();
       n.httpPort = await freePort();
       nodes.push(n);
     }
-    for (const n of nodes) n.opts.extraArgs = ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(',')];
+    proxiesRef = proxies;
+    for (const n of nodes) n.opts.extraArgs = ['--wal-keep-size', '8MB', '--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(',')];
     await Promise.all(nodes.map((n) => n.start()));
     const watchExit = (n: NodeProcess) => {
       const timer = setInterval(() => {
@@ -117,13 +143,34 @@ async function main(): Promise<number> {
     let faults = 0;
     while (Date.now() < end - 15_000) {
       await new Promise((r) => setTimeout(r, 10_000 + rand(10_000)));
-      const kind = rand(5);
+      const kind = rand(8);
       faults++;
       if (kind === 0) {
         log(`fault ${faults}: restart the primary`);
         await pg.stop('fast');
         await new Promise((r) => setTimeout(r, 1000));
         await pg.start();
+      } else if (kind === 1 || kind === 2) {
+        const i = rand(3);
+        log(`fault ${faults}: stall node ${i + 1}'s link to the primary for 5 s`);
+        proxiesRef[i]!.stall();
+        await new Promise((r) => setTimeout(r, 5000));
+        proxiesRef[i]!.resume();
+      } else if (kind === 3) {
+        const i = rand(3);
+        log(`fault ${faults}: cut node ${i + 1}'s link to the primary (TCP reset)`);
+        proxiesRef[i]!.cut('reset');
+      } else if (kind === 4 && mounted) {
+        const st = statfsSync(small);
+        const free = Number(st.bavail) * Number(st.bsize);
+        log(`fault ${faults}: fill node 3's disk (${(free / 1048576).toFixed(0)} MiB free) for 5 s`);
+        try {
+          writeFileSync(path.join(small, 'filler'), Buffer.alloc(Math.max(0, free - 4096)));
+        } catch {
+          // full is full
+        }
+        await new Promise((r) => setTimeout(r, 5000));
+        rmSync(path.join(small, 'filler'), { force: true });
       } else {
         const n = nodes[rand(3)]!;
         log(`fault ${faults}: SIGKILL node ${n.opts.nodeId}, restart in 3 s`);
@@ -161,7 +208,7 @@ async function main(): Promise<number> {
       diffs.push(...d.map((x) => `${path.basename(r.dir)}: ${x}`));
     }
     const lines = [
-      `soak: ${minutes} min, seed ${values.seed ?? '(time)'}, ${faults} faults (node SIGKILL + restart, primary restart)`,
+      `soak: ${minutes} min, seed ${values.seed ?? '(time)'}, ${faults} faults (node SIGKILL + restart, primary restart, link stall and cut, disk full)`,
       `commits acknowledged: ${acked.length}; missing on the standby: ${missing.length}${missing.length ? ` (first: ${missing.slice(0, 5).join(', ')})` : ''}`,
       `receiver directories vs the primary's WAL up to ${target.toString(16)}: ${diffs.length} differences${diffs.length ? `: ${diffs.slice(0, 3).join('; ')}` : ''}`,
       `node exits not injected: ${unexpected.length}${unexpected.length ? `: ${unexpected.join(' | ')}` : ''}`,
@@ -174,6 +221,13 @@ async function main(): Promise<number> {
     await standby?.destroy().catch(() => undefined);
     await Promise.all(nodes.map((n) => n.stop()));
     await pg.destroy();
+    for (const c of cleanups) {
+      try {
+        c();
+      } catch {
+        // best effort
+      }
+    }
     await tmp.cleanup();
   }
 }
