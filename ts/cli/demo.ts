@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { formatLsn, parseLsn } from '../lsn.js';
 import { parse, UsageError } from './args.js';
 import { bytes, table } from './status.js';
 
@@ -149,10 +150,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       (r) => (r.ok ? (r.json() as Promise<{ flush_lsn: string; commit_lsn: string; replicas: unknown[]; upstream: { state: string } | null }>) : null),
       () => null,
     );
-  const lsn = (s: string) => {
-    const [a, b] = s.split('/');
-    return (BigInt(`0x${a}`) << 32n) | BigInt(`0x${b}`);
-  };
+  const lsn = parseLsn;
   let pgClient: import('pg').Client | null = null;
   const primaryFlush = async () => lsn(((await pgClient!.query('SELECT pg_current_wal_flush_lsn()::text AS l')).rows[0] as { l: string }).l);
 
@@ -243,7 +241,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         const s = st[killed.id - 1];
         if (s && lsn(s.flush_lsn) >= pf - 65536n) {
           caughtUp = true;
-          say(`>>> node ${killed.id} caught up: flush_lsn ${s.flush_lsn} (primary at ${fmt(pf)})`);
+          say(`>>> node ${killed.id} caught up: flush_lsn ${s.flush_lsn} (primary at ${formatLsn(pf)})`);
         }
       }
       const replay = await standby
@@ -258,7 +256,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         });
         const lastSwitch = [...receiverLines].reverse().find((l) => /streaming from/.test(l));
         const text = [
-          `${Math.round((now - t0) / 1000)} s · primary flush ${fmt(pf)} · ${bytes(pf - first)} of WAL since the start · standby replayed ${replay ?? '-'}`,
+          `${Math.round((now - t0) / 1000)} s · primary flush ${formatLsn(pf)} · ${bytes(pf - first)} of WAL since the start · standby replayed ${replay ?? '-'}`,
           table(['node', 'upstream', 'flush_lsn', 'commit_lsn', 'behind primary', 'replicas'], rows),
           `receiver: ${receiverNode ?? '-'}; last switch: ${lastSwitch ? lastSwitch.replace(/^.*?: (\w+: .*)$/, '$1') : '-'}`,
         ].join('\n');
@@ -299,6 +297,3 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
 }
 
-function fmt(l: bigint): string {
-  return `${(l >> 32n).toString(16).toUpperCase()}/${(l & 0xffffffffn).toString(16).toUpperCase()}`;
-}

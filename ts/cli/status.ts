@@ -3,6 +3,7 @@
  * the LSNs, the upstream, the cluster members and the replicas with their
  * lag — as tables, or the HTTP API's JSON for scripts.
  */
+import { isLsn, parseLsn } from '../lsn.js';
 import { parse, UsageError } from './args.js';
 
 export const STATUS_USAGE = `Usage: walkeeper status [--http URL] [--json]
@@ -26,11 +27,7 @@ interface StreamDoc {
   replicas: { application_name: string; address: string; state: string; sent_lsn: string; flush_lsn: string; recovery: boolean }[];
 }
 
-const lsnNum = (l: string | null): bigint | null => {
-  if (l === null) return null;
-  const m = /^([0-9A-F]+)\/([0-9A-F]+)$/i.exec(l);
-  return m ? (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) : null;
-};
+const lsnNum = (l: string | null): bigint | null => (l !== null && isLsn(l) ? parseLsn(l) : null);
 
 export function bytes(n: bigint | number | null): string {
   if (n === null) return '-';

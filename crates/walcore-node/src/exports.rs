@@ -221,35 +221,19 @@ fn store_list(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 /// position. Several contiguous buffers (up to 10) go down in one thread-pool
 /// hop, without being concatenated first.
 fn store_append(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    let s = store_arg(args)?;
-    let lsn = lsn_arg(args, 1, "lsn")?;
-    if args.len() < 3 {
-        return Err(JsError::type_error("data must be a Buffer").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
-    }
-    let mut bufs = Vec::with_capacity(args.len() - 2);
-    for i in 2..args.len() {
-        bufs.push(args.buffer_ref(i, "data")?);
-    }
-    spawn_with_buffers(
-        env,
-        bufs,
-        move |bufs: &mut [BufferRef]| {
-            let mut at = lsn;
-            for b in bufs.iter() {
-                let d = b.as_slice();
-                s.append(at, d).map_err(js_err)?;
-                at = Lsn(at.0 + d.len() as u64);
-            }
-            Ok(at)
-        },
-        |env, end| env.bigint(end.0),
-    )
+    append_then(env, args, false)
 }
 
 /// `storeAppendFlush(store, lsn, ...data: Buffer[]): Promise<bigint>` — append,
 /// then fsync, in one thread-pool hop; resolves to the new flush position.
 /// For a caught-up writer, where each hop is latency a commit waits for.
 fn store_append_flush(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    append_then(env, args, true)
+}
+
+/// The contiguous buffers `args[2..]` appended at `args[1]`, then (with
+/// `flush`) fsynced; resolves to the write position, or the flush position.
+fn append_then(env: &Env, args: &CallArgs, flush: bool) -> JsResult<napi_value> {
     let s = store_arg(args)?;
     let lsn = lsn_arg(args, 1, "lsn")?;
     if args.len() < 3 {
@@ -269,7 +253,11 @@ fn store_append_flush(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
                 s.append(at, d).map_err(js_err)?;
                 at = Lsn(at.0 + d.len() as u64);
             }
-            s.flush().map_err(js_err)
+            if flush {
+                s.flush().map_err(js_err)
+            } else {
+                Ok(at)
+            }
         },
         |env, end| env.bigint(end.0),
     )
