@@ -35,18 +35,19 @@ export class EmbeddedBroker implements Broker {
       if (stopped) return;
       let buf = '';
       let heard = false;
-      let silence: NodeJS.Timeout | null = null;
+      let heardAt = Date.now();
       let error: NodeJS.ErrnoException | null = null;
       // (the error is kept here: once a response is under way, destroy() does not emit it on the request)
       const fail = (e: Error): void => {
         error ??= e;
         req.destroy(e);
       };
-      const quiet = () => {
-        if (silence) clearTimeout(silence);
-        // Heartbeats come every 250 ms: a peer silent for much longer is gone.
-        silence = setTimeout(() => fail(new Error('no status for 3 s')), 3000);
-      };
+      // Heartbeats come every 250 ms: a peer silent for much longer is gone.
+      // (A timestamp checked once a second, not a timer re-armed per line: a
+      // line comes with every flush.)
+      const silence = setInterval(() => {
+        if (Date.now() - heardAt > 3000) fail(new Error('no status for 3 s'));
+      }, 1000);
       const req = http.get(`${peer}/v1/streams/${encodeURIComponent(stream.name)}?watch=flush`, { agent: this.agent }, (res) => {
         if (res.statusCode !== 200) {
           res.resume();
@@ -68,7 +69,7 @@ export class EmbeddedBroker implements Broker {
           return true;
         };
         res.on('data', (chunk: string) => {
-          quiet();
+          heardAt = Date.now();
           buf += chunk;
           for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
             const line = buf.slice(0, nl);
@@ -83,10 +84,9 @@ export class EmbeddedBroker implements Broker {
         res.on('error', () => undefined);
       });
       inflight.add(req);
-      quiet();
       req.on('error', (e: NodeJS.ErrnoException) => (error ??= e));
       req.on('close', () => {
-        if (silence) clearTimeout(silence);
+        clearInterval(silence);
         inflight.delete(req);
         if (stopped) return;
         const msg = error ? (error.code ?? error.message) : null;
