@@ -8,7 +8,7 @@ import path from 'node:path';
 
 import test from 'ava';
 
-import { formatLsn, HttpStatusSource, WalReceiver, type CandidateSource, type NodeStatus, type SwitchEvent, type WalChunk } from '../ts/index.js';
+import { formatLsn, HttpStatusSource, WalReceiver, WalStore, type CandidateSource, type NodeStatus, type SwitchEvent, type WalChunk } from '../ts/index.js';
 import {
   createTempDir,
   lsnOf,
@@ -56,11 +56,29 @@ class TestSource implements CandidateSource {
   }
 }
 
-/** Consumes a receiver, checking contiguity; the bytes received, in order. */
-function collect(rx: WalReceiver) {
+/**
+ * Consumes a receiver, checking contiguity; the bytes received, in order.
+ * With `store` (the receiver's sink: walkeeper receive's Rust pump), the WAL
+ * goes into the store instead, and bytes() reads it back from there.
+ */
+function collect(rx: WalReceiver, store?: WalStore) {
   const got = { chunks: [] as Buffer[], first: null as bigint | null, next: null as bigint | null, switches: [] as SwitchEvent[], errors: [] as string[] };
   rx.on('switch', (e) => got.switches.push(e));
   rx.on('error', (e) => got.errors.push(e.message));
+  if (store) {
+    rx.on('connect', (e) => (got.first ??= e.startLsn));
+    rx.on('progress', (p) => (got.next = p.received));
+  }
+  const bytes = async (): Promise<Buffer> => {
+    if (!store) return Buffer.concat(got.chunks);
+    const out = Buffer.alloc(Number(got.next! - got.first!));
+    for (let off = 0; off < out.length; ) {
+      const n = await store.read(store.state.tli, got.first! + BigInt(off), out.subarray(off));
+      if (n <= 0) throw new Error(`the store ends at ${formatLsn(got.first! + BigInt(off))}`);
+      off += n;
+    }
+    return out;
+  };
   const done = (async () => {
     for await (const c of rx as AsyncIterable<WalChunk>) {
       if (got.next !== null && c.startLsn !== got.next) throw new Error(`gap or duplicate: ${formatLsn(c.startLsn)} after ${formatLsn(got.next)}`);
@@ -70,7 +88,12 @@ function collect(rx: WalReceiver) {
       rx.ack(c.endLsn);
     }
   })();
-  return { got, done };
+  return { got, done, bytes };
+}
+
+/** A store in a fresh directory, for a receiver's sink. */
+async function sinkStore(name: string): Promise<WalStore> {
+  return WalStore.open(path.join(tmp.path, `${name}-sink-${Math.random().toString(36).slice(2)}`), SEG, 1);
 }
 
 async function primaryBytes(pg: PgCluster, from: bigint, to: bigint): Promise<Buffer> {
@@ -122,13 +145,14 @@ async function write(pg: PgCluster, mib: number): Promise<void> {
 }
 
 /** Runs a receiver connected to A, applies `fault`, expects a switch to B for `reason`, then checks the WAL. */
-async function scenario(t: import('ava').ExecutionContext, name: string, policy: Record<string, unknown>, fault: (c: Cluster) => Promise<void>, reason: string) {
+async function scenario(t: import('ava').ExecutionContext, name: string, policy: Record<string, unknown>, fault: (c: Cluster) => Promise<void>, reason: string, sink = false) {
   const c = await cluster(t, name);
+  const store = sink ? await sinkStore(name) : undefined;
   const source = new TestSource([c.a.httpUrl, c.b.httpUrl]);
   source.rewrite.set(c.a.httpUrl, c.rxA.address);
   source.hidden.add(c.b.httpUrl);
-  const rx = new WalReceiver({ source, policy: { connectTimeoutMs: 10_000, laggingWalTimeoutMs: 60_000, ...policy } });
-  const { got, done } = collect(rx);
+  const rx = new WalReceiver({ source, policy: { connectTimeoutMs: 10_000, laggingWalTimeoutMs: 60_000, ...policy }, sink: store ? { store } : undefined });
+  const { got, done, bytes } = collect(rx, store);
   await write(c.pg, 0.5);
   await until(() => got.next !== null && got.next >= c.a.node.stream().commitLsn, 'the receiver to stream from A');
   t.is(got.switches.length, 1);
@@ -150,11 +174,15 @@ async function scenario(t: import('ava').ExecutionContext, name: string, policy:
   await rx.stop();
   await done;
   const want = await primaryBytes(c.pg, got.first!, got.next!);
-  t.true(Buffer.concat(got.chunks).equals(want), 'byte-identical to the primary, no gap, no duplicate');
+  t.true((await bytes()).equals(want), 'byte-identical to the primary, no gap, no duplicate');
+  if (store) t.is(got.chunks.length, 0, 'with a sink, the WAL does not reach the iterator');
 }
 
 test('a stalled node (no message for the connect timeout) triggers NoKeepAlives', (t) =>
   scenario(t, 'nokeepalives', { connectTimeoutMs: 2000 }, async (c) => c.rxA.stall(), 'NoKeepAlives'));
+
+test('with the Rust pump writing into a directory, a stalled node triggers NoKeepAlives', (t) =>
+  scenario(t, 'nokeepalives-sink', { connectTimeoutMs: 2000 }, async (c) => c.rxA.stall(), 'NoKeepAlives', true));
 
 test('a node held behind by more than the lag threshold triggers LaggingWal', (t) =>
   scenario(
@@ -168,6 +196,19 @@ test('a node held behind by more than the lag threshold triggers LaggingWal', (t
     'LaggingWal',
   ));
 
+test('with the Rust pump writing into a directory, a node held behind triggers LaggingWal', (t) =>
+  scenario(
+    t,
+    'lagging-sink',
+    { maxLsnWalLag: 1n << 20n },
+    async (c) => {
+      c.upA.stall();
+      await write(c.pg, 3);
+    },
+    'LaggingWal',
+    true,
+  ));
+
 test('a node silent on WAL while another has more triggers NoWalTimeout', (t) =>
   scenario(
     t,
@@ -178,6 +219,19 @@ test('a node silent on WAL while another has more triggers NoWalTimeout', (t) =>
       await write(c.pg, 0.3);
     },
     'NoWalTimeout',
+  ));
+
+test('with the Rust pump writing into a directory, a node silent on WAL triggers NoWalTimeout', (t) =>
+  scenario(
+    t,
+    'nowal-sink',
+    { laggingWalTimeoutMs: 2000, maxLsnWalLag: 1n << 30n },
+    async (c) => {
+      c.upA.stall();
+      await write(c.pg, 0.3);
+    },
+    'NoWalTimeout',
+    true,
   ));
 
 // --- d: misbehaving nodes ------------------------------------------------------
@@ -195,7 +249,7 @@ test.after.always(async () => {
   await other?.destroy();
 });
 
-async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameters<typeof startFakeNode>[0], expect: RegExp) {
+async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameters<typeof startFakeNode>[0], expect: RegExp, sink = false) {
   const end = fx.firstLsn + BigInt(wal.length);
   const good = await startFakeNode({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: fx.systemId, nodeId: 1, limit: end - 8192n * 4n, chunk: 65536 });
   t.teardown(() => good.close());
@@ -204,8 +258,9 @@ async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameter
   // Only the bad node is visible at first, so that it is the one chosen.
   const source = new TestSource([good.httpUrl, badNode.httpUrl]);
   source.hidden.add(good.httpUrl);
-  const rx = new WalReceiver({ source, startLsn: fx.firstLsn, tli: 1, systemId: fx.systemId });
-  const { got, done } = collect(rx);
+  const store = sink ? await sinkStore('bad') : undefined;
+  const rx = new WalReceiver({ source, startLsn: fx.firstLsn, tli: 1, systemId: fx.systemId, sink: store ? { store } : undefined });
+  const { got, done, bytes } = collect(rx, store);
   await until(() => got.errors.length > 0, 'the bad node to be dropped', 30_000);
   source.hidden.delete(good.httpUrl);
   t.regex(got.errors[0]!, expect, got.errors[0]);
@@ -217,7 +272,7 @@ async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameter
   await rx.stop();
   await done;
   t.is(got.first, fx.firstLsn);
-  t.true(Buffer.concat(got.chunks).equals(wal), 'nothing invalid was handed on');
+  t.true((await bytes()).equals(wal), sink ? 'nothing invalid was written' : 'nothing invalid was handed on');
 }
 
 const badBase = () => ({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: fx.systemId });
@@ -233,3 +288,31 @@ test('a node sending a malformed message is dropped', (t) =>
 
 test('a node sending WAL beyond the commit_lsn it advertises is dropped', (t) =>
   badNodeScenario(t, { ...badBase(), walEnd: (sent: bigint) => sent - 100n }, /beyond the end it announces/));
+
+/** A page header in the third message's data made wrong (its pageaddr). */
+const corruptPage = (m: { index: number; start: bigint; data: Buffer }) => {
+  if (m.index !== 3) return null;
+  const at = Number((8192n - (m.start % 8192n)) % 8192n);
+  if (at + 24 > m.data.length) return null;
+  const data = Buffer.from(m.data);
+  data.writeBigUInt64LE(0xdeadbeefn, at + 8);
+  return { start: m.start, data };
+};
+
+test('a node sending a page that is not what it claims is dropped', (t) => badNodeScenario(t, { ...badBase(), mutate: corruptPage }, /invalid WAL: WAL page at .* pageaddr/));
+
+// The same nodes against walkeeper receive's path: the Rust pump checks, and writes into a directory.
+test('pump: a node sending non-contiguous XLogData is dropped, nothing invalid written', (t) =>
+  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 3 ? { start: m.start + 8192n, data: m.data } : null) }, /not contiguous/, true));
+
+test('pump: a node of another database system is dropped, nothing invalid written', (t) =>
+  badNodeScenario(t, { wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: other.systemId, status: { system_id: fx.systemId.toString() } }, /system/, true));
+
+test('pump: a node sending a malformed message is dropped, nothing invalid written', (t) =>
+  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 2 ? Buffer.from([0x64, 0, 0, 0, 9, 0x77, 1, 2, 3, 4]) : null) }, /malformed/i, true));
+
+test('pump: a node sending WAL beyond the commit_lsn it advertises is dropped, nothing invalid written', (t) =>
+  badNodeScenario(t, { ...badBase(), walEnd: (sent: bigint) => sent - 100n }, /beyond the end it announces/, true));
+
+test('pump: a node sending a page that is not what it claims is dropped, nothing invalid written', (t) =>
+  badNodeScenario(t, { ...badBase(), mutate: corruptPage }, /invalid WAL: WAL page at .* pageaddr/, true));

@@ -37,7 +37,7 @@ test.after.always(async () => {
   await tmp?.cleanup();
 });
 
-async function failover(t: ExecutionContext, mode: 'nodes' | 'broker'): Promise<void> {
+async function failover(t: ExecutionContext, mode: 'nodes' | 'broker' | 'nopump'): Promise<void> {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
   t.teardown(() => pg.destroy());
   const conninfo = `host=127.0.0.1 port=${pg.port} user=postgres`;
@@ -64,7 +64,9 @@ async function failover(t: ExecutionContext, mode: 'nodes' | 'broker'): Promise<
 
   const dir = path.join(tmp.path, mode, 'received');
   const where = etcd ? ['--broker', etcd.endpoint] : ['--nodes', nodes.map((n) => n.httpUrl).join(',')];
-  const rx = spawn(process.execPath, [bin, 'receive', ...where, '-D', dir], { stdio: ['ignore', 'ignore', 'pipe']});
+  // nopump: the WAL goes through JavaScript (the receiver's iterator and the CLI's writer), as on Windows.
+  const env = mode === 'nopump' ? { ...process.env, WALKEEPER_RECEIVE_PUMP: '0' } : process.env;
+  const rx = spawn(process.execPath, [bin, 'receive', ...where, '-D', dir], { stdio: ['ignore', 'ignore', 'pipe'], env });
   t.teardown(() => rx.kill('SIGKILL'));
   let out = '';
   rx.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -101,6 +103,10 @@ async function failover(t: ExecutionContext, mode: 'nodes' | 'broker'): Promise<
 
 test('walkeeper receive fails over when its node is SIGKILLed, with no gap or duplicate, ending byte-identical to the primary', async (t) => {
   await failover(t, 'nodes');
+});
+
+test('walkeeper receive without the Rust pump (WALKEEPER_RECEIVE_PUMP=0, the Windows path) fails over the same way', async (t) => {
+  await failover(t, 'nopump');
 });
 
 test('walkeeper receive --broker finds the nodes in etcd and fails over the same way', async (t) => {

@@ -12,10 +12,13 @@
  *   -i pg_wal); `walkeeper receive --endpos` vs `pg_receivewal --endpos` from
  *   that node into tmpfs, alternated over --rounds.
  *
- *   npm run bench:receiver [-- --kills 10 --mib 1024 --rounds 3]
+ *   npm run bench:receiver [-- --kills 10 --mib 1024 --rounds 3 --fixture DIR]
+ *
+ *   --fixture DIR keeps the node's data (the imported WAL) in DIR and reuses
+ *   it on the next run, which then skips pgbench -i.
  */
 import { spawn } from 'node:child_process';
-import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +28,7 @@ import { formatLsn, importWal, WalReceiver } from '../ts/index.js';
 import { createTempDir, lsnOf, pgToolPath, runPgTool, startNodeProcess, startPostgres, startReceivewal, type NodeProcess } from '../__test__/harness/index.js';
 import { record } from './results.js';
 
-const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '3' }, only: { type: 'string' } } });
+const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '3' }, only: { type: 'string' }, fixture: { type: 'string' } } });
 const kills = Number(values.kills);
 const wantMiB = Number(values.mib);
 const rounds = Number(values.rounds);
@@ -79,11 +82,19 @@ async function failover(tmpDir: string): Promise<number[]> {
   }
 }
 
-async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: number[]; mib: number }> {
-  const SEG = 16 * 1024 * 1024;
+const SEG = 16 * 1024 * 1024;
+const segName = (segno: number) => `00000001${Math.floor(segno / 256).toString(16).toUpperCase().padStart(8, '0')}${(segno % 256).toString(16).toUpperCase().padStart(8, '0')}`;
+
+/** A node data dir holding ≥ --mib of real WAL (pgbench -i), made once per --fixture dir. */
+async function fixture(dataDir: string, tmpDir: string): Promise<{ firstLsn: bigint; endLsn: bigint }> {
+  const meta = path.join(dataDir, 'bench-fixture.json');
+  const known = await readFile(meta, 'utf8').then((t) => JSON.parse(t) as { firstLsn: string; endLsn: string; mib: number }, () => null);
+  if (known && known.mib >= wantMiB) {
+    log(`reusing the WAL in ${dataDir}`);
+    return { firstLsn: BigInt(known.firstLsn), endLsn: BigInt(known.endLsn) };
+  }
+  await rm(dataDir, { recursive: true, force: true });
   const pg = await startPostgres({ conf: { wal_keep_size: `${wantMiB * 4}MB`, max_wal_size: `${wantMiB * 4}MB`, autovacuum: 'off' } });
-  let node: NodeProcess | null = null;
-  const segName = (segno: number) => `00000001${Math.floor(segno / 256).toString(16).toUpperCase().padStart(8, '0')}${(segno % 256).toString(16).toUpperCase().padStart(8, '0')}`;
   try {
     const [s0] = await pg.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l');
     const start0 = lsnOf(s0!.l) - (lsnOf(s0!.l) % BigInt(SEG));
@@ -101,9 +112,20 @@ async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: num
     await mkdir(archive);
     const names = new Set(await readdir(pg.walDir));
     for (let s = Number(start0 / BigInt(SEG)); names.has(segName(s)); s++) await copyFile(path.join(pg.walDir, segName(s)), path.join(archive, segName(s)));
-    const dataDir = path.join(tmpDir, 'tnode');
     const imp = await importWal({ dataDir, stream: 'main', walDir: archive });
     await rm(archive, { recursive: true });
+    await writeFile(meta, JSON.stringify({ firstLsn: String(imp.firstLsn), endLsn: String(imp.endLsn), mib: wantMiB }));
+    return imp;
+  } finally {
+    await pg.destroy();
+  }
+}
+
+async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: number[]; mib: number }> {
+  let node: NodeProcess | null = null;
+  try {
+    const dataDir = values.fixture ? path.resolve(values.fixture) : path.join(tmpDir, 'tnode');
+    const imp = await fixture(dataDir, tmpDir);
     node = await startNodeProcess({ dataDir, nodeId: 1, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
     const firstSeg = Number(imp.firstLsn / BigInt(SEG));
     const start = imp.firstLsn + BigInt(SEG);
@@ -140,7 +162,6 @@ async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: num
     return { ours, theirs, mib };
   } finally {
     await node?.stop();
-    await pg.destroy();
   }
 }
 

@@ -33,7 +33,7 @@ const BENCHES: [string, string[]][] = [
   ['read-frame', quick ? ['--mib', '128', '--rounds', '3'] : []],
   ['sender', quick ? ['--mib', '256', '--rounds', '3'] : []],
   ['ingest', quick ? ['--time', '8', '--rounds', '1'] : []],
-  ['receiver', quick ? ['--mib', '256', '--rounds', '3', '--kills', '5'] : []],
+  ['receiver', quick ? ['--mib', '1024', '--rounds', '3', '--kills', '5'] : []],
   ['cluster', quick ? ['--commits', '1000', '--seconds', '5'] : []],
 ];
 

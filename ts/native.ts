@@ -81,6 +81,32 @@ export interface StoreHandle {
   readonly __walcoreStore: unique symbol;
 }
 
+/** Opaque handle to a Rust receive pump (crates/walcore/src/pump.rs). */
+export interface PumpHandle {
+  readonly __walcorePump: unique symbol;
+}
+
+/** What one `pumpRun` did, and why it returned. */
+export interface PumpReport {
+  /** End of the WAL received and appended. */
+  received: Lsn;
+  /** End of the WAL fsynced. */
+  flushed: Lsn;
+  /** walEnd of the latest XLogData or keepalive. */
+  walEnd: Lsn;
+  messages: number;
+  keepalives: number;
+  /** A keepalive asked for a status update now. */
+  replyRequested: boolean;
+  /** Set when the pump stopped for good (see pump.rs `End`). */
+  end?: 'other' | 'eof' | 'io' | 'bad' | 'store' | 'endpos';
+  message?: string;
+  /** With end 'store': the store error's code (WALCORE_…). */
+  code?: string;
+  /** With end: bytes read and not consumed, the unhandled message first. */
+  leftover?: Buffer;
+}
+
 /** The raw N-API surface (crates/walcore-node/src/exports.rs). */
 export interface NativeBinding {
   version(): string;
@@ -111,6 +137,10 @@ export interface NativeBinding {
   storeFrame(h: StoreHandle, buf: Buffer, tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint): Promise<number>;
   storePutHistory(h: StoreHandle, tli: number, content: Buffer): Promise<void>;
   storeGetHistory(h: StoreHandle, tli: number): Promise<Buffer | null>;
+  pumpOpen(fd: number, pending: Buffer, store: StoreHandle, start: Lsn, tli: number, systemId: bigint, pgVersion: number, endLsn?: Lsn, synchronous?: boolean): PumpHandle;
+  pumpRun(p: PumpHandle, maxMs: number): Promise<PumpReport>;
+  pumpStop(p: PumpHandle): void;
+  pumpClose(p: PumpHandle): void;
 }
 
 export const BUILD_COMMAND = 'npm run build:native  (napi build --platform --release --no-js)';

@@ -137,6 +137,8 @@ export async function receiveCommand(args: string[]): Promise<number> {
     user: str('user') ?? 'postgres',
     password,
     applicationName: 'walkeeper_receive',
+    // A Rust pump writes the WAL from the socket (WALKEEPER_RECEIVE_PUMP=0: through JS, as on Windows).
+    sink: process.env.WALKEEPER_RECEIVE_PUMP === '0' ? undefined : { store, synchronous },
   });
   const err = (line: string) => process.stderr.write(`walkeeper receive: ${line}\n`);
   let exitCode = 0;
@@ -158,7 +160,8 @@ export async function receiveCommand(args: string[]): Promise<number> {
 
   // Progress on a terminal only: bytes, rate, lag behind the best node.
   const tty = process.stderr.isTTY;
-  let bytes = 0;
+  let firstPos: Lsn | null = null;
+  receiver.on('connect', (e) => (firstPos ??= e.startLsn));
   const t0 = Date.now();
   let best = 0n;
   receiver.on('status', (s) => {
@@ -167,12 +170,16 @@ export async function receiveCommand(args: string[]): Promise<number> {
   const progress = tty
     ? setInterval(() => {
         const pos = receiver.position ?? 0n;
+        const bytes = firstPos === null ? 0 : Number(pos - firstPos);
         const secs = (Date.now() - t0) / 1000;
         const lag = best > pos ? Number(best - pos) : 0;
         process.stderr.write(`\r${formatLsn(pos)}  ${(bytes / 1048576).toFixed(1)} MiB  ${(bytes / 1048576 / Math.max(secs, 0.001)).toFixed(1)} MiB/s  lag ${(lag / 1048576).toFixed(1)} MiB   `);
       }, 500)
     : null;
 
+  // With the pump, the WAL never reaches this loop: the pump fsyncs on the
+  // same rules. Without it (WALKEEPER_RECEIVE_PUMP=0, Windows), chunks come
+  // through the receiver's iterator and are written here.
   // fsync when a segment is complete, when the stream goes idle (nothing
   // more arrived for a moment), at least every second, and after every
   // write with --synchronous; the node hears of a flush only after it.
@@ -241,7 +248,6 @@ export async function receiveCommand(args: string[]): Promise<number> {
       w?.();
       const segBefore = c0.startLsn / BigInt(state.segmentSize);
       const end = await store.appendv(c0.startLsn, run.map((c) => c.data));
-      bytes += n;
       unflushed = true;
       if (synchronous) {
         await flush();

@@ -3,7 +3,7 @@
  * place in TypeScript that touches segment files; ingest appends and
  * flushes, senders frame, start-up scans and truncates.
  */
-import { native, type ScanOptions, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
+import { native, type PumpHandle, type PumpReport, type ScanOptions, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
 import type { Lsn } from '../lsn.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;
@@ -63,6 +63,15 @@ export class WalStore {
     return native().storeFlush(this.h);
   }
 
+  /**
+   * Lends a replication socket in COPY to a Rust pump that appends its
+   * XLogData here (see crates/walcore/src/pump.rs). `pending`: bytes already
+   * read from the socket.
+   */
+  pump(fd: number, pending: Buffer, o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; endLsn?: Lsn; synchronous?: boolean }): ReceivePump {
+    return new ReceivePump(native().pumpOpen(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.endLsn, o.synchronous ?? false));
+  }
+
   truncate(lsn: Lsn): Promise<void> {
     return native().storeTruncate(this.h, lsn);
   }
@@ -109,4 +118,29 @@ export class WalStore {
 /** Decodes records forward from `start` in `dir` and reports where valid WAL ends. */
 export function findEndOfWal(dir: string, tli: number, segmentSize: number, start: Lsn, opts: ScanOptions = {}): Promise<ScanResult> {
   return native().findEndOfWal(dir, tli, segmentSize, start, opts.search, opts.prev, opts.systemId, opts.pgVersion);
+}
+
+/** A running receive pump: run() until a report has `end`, then close(). */
+export class ReceivePump {
+  private running: Promise<PumpReport> | null = null;
+  constructor(private readonly h: PumpHandle) {}
+
+  /** Works on the thread pool until something to act on, or `maxMs`. */
+  run(maxMs: number): Promise<PumpReport> {
+    const p = native().pumpRun(this.h, maxMs);
+    this.running = p;
+    return p;
+  }
+
+  /** Makes a running run() return soon (within ~20 ms). */
+  stop(): void {
+    native().pumpStop(this.h);
+  }
+
+  /** Closes the pump's duplicate of the socket, after the last run() settled. */
+  async close(): Promise<void> {
+    this.stop();
+    await this.running?.catch(() => undefined);
+    native().pumpClose(this.h);
+  }
 }

@@ -268,6 +268,8 @@ export class CopyBoth implements AsyncIterable<ReplicationMessage> {
   onXLogData: ((m: XLogData) => void) | null = null;
   onKeepalive: ((m: Keepalive) => void) | null = null;
   onCopyData: ((payload: Buffer) => void) | null = null;
+  /** Called on CopyBothResponse, before any message after it is delivered (the moment to lend()). */
+  onStart: (() => void) | null = null;
 
   /** Resolves true on CopyBothResponse, false when the server answered with results instead (see PostCopyResult 'noCopy'); rejects on an ErrorResponse before COPY. */
   readonly started: Promise<boolean>;
@@ -367,6 +369,22 @@ export class CopyBoth implements AsyncIterable<ReplicationMessage> {
     if (!this.queuePaused) this.client.setPaused(false);
   }
 
+  /**
+   * Lends the rest of the stream to another reader (walkeeper's receive
+   * pump): reading and delivery stop, and the socket's descriptor and the
+   * bytes already read past the current message are returned. Null where
+   * there is no descriptor to lend (TLS, Windows). The other reader gives
+   * back what it did not consume with giveBack(); writing (status updates)
+   * goes on meanwhile.
+   */
+  lend(): { fd: number; pending: Buffer } | null {
+    return this.client.lend();
+  }
+
+  giveBack(leftover: Buffer): void {
+    this.client.giveBack(leftover);
+  }
+
   private sendCopyDone(reason: PostCopyResult['reason']): void {
     if (this.clientDoneSent) return;
     this.clientDoneSent = true;
@@ -388,6 +406,7 @@ export class CopyBoth implements AsyncIterable<ReplicationMessage> {
           const m = parseBackendMessage(code, payload);
           if (m.type !== 'copyBothResponse') throw new ProtocolError('bad CopyBothResponse');
           this.state = 'copy';
+          this.onStart?.();
           this.resolveStarted(true);
           if (this.endRequested) this.sendCopyDone('clientEnd');
           return;
@@ -905,6 +924,22 @@ export class ReplicationClient {
   destroy(err?: Error): void {
     if (err) this.closeError ??= err;
     this.socket.destroy();
+  }
+
+  /** @internal see CopyBoth.lend() */
+  lend(): { fd: number; pending: Buffer } | null {
+    if (this.encrypted || this._closed || this.socket.destroyed) return null;
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return null;
+    // Sockets read with `onread` stop reading (uv_read_stop) on pause.
+    this.setPaused(true);
+    return { fd, pending: this.framer.takeAll() };
+  }
+
+  /** @internal see CopyBoth.lend() */
+  giveBack(leftover: Buffer): void {
+    this.framer.push(leftover);
+    this.setPaused(false);
   }
 
   /** @internal */

@@ -66,6 +66,22 @@ abstract class Framer {
   private runStart = 0;
   private runEnd = 0;
 
+  /**
+   * Takes every byte received and not yet returned as a message (a copy),
+   * leaving the framer empty: for handing the rest of a stream to another
+   * reader (the receive pump).
+   */
+  takeAll(): Buffer {
+    const out = Buffer.concat([this.buf.subarray(this.start, this.end), ...(this.rest ? [this.rest] : [])]);
+    this.buf = EMPTY;
+    this.start = 0;
+    this.end = 0;
+    this.want = 0;
+    this.rest = null;
+    this.runBuffer = null;
+    return out;
+  }
+
   push(chunk: Buffer): void {
     const n = chunk.length;
     if (n === 0) return;

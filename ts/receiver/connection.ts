@@ -13,6 +13,8 @@ import { ReplicationClient, type CopyBoth } from '../pgwire/client.js';
 import { PgError, ProtocolError } from '../pgwire/errors.js';
 import { neonFeedback, pgNow } from '../pgwire/replication.js';
 import { PageHeaderCheck } from '../node/wal_validate.js';
+import type { ReceivePump, WalStore } from '../node/wal_storage.js';
+import type { PumpReport } from '../native.js';
 import type { NodeStatus } from './sources.js';
 
 /** The node did something a correct node never does. */
@@ -28,6 +30,8 @@ export interface ConnectionParams {
   password?: string;
   applicationName: string;
   connectTimeoutMs: number;
+  /** Write WAL into this store from the Rust pump (see WalReceiverOptions.sink). */
+  sink?: { store: WalStore; synchronous: boolean; endLsn?: Lsn };
 }
 
 export interface ConnectionHandlers {
@@ -37,12 +41,20 @@ export interface ConnectionHandlers {
   keepalive(walEnd: Lsn): void;
   /** The node's timeline `tli` ended at `start`; `history` is the next timeline's history file. */
   timeline(tli: number, start: Lsn, history: string): void;
+  /** Sink mode: what the pump received, appended and fsynced. */
+  progress(r: PumpReport): void;
+  /** Sink mode: the socket could not be lent; WAL goes to data() instead. */
+  noPump(): void;
 }
 
 export type ConnectionEnd =
   | { kind: 'clean'; message: string }
   | { kind: 'lost'; error: Error }
-  | { kind: 'bad'; error: BadNode };
+  | { kind: 'bad'; error: BadNode }
+  /** Sink mode: the store failed (write or fsync); the receiver stops. */
+  | { kind: 'store'; error: Error }
+  /** Sink mode: WAL past endLsn was received and fsynced. */
+  | { kind: 'endpos' };
 
 function splitAddress(a: string): { host: string; port: number } {
   const i = a.lastIndexOf(':');
@@ -55,6 +67,9 @@ export class ReceiverConnection {
   private closed = false;
   private received: Lsn = 0n;
   private acked: Lsn = 0n;
+  private pump: ReceivePump | null = null;
+  /** Sink mode: a pump wrote into the store on this connection. */
+  private pumped = false;
 
   constructor(
     readonly node: NodeStatus,
@@ -81,6 +96,7 @@ export class ReceiverConnection {
 
   close(): void {
     this.closed = true;
+    this.pump?.stop();
     this.client?.destroy(new Error('switching to another node'));
   }
 
@@ -121,6 +137,10 @@ export class ReceiverConnection {
       const end = await this.stream(client, start, tli, sys.systemId);
       if (end.kind !== 'timeline') return end;
       const history = (await client.timelineHistory(end.next)).content;
+      if (this.pumped && this.p.sink) {
+        // What the pump wrote is flushed; the next timeline's history goes next to it, as pg_receivewal does.
+        await this.p.sink.store.putHistory(end.next, history);
+      }
       this.h.timeline(end.next, end.at, history);
       tli = end.next;
       start = end.at;
@@ -130,6 +150,14 @@ export class ReceiverConnection {
   private async stream(client: ReplicationClient, start: Lsn, tli: number, systemId: bigint): Promise<ConnectionEnd | { kind: 'timeline'; next: number; at: Lsn }> {
     const check = new PageHeaderCheck(this.node.segmentSize, systemId, this.node.pgVersion, tli);
     const copy = (this.copy = client.startReplication(`START_REPLICATION ${formatLsn(start)} TIMELINE ${tli}`));
+    const sink = this.p.sink;
+    let lent: { fd: number; pending: Buffer } | null = null;
+    if (sink) {
+      copy.onStart = () => {
+        lent = copy.lend();
+        if (!lent) this.h.noPump();
+      };
+    }
     let expected = start;
     let bad: BadNode | null = null;
     const fail = (msg: string) => {
@@ -152,6 +180,12 @@ export class ReceiverConnection {
       this.h.keepalive(k.walEnd);
       if (k.replyRequested) this.feedback(this.acked);
     };
+    if (sink && (await copy.started.catch(() => false)) && lent) {
+      const end = await this.runPump(sink, copy, lent, start, tli, systemId);
+      if (end) return end;
+      // The pump stopped at a message it leaves to us (CopyDone, ErrorResponse): go on below.
+      expected = this.received;
+    }
     let result;
     try {
       result = await copy.done;
@@ -171,5 +205,50 @@ export class ReceiverConnection {
     if (result.reason === 'error') return { kind: 'clean', message: result.error?.message ?? 'the node ended the stream' };
     if (result.reason === 'commandComplete') return { kind: 'lost', error: new Error('the node is shutting down') };
     return { kind: 'lost', error: new Error(`the stream ended (${result.reason})`) };
+  }
+
+  /**
+   * Sink mode: the Rust pump reads the lent socket and appends to the store;
+   * here only its reports arrive, and the status updates go out. Returns
+   * how the connection ended, or null when the pump gave the stream back.
+   */
+  private async runPump(
+    sink: NonNullable<ConnectionParams['sink']>,
+    copy: CopyBoth,
+    lent: { fd: number; pending: Buffer },
+    start: Lsn,
+    tli: number,
+    systemId: bigint,
+  ): Promise<ConnectionEnd | null> {
+    if (tli > sink.store.state.tli) sink.store.setTimeline(tli);
+    this.pumped = true;
+    const pump = (this.pump = sink.store.pump(lent.fd, lent.pending, { start, tli, systemId, pgVersion: this.node.pgVersion, endLsn: sink.endLsn, synchronous: sink.synchronous }));
+    try {
+      for (;;) {
+        if (this.closed) return { kind: 'lost', error: new Error('switching to another node') };
+        const r = await pump.run(100);
+        this.received = r.received;
+        this.h.progress(r);
+        if (r.flushed > this.acked || r.replyRequested) this.feedback(r.flushed > this.acked ? r.flushed : this.acked);
+        switch (r.end) {
+          case undefined:
+            continue;
+          case 'other':
+            copy.giveBack(r.leftover!);
+            return null;
+          case 'bad':
+            throw new BadNode(r.message!);
+          case 'store':
+            return { kind: 'store', error: Object.assign(new Error(r.message!), { code: r.code }) };
+          case 'endpos':
+            return { kind: 'endpos' };
+          default:
+            return { kind: 'lost', error: new Error(r.message!) };
+        }
+      }
+    } finally {
+      this.pump = null;
+      await pump.close();
+    }
   }
 }

@@ -11,6 +11,7 @@
 import { EventEmitter } from 'node:events';
 
 import { formatLsn, type Lsn } from '../lsn.js';
+import type { WalStore } from '../node/wal_storage.js';
 import { BadNode, ReceiverConnection, type ConnectionEnd } from './connection.js';
 import { ConnectionPolicy, describeReason, type PolicyConfig, type SwitchReason } from './policy.js';
 import { HttpStatusSource, type CandidateSource, type NodeStatus } from './sources.js';
@@ -47,6 +48,14 @@ export interface WalReceiverOptions {
   /** Pause the connection above this many undelivered bytes. */
   maxQueuedBytes?: number;
   signal?: AbortSignal;
+  /**
+   * @internal Write the WAL straight into this store (walkeeper receive's
+   * directory): a Rust pump reads each connection's socket, checks, appends
+   * and fsyncs, and the iterator yields nothing. Where no socket descriptor
+   * can be lent (Windows), chunks reach the iterator as without a sink, for
+   * the rest of the receiver's life.
+   */
+  sink?: { store: WalStore; synchronous?: boolean };
 }
 
 export interface SwitchEvent {
@@ -64,6 +73,8 @@ export interface ReceiverEvents {
   timeline: [{ tli: number; startLsn: Lsn; history: string }];
   error: [Error & { nodeId?: string }];
   status: [NodeStatus];
+  /** With a sink: WAL received (appended) and flushed so far. */
+  progress: [{ received: Lsn; flushed: Lsn }];
 }
 
 export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIterable<WalChunk> {
@@ -87,6 +98,8 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
   private loopDone: Promise<void> | null = null;
   private readonly histories = new Map<number, string>();
   private feedbackTimer: NodeJS.Timeout | null = null;
+  /** The sink could not be used (no socket descriptor): WAL goes to the iterator. */
+  private noPump = false;
 
   constructor(private readonly opts: WalReceiverOptions) {
     super();
@@ -296,6 +309,7 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
         password: this.opts.password,
         applicationName: this.opts.applicationName ?? 'walkeeper_receiver',
         connectTimeoutMs: this.policy.config.connectTimeoutMs,
+        sink: this.opts.sink && !this.noPump ? { store: this.opts.sink.store, synchronous: this.opts.sink.synchronous ?? false, endLsn: this.opts.endLsn } : undefined,
       },
       {
         established: (startLsn, tli, systemId) => {
@@ -334,6 +348,18 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
           if (this.conn !== conn) return;
           this.policy.keepaliveReceived(walEnd, Date.now());
         },
+        progress: (r) => {
+          if (this.conn !== conn) return;
+          const now = Date.now();
+          this.next = r.received;
+          if (r.flushed > this.acked) this.acked = r.flushed;
+          if (r.messages > 0) this.policy.walReceived(r.received, r.walEnd, now);
+          if (r.keepalives > 0) this.policy.keepaliveReceived(r.walEnd, now);
+          this.emit('progress', { received: r.received, flushed: r.flushed });
+        },
+        noPump: () => {
+          this.noPump = true;
+        },
         timeline: (tli, startLsn, history) => {
           if (this.conn !== conn) return;
           this.histories.set(tli, history);
@@ -345,6 +371,15 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
     this.conn = conn;
     this.connDone = conn.run().then((end: ConnectionEnd) => {
       const t = Date.now();
+      if (end.kind === 'endpos' || end.kind === 'store') {
+        // Sink mode: done (WAL past endLsn is durable), or the directory cannot take more.
+        this.stopped = true;
+        this.source.stop();
+        if (this.conn === conn) this.conn = null;
+        this.kick();
+        this.finish(end.kind === 'store' ? end.error : undefined);
+        return;
+      }
       if (end.kind === 'bad') {
         this.policy.markBad(status.nodeId, t);
         const e = Object.assign(new Error(`node ${status.nodeId} dropped: ${end.error.message}`), { nodeId: status.nodeId });

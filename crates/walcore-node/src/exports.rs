@@ -19,6 +19,9 @@ use walcore::{control, crc32c, Lsn};
 
 use crate::napi::{napi_type_tag, napi_value, spawn, spawn_with_buffers, BufferRef, CallArgs, Env, JsError, JsResult};
 
+/// Tag of receive pump handles.
+static PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7270_756d_7000_0001 };
+
 /// Tag of store handles, so that no other external can be passed as one.
 static STORE_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7273_746f_7265_0001 };
 
@@ -31,7 +34,7 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 19] = [
+    let fns: [(&str, crate::napi::Callback); 23] = [
         ("version", version),
         ("crc32cImplementation", crc32c_implementation),
         ("findEndOfWal", find_end),
@@ -51,6 +54,10 @@ pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
         ("storeFrame", store_frame),
         ("storePutHistory", store_put_history),
         ("storeGetHistory", store_get_history),
+        ("pumpOpen", pump_open),
+        ("pumpRun", pump_run),
+        ("pumpStop", pump_stop),
+        ("pumpClose", pump_close),
     ];
     for (name, f) in fns {
         env.define_function(exports, name, f)?;
@@ -361,3 +368,116 @@ fn store_get_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         None => env.null(),
     })
 }
+
+// ---------------------------------------------------------------------------
+// The receive pump (walcore::pump): socket → checks → store on the thread pool
+// ---------------------------------------------------------------------------
+
+#[cfg(unix)]
+use walcore::pump::{End, Pump, PumpConfig, PumpHandle};
+
+#[cfg(unix)]
+fn pump_arg(args: &CallArgs) -> JsResult<Arc<PumpHandle>> {
+    args.external::<PumpHandle>(0, "pump", &PUMP_TAG)
+}
+
+/// `pumpOpen(fd, pending, store, start, tli, systemId, pgVersion, endLsn?, synchronous?): PumpHandle`
+/// (memory only: duplicates `fd`, copies `pending`).
+#[cfg(unix)]
+fn pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let fd = args.u32(0, "fd")? as i32;
+    let pending = args.buffer(1, "pending")?.to_vec();
+    let store = args.external::<Store>(2, "store", &STORE_TAG)?;
+    let cfg = PumpConfig {
+        start: lsn_arg(args, 3, "start")?,
+        tli: tli_arg(args, 4)?,
+        system_id: args.bigint_u64(5, "systemId")?,
+        pg_version: args.u32(6, "pgVersion")?,
+        end_lsn: args.opt_bigint_u64(7, "endLsn")?.map(Lsn),
+        synchronous: args.opt_bool(8, "synchronous")?.unwrap_or(false),
+    };
+    let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
+    env.external(Arc::new(PumpHandle { pump: std::sync::Mutex::new(Some(pump)), stop: Default::default() }), &PUMP_TAG)
+}
+
+/// `pumpRun(pump, maxMs): Promise<PumpReport>` — works on the thread pool until
+/// there is something to act on (see walcore::pump::Pump::run).
+#[cfg(unix)]
+fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let h = pump_arg(args)?;
+    let max = std::time::Duration::from_millis(args.u32(1, "maxMs")? as u64);
+    spawn(
+        env,
+        move || {
+            let mut g = h.pump.try_lock().map_err(|_| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is already running"))?;
+            let pump = g.as_mut().ok_or_else(|| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is closed"))?;
+            Ok(pump.run(max, &h.stop))
+        },
+        |env, r| {
+            let o = env.object()?;
+            env.set(o, "received", env.bigint(r.received.0)?)?;
+            env.set(o, "flushed", env.bigint(r.flushed.0)?)?;
+            env.set(o, "walEnd", env.bigint(r.wal_end.0)?)?;
+            env.set(o, "messages", env.number(r.messages as f64)?)?;
+            env.set(o, "keepalives", env.number(r.keepalives as f64)?)?;
+            env.set(o, "replyRequested", env.boolean(r.reply_requested)?)?;
+            if let Some(end) = &r.end {
+                let (kind, message, code) = match end {
+                    End::Other => ("other", String::new(), None),
+                    End::Eof => ("eof", "the node closed the connection".to_string(), None),
+                    End::Io(e) => ("io", e.to_string(), None),
+                    End::Bad(m) => ("bad", m.clone(), None),
+                    End::Store(e) => ("store", e.message.clone(), Some(e.code.as_str())),
+                    End::EndPos => ("endpos", String::new(), None),
+                };
+                env.set(o, "end", env.string(kind)?)?;
+                env.set(o, "message", env.string(&message)?)?;
+                if let Some(c) = code {
+                    env.set(o, "code", env.string(c)?)?;
+                }
+                env.set(o, "leftover", env.buffer(&r.leftover)?)?;
+            }
+            Ok(o)
+        },
+    )
+}
+
+/// `pumpStop(pump)`: a running `pumpRun` returns within ~20 ms.
+#[cfg(unix)]
+fn pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    env.undefined()
+}
+
+/// `pumpClose(pump)`: closes the pump's socket duplicate. Only after the last
+/// `pumpRun` settled (the caller awaits it); a running pump is stopped instead
+/// and the call throws.
+#[cfg(unix)]
+fn pump_close(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let h = pump_arg(args)?;
+    let closed = match h.pump.try_lock() {
+        Ok(mut g) => {
+            g.take();
+            true
+        }
+        Err(_) => false,
+    };
+    if !closed {
+        h.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Err(JsError::error("WALCORE_INVALID_ARGUMENT", "pumpClose: the pump is running (await pumpRun first)"));
+    }
+    env.undefined()
+}
+
+#[cfg(not(unix))]
+fn pump_unsupported(_env: &Env, _args: &CallArgs) -> JsResult<napi_value> {
+    Err(JsError::error("WALCORE_INVALID_ARGUMENT", "the receive pump needs a Unix socket descriptor"))
+}
+#[cfg(not(unix))]
+use pump_unsupported as pump_open;
+#[cfg(not(unix))]
+use pump_unsupported as pump_run;
+#[cfg(not(unix))]
+use pump_unsupported as pump_stop;
+#[cfg(not(unix))]
+use pump_unsupported as pump_close;

@@ -4,18 +4,23 @@
 //! arithmetic and file names, page and record headers, CRC-32C, the scan for
 //! the end of valid WAL, the segment store of one stream directory, the
 //! control file, and XLogData framing for the replication protocol. Sockets,
-//! time and policy live in TypeScript; this crate has no dependencies so that
-//! it builds where the crate registry cannot be reached.
+//! time and policy live in TypeScript — except the receive pump (`pump`),
+//! which reads a replication socket lent to it once the stream is in COPY;
+//! this crate has no dependencies so that it builds where the crate registry
+//! cannot be reached.
 
 pub mod control;
 pub mod crc32c;
 pub mod error;
 pub mod lsn;
 pub mod page;
+#[cfg(unix)]
+pub mod pump;
 pub mod record;
 pub mod scan;
 pub mod source;
 pub mod store;
+pub mod stream_check;
 pub mod sys;
 pub mod xlogdata;
 #[cfg(test)]

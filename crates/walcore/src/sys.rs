@@ -173,3 +173,35 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Waits until `sock` is readable (or hung up) or `timeout` has passed.
+#[cfg(unix)]
+pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
+    use std::ffi::{c_int, c_short};
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct PollFd {
+        fd: c_int,
+        events: c_short,
+        revents: c_short,
+    }
+    #[cfg(target_os = "linux")]
+    type NFds = std::ffi::c_ulong;
+    #[cfg(not(target_os = "linux"))]
+    type NFds = std::ffi::c_uint;
+    extern "C" {
+        fn poll(fds: *mut PollFd, nfds: NFds, timeout: c_int) -> c_int;
+    }
+    const POLLIN: c_short = 1;
+    let mut p = PollFd { fd: sock.as_raw_fd(), events: POLLIN, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { poll(&mut p, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! The receive pump: socket → checks → store, on a worker thread.
+//!
+//! `walkeeper receive` spent its CPU in JavaScript — one callback per
+//! socket read, XLogData decoding, a page-header check per 8 KiB, a
+//! thread-pool hop per append — and lost to pg_receivewal, which does none of
+//! that on its way from `recv` to `write`. Once the replication connection is
+//! in COPY (the handshake, authentication and TLS stay in TypeScript), the
+//! caller pauses its socket and lends the pump a duplicate of its descriptor.
+//! The pump reads large chunks, checks each XLogData (contiguous, within the
+//! walEnd it announces, page headers — see `stream_check`), appends it to the
+//! store, and fsyncs when a segment completes, when the stream pauses, and at
+//! least every second (after every message with `synchronous`). It only
+//! reads: the caller keeps writing status updates on its own socket.
+//!
+//! [`Pump::run`] returns to the caller at every event it must act on —
+//! a flush to report, a keepalive asking for a reply, the end of the stream,
+//! `max` elapsed — with the progress so far. It stops, leaving the message
+//! and everything after it unread in [`Report::leftover`], at the first
+//! message it does not handle (CopyDone, ErrorResponse, …): the caller's
+//! protocol code takes over from there.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::lsn::Lsn;
+use crate::store::Store;
+use crate::stream_check::StreamCheck;
+use crate::Error;
+
+const XLOG_DATA_HEADER: usize = 25;
+const KEEPALIVE_LEN: usize = 18;
+/// Reads go into a buffer this large (a 128 KiB XLogData fits many times over).
+const BUF: usize = 4 << 20;
+/// No message a node or PostgreSQL sends is larger.
+const MAX_MESSAGE: usize = 64 << 20;
+/// fsync once the stream has paused this long.
+const IDLE_FLUSH: Duration = Duration::from_millis(10);
+/// ... and at least this often while it flows.
+const MAX_UNFLUSHED: Duration = Duration::from_secs(1);
+/// How often a run waiting for data looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+pub struct PumpConfig {
+    /// The first byte expected (START_REPLICATION's position).
+    pub start: Lsn,
+    pub tli: u32,
+    pub system_id: u64,
+    pub pg_version: u32,
+    /// Stop once WAL past this LSN was received.
+    pub end_lsn: Option<Lsn>,
+    /// fsync after every message (pg_receivewal --synchronous).
+    pub synchronous: bool,
+}
+
+/// Why a pump stopped for good.
+#[derive(Debug)]
+pub enum End {
+    /// A message the pump does not handle is first in `leftover`.
+    Other,
+    /// The peer closed the connection.
+    Eof,
+    /// Reading the socket failed.
+    Io(io::Error),
+    /// The node sent WAL that cannot be right; nothing of the message was written.
+    Bad(String),
+    /// Writing or fsyncing the store failed.
+    Store(Error),
+    /// WAL past `end_lsn` was received (and flushed).
+    EndPos,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// End of the WAL received and appended.
+    pub received: Lsn,
+    /// End of the WAL fsynced.
+    pub flushed: Lsn,
+    /// The walEnd of the latest XLogData or keepalive.
+    pub wal_end: Lsn,
+    /// XLogData messages in this run.
+    pub messages: u64,
+    /// Keepalives in this run.
+    pub keepalives: u64,
+    /// A keepalive asked for a status update now.
+    pub reply_requested: bool,
+    pub end: Option<End>,
+    /// With `end`: the bytes read and not consumed (the unhandled message first).
+    pub leftover: Vec<u8>,
+}
+
+pub struct Pump {
+    sock: std::net::TcpStream,
+    store: Arc<Store>,
+    check: StreamCheck,
+    cfg: PumpConfig,
+    buf: Vec<u8>,
+    head: usize,
+    tail: usize,
+    expected: Lsn,
+    flushed: Lsn,
+    wal_end: Lsn,
+    unflushed: bool,
+    last_flush: Instant,
+    last_data: Instant,
+    ended: bool,
+}
+
+impl Pump {
+    /// `fd` is the caller's socket, in non-blocking mode; the pump reads a
+    /// duplicate of it (closed when the pump is dropped), so the caller
+    /// closing its own never leaves the pump reading a reused descriptor.
+    /// `pending` are bytes the caller already read past CopyBothResponse.
+    #[cfg(unix)]
+    pub fn new(fd: i32, pending: &[u8], store: Arc<Store>, cfg: PumpConfig) -> Result<Pump, String> {
+        use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
+        if fd < 0 {
+            return Err(format!("invalid socket descriptor {fd}"));
+        }
+        // SAFETY: the caller owns `fd` and keeps it open during this call.
+        let dup = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot duplicate socket descriptor {fd}: {e}"))?;
+        // SAFETY: `dup` is a fresh descriptor we own; TcpStream takes it over.
+        let sock = unsafe { std::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
+        let check = StreamCheck::new(store.seg_size(), cfg.system_id, cfg.pg_version, cfg.tli)?;
+        let mut buf = vec![0u8; BUF.max(pending.len() * 2)];
+        buf[..pending.len()].copy_from_slice(pending);
+        let now = Instant::now();
+        Ok(Pump {
+            sock,
+            check,
+            expected: cfg.start,
+            flushed: store.flush_lsn(),
+            store,
+            cfg,
+            buf,
+            head: 0,
+            tail: pending.len(),
+            wal_end: Lsn(0),
+            unflushed: false,
+            last_flush: now,
+            last_data: now,
+            ended: false,
+        })
+    }
+
+    fn report(&self) -> Report {
+        Report { received: self.expected, flushed: self.flushed, wal_end: self.wal_end, ..Default::default() }
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        self.flushed = self.store.flush()?;
+        self.unflushed = false;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Works until an event the caller must act on, `stop` is set, or `max`
+    /// has elapsed. After a report with `end`, further calls return at once.
+    pub fn run(&mut self, max: Duration, stop: &AtomicBool) -> Report {
+        let deadline = Instant::now() + max;
+        let mut r = self.report();
+        if self.ended {
+            r.end = Some(End::Other);
+            return r;
+        }
+        let end = loop {
+            let mut flush_now = false;
+            match self.consume(&mut r, &mut flush_now) {
+                Err(e) => break Some(e),
+                Ok(()) => {}
+            }
+            if flush_now || (self.unflushed && self.last_flush.elapsed() >= MAX_UNFLUSHED) {
+                if let Err(e) = self.flush() {
+                    break Some(End::Store(e));
+                }
+                if let Some(endpos) = self.cfg.end_lsn {
+                    if self.expected > endpos {
+                        break Some(End::EndPos);
+                    }
+                }
+                // The caller reports the flush to the node now.
+                break None;
+            }
+            if r.reply_requested || stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                break None;
+            }
+            match self.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) => break Some(End::Eof),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing arrived for IDLE_FLUSH: make what we have durable.
+                    if self.unflushed {
+                        if let Err(e) = self.flush() {
+                            break Some(End::Store(e));
+                        }
+                        break None;
+                    }
+                }
+                Err(e) => break Some(End::Io(e)),
+            }
+        };
+        if let Some(e) = end {
+            // Whatever was appended is made durable before the caller hears of the end.
+            let e = match (&e, self.unflushed) {
+                (End::Store(_), _) | (_, false) => e,
+                (_, true) => match self.flush() {
+                    Ok(()) => e,
+                    Err(fe) => End::Store(fe),
+                },
+            };
+            self.ended = true;
+            r.leftover = self.buf[self.head..self.tail].to_vec();
+            r.end = Some(e);
+        }
+        r.received = self.expected;
+        r.flushed = self.flushed;
+        r.wal_end = self.wal_end;
+        r
+    }
+
+    /// Handles every complete message in the buffer.
+    fn consume(&mut self, r: &mut Report, flush_now: &mut bool) -> Result<(), End> {
+        loop {
+            let avail = self.tail - self.head;
+            if avail < 5 {
+                return Ok(());
+            }
+            let b = &self.buf[self.head..self.tail];
+            let code = b[0];
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            if len < 4 || len > MAX_MESSAGE {
+                return Err(End::Bad(format!("malformed message from the node: message length {len}")));
+            }
+            let total = 1 + len;
+            if avail < total {
+                if total > self.buf.len() {
+                    self.buf.resize(total, 0);
+                }
+                return Ok(());
+            }
+            match code {
+                b'd' => {}
+                // NoticeResponse / ParameterStatus mid-stream: informational.
+                b'N' | b'S' => {
+                    self.head += total;
+                    continue;
+                }
+                _ => return Err(End::Other),
+            }
+            let payload_at = self.head + 5;
+            let payload_end = self.head + total;
+            let tag = if len > 4 { self.buf[payload_at] } else { 0 };
+            match tag {
+                b'w' => {
+                    let p = &self.buf[payload_at..payload_end];
+                    if p.len() < XLOG_DATA_HEADER {
+                        return Err(End::Bad("malformed message from the node: XLogData shorter than its header".into()));
+                    }
+                    let start = Lsn(u64::from_be_bytes(p[1..9].try_into().unwrap()));
+                    let wal_end = Lsn(u64::from_be_bytes(p[9..17].try_into().unwrap()));
+                    let data = &p[XLOG_DATA_HEADER..];
+                    if start != self.expected {
+                        return Err(End::Bad(format!(
+                            "node sent WAL at {start}, expected {} (not contiguous)",
+                            self.expected
+                        )));
+                    }
+                    let end = Lsn(start.0 + data.len() as u64);
+                    if end > wal_end {
+                        return Err(End::Bad(format!(
+                            "node sent WAL up to {end} beyond the end it announces, {wal_end}"
+                        )));
+                    }
+                    self.check.check(start, data).map_err(|why| End::Bad(format!("node sent invalid WAL: {why}")))?;
+                    self.store.append(start, data).map_err(End::Store)?;
+                    let seg = self.store.seg_size();
+                    if self.cfg.synchronous
+                        || (end.0 - 1) / seg != start.0 / seg
+                        || end.segment_offset(seg) == 0
+                        || self.cfg.end_lsn.is_some_and(|e| end > e)
+                    {
+                        *flush_now = true;
+                    }
+                    self.expected = end;
+                    self.wal_end = wal_end;
+                    self.unflushed = true;
+                    r.messages += 1;
+                    self.head += total;
+                    if *flush_now {
+                        return Ok(());
+                    }
+                }
+                b'k' => {
+                    let p = &self.buf[payload_at..payload_end];
+                    if p.len() != KEEPALIVE_LEN {
+                        return Err(End::Bad(format!(
+                            "malformed message from the node: keepalive of {} bytes",
+                            p.len()
+                        )));
+                    }
+                    self.wal_end = Lsn(u64::from_be_bytes(p[1..9].try_into().unwrap()));
+                    r.keepalives += 1;
+                    self.head += total;
+                    if p[17] != 0 {
+                        r.reply_requested = true;
+                        return Ok(());
+                    }
+                }
+                t => {
+                    return Err(End::Bad(format!(
+                        "malformed message from the node: CopyData of unknown type {:?}",
+                        t as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Reads more into the buffer, waiting up to the next flush/stop check.
+    /// Ok(false): end of stream. WouldBlock: idle long enough to flush.
+    fn fill(&mut self, deadline: Instant) -> io::Result<bool> {
+        if self.head == self.tail {
+            self.head = 0;
+            self.tail = 0;
+        } else if self.buf.len() - self.tail < self.buf.len() / 4 {
+            self.buf.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+        }
+        loop {
+            match self.sock.read(&mut self.buf[self.tail..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.tail += n;
+                    self.last_data = Instant::now();
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    let mut wait = deadline.saturating_duration_since(now).min(STOP_CHECK);
+                    if self.unflushed {
+                        let idle = now.duration_since(self.last_data);
+                        if idle >= IDLE_FLUSH {
+                            return Err(e);
+                        }
+                        wait = wait.min(IDLE_FLUSH - idle);
+                    }
+                    if wait.is_zero() {
+                        return Ok(true);
+                    }
+                    crate::sys::wait_readable(&self.sock, wait)?;
+                    // Readable, or the wait is over: the caller's loop looks at stop and deadline again.
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A pump shared between the JS thread (stop, close) and the worker running it.
+pub struct PumpHandle {
+    /// None once closed (its socket duplicate with it).
+    pub pump: std::sync::Mutex<Option<Pump>>,
+    pub stop: AtomicBool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testwal::{TempDir, WalBuilder, SYSID};
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    const SEG: u64 = 1 << 20;
+
+    fn xlogdata(start: Lsn, wal_end: Lsn, data: &[u8]) -> Vec<u8> {
+        let mut m = vec![b'd'];
+        m.extend_from_slice(&((4 + XLOG_DATA_HEADER + data.len()) as u32).to_be_bytes());
+        m.push(b'w');
+        m.extend_from_slice(&start.0.to_be_bytes());
+        m.extend_from_slice(&wal_end.0.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m.extend_from_slice(data);
+        m
+    }
+
+    fn keepalive(wal_end: Lsn, reply: bool) -> Vec<u8> {
+        let mut m = vec![b'd', 0, 0, 0, 22, b'k'];
+        m.extend_from_slice(&wal_end.0.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m.push(reply as u8);
+        m
+    }
+
+    /// A pump reading one end of a loopback connection; the other end to write to.
+    fn setup(tag: &str, end_lsn: Option<Lsn>) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
+        let mut b = WalBuilder::new(SEG, Lsn(SEG));
+        for i in 0..120 {
+            b.record(10, 0, [10, 9000, 300, 70_000, 5][i % 5]);
+        }
+        let dir = TempDir::new(tag);
+        let store = Arc::new(Store::open(dir.path(), SEG, 1).unwrap());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (reader, _) = l.accept().unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let cfg = PumpConfig { start: b.start, tli: 1, system_id: SYSID, pg_version: 15, end_lsn, synchronous: false };
+        let pump = Pump::new(reader.as_raw_fd(), b"", store.clone(), cfg).unwrap();
+        // The pump reads its own duplicate: closing ours must not matter.
+        drop(reader);
+        (dir, store, pump, writer, b)
+    }
+
+    /// Runs the pump until it ends (or `max_runs`), collecting the reports.
+    fn run_to_end(p: &mut Pump, max_runs: usize) -> Vec<Report> {
+        let stop = AtomicBool::new(false);
+        let mut out = Vec::new();
+        for _ in 0..max_runs {
+            let r = p.run(Duration::from_millis(200), &stop);
+            let end = r.end.is_some();
+            out.push(r);
+            if end {
+                break;
+            }
+        }
+        out
+    }
+
+    fn stored(store: &Store, from: Lsn, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        let got = store.read(1, from, &mut buf).unwrap();
+        buf.truncate(got);
+        buf
+    }
+
+    #[test]
+    fn writes_valid_wal_reports_flushes_and_replies_and_stops_at_copydone() {
+        let (_d, store, mut p, mut w, b) = setup("pump-ok", None);
+        let mut msgs = Vec::new();
+        for (i, c) in b.bytes.chunks(8192 * 3 + 17).enumerate() {
+            let start = Lsn(b.start.0 + (i * (8192 * 3 + 17)) as u64);
+            msgs.extend(xlogdata(start, b.end(), c));
+        }
+        msgs.extend(keepalive(b.end(), true));
+        msgs.extend([b'c', 0, 0, 0, 4, b'C', 0, 0, 0, 5, 0]);
+        w.write_all(&msgs).unwrap();
+        let reports = run_to_end(&mut p, 1000);
+        let last = reports.last().unwrap();
+        assert!(matches!(last.end, Some(End::Other)), "{:?}", last.end);
+        assert_eq!(&last.leftover, &[b'c', 0, 0, 0, 4, b'C', 0, 0, 0, 5, 0]);
+        assert_eq!(last.received, b.end());
+        assert_eq!(last.flushed, b.end(), "everything appended is fsynced before the end is reported");
+        assert!(reports.iter().any(|r| r.reply_requested), "the keepalive's reply request is reported");
+        assert!(reports.iter().any(|r| r.end.is_none() && r.flushed > b.start), "flushes are reported as they happen");
+        assert_eq!(stored(&store, b.start, b.bytes.len()), b.bytes);
+    }
+
+    #[test]
+    fn a_gap_ends_the_pump_with_nothing_of_it_written() {
+        let (_d, store, mut p, mut w, b) = setup("pump-gap", None);
+        let half = 8192 * 5;
+        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..half])).unwrap();
+        w.write_all(&xlogdata(Lsn(b.start.0 + half as u64 + 8192), b.end(), &b.bytes[half + 8192..half * 2])).unwrap();
+        let last = run_to_end(&mut p, 100).pop().unwrap();
+        match &last.end {
+            Some(End::Bad(m)) => assert!(m.contains("not contiguous"), "{m}"),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(last.received, Lsn(b.start.0 + half as u64));
+        assert_eq!(store.write_lsn(), Some(Lsn(b.start.0 + half as u64)));
+    }
+
+    #[test]
+    fn wal_beyond_the_announced_end_and_bad_pages_are_refused() {
+        let (_d, store, mut p, mut w, b) = setup("pump-beyond", None);
+        w.write_all(&xlogdata(b.start, Lsn(b.start.0 + 100), &b.bytes[..8192])).unwrap();
+        let last = run_to_end(&mut p, 100).pop().unwrap();
+        assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains("beyond the end it announces")), "{:?}", last.end);
+        assert_eq!(store.write_lsn(), None);
+
+        let (_d, store, mut p, mut w, b) = setup("pump-page", None);
+        let mut bad = b.bytes[..8192 * 2].to_vec();
+        bad[8192 + 8] ^= 0xFF;
+        w.write_all(&xlogdata(b.start, b.end(), &bad)).unwrap();
+        let last = run_to_end(&mut p, 100).pop().unwrap();
+        assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains("pageaddr")), "{:?}", last.end);
+        assert_eq!(store.write_lsn(), None);
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        for (msg, want) in [
+            (vec![b'd', 0, 0, 0, 9, b'w', 1, 2, 3, 4], "shorter than its header"),
+            (vec![b'd', 0, 0, 0, 6, b'k', 1], "keepalive of 2 bytes"),
+            (vec![b'd', 0, 0, 0, 5, b'x'], "unknown type"),
+            (vec![b'd', 0, 0, 0, 2], "message length 2"),
+        ] {
+            let (_d, _s, mut p, mut w, _b) = setup("pump-malformed", None);
+            w.write_all(&msg).unwrap();
+            let last = run_to_end(&mut p, 100).pop().unwrap();
+            assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains(want)), "{want}: {:?}", last.end);
+        }
+    }
+
+    #[test]
+    fn endpos_and_eof_end_with_everything_flushed() {
+        let (_d, _s, mut p, mut w, b) = setup("pump-endpos", Some(Lsn(SEG + 20_000)));
+        for (i, c) in b.bytes.chunks(8192).enumerate() {
+            w.write_all(&xlogdata(Lsn(b.start.0 + (i * 8192) as u64), b.end(), c)).unwrap();
+        }
+        let last = run_to_end(&mut p, 100).pop().unwrap();
+        assert!(matches!(last.end, Some(End::EndPos)), "{:?}", last.end);
+        assert_eq!(last.received, Lsn(SEG + 3 * 8192), "stops after the message that passes the end position");
+        assert_eq!(last.flushed, last.received);
+
+        let (_d, _s, mut p, mut w, b) = setup("pump-eof", None);
+        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..8192])).unwrap();
+        drop(w);
+        let last = run_to_end(&mut p, 100).pop().unwrap();
+        assert!(matches!(last.end, Some(End::Eof)), "{:?}", last.end);
+        assert_eq!(last.flushed, Lsn(b.start.0 + 8192));
+    }
+
+    #[test]
+    fn stop_returns_a_waiting_run_promptly() {
+        let (_d, _s, mut p, _w, _b) = setup("pump-stop", None);
+        let stop = AtomicBool::new(true);
+        let t = Instant::now();
+        let r = p.run(Duration::from_secs(10), &stop);
+        assert!(r.end.is_none());
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+}
