@@ -17,6 +17,9 @@ import { standbyStatus } from '../ts/pgwire/replication.js';
 export interface ConsumeResult {
   bytes: number;
   seconds: number;
+  /** When streaming started and ended (ms since the epoch, for aggregating over processes). */
+  startedAt: number;
+  endedAt: number;
 }
 
 /**
@@ -24,12 +27,13 @@ export interface ConsumeResult {
  * parser keeps only message headers and skips payloads, so that the
  * consumer is not what limits the measurement.
  */
-export function consume(host: string, port: number, start: bigint, end: bigint, appName = 'bench-consumer'): Promise<ConsumeResult> {
+export function consume(host: string, port: number, start: bigint, end: bigint, appName = 'bench-consumer', gate?: () => Promise<void>): Promise<ConsumeResult> {
   return new Promise((resolve, reject) => {
     let phase: 'startup' | 'copy' | 'done' = 'startup';
     let received = start;
     let bytes = 0;
     let t0 = 0n;
+    let startedAt = 0;
     // Message state: the 5-byte type+length header, then the body.
     const head = Buffer.alloc(5 + 64);
     let headHave = 0;
@@ -57,15 +61,20 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
             const secs = Number(process.hrtime.bigint() - t0) / 1e9;
             phase = 'done';
             sock.end(Buffer.concat([frontend.copyDone(), frontend.terminate()]));
-            resolve({ bytes, seconds: secs });
+            resolve({ bytes, seconds: secs, startedAt, endedAt: performance.timeOrigin + performance.now() });
           }
         } else if (tag === 0x6b && small[17] === 1) {
           sock.write(standbyStatus({ write: received, flush: received, apply: received, replyRequested: false }));
         }
       } else if (type === 0x5a && phase === 'startup') {
         phase = 'copy';
-        t0 = process.hrtime.bigint();
-        sock.write(frontend.query(`START_REPLICATION ${formatLsn(start)} TIMELINE 1`));
+        const go = () => {
+          t0 = process.hrtime.bigint();
+          startedAt = performance.timeOrigin + performance.now();
+          sock.write(frontend.query(`START_REPLICATION ${formatLsn(start)} TIMELINE 1`));
+        };
+        if (gate) gate().then(go, fail);
+        else go();
       } else if (type === 0x45) {
         fail(new Error(`server error: ${small.subarray(0, smallHave).toString('utf8').replace(/\0/g, ' ')}`));
       } else if (type === 0x52 && small.readInt32BE(0) !== 0) {
@@ -121,7 +130,21 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
 
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()!)) {
   const [host, port, start, end, app] = process.argv.slice(2);
-  consume(host!, Number(port), parseLsn(start!), parseLsn(end!), app).then(
+  // With BENCH_CONSUMER_GATE=1: connect, print "ready", and start streaming
+  // only at a line on stdin — so that N consumers stream at the same time,
+  // after every process has started.
+  const gate =
+    process.env.BENCH_CONSUMER_GATE === '1'
+      ? () =>
+          new Promise<void>((resolve) => {
+            process.stdout.write('ready\n');
+            process.stdin.once('data', () => {
+              process.stdin.pause();
+              resolve();
+            });
+          })
+      : undefined;
+  consume(host!, Number(port), parseLsn(start!), parseLsn(end!), app, gate).then(
     (r) => console.log(JSON.stringify(r)),
     (e: Error) => {
       console.error(`consumer: ${e.message}`);

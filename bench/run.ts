@@ -166,6 +166,7 @@ async function main(): Promise<void> {
       ...(haveTp ? ['![throughput](bench-throughput.png)', ''] : []),
       ...(haveLat ? ['![commit latency](bench-latency.png)', ''] : []),
       ...(failed.length ? [`Benchmarks that failed in this run: ${failed.join(', ')}.`, ''] : []),
+      readFileSync(path.join(root, 'bench', 'profile-pass.md'), 'utf8'),
     ].join('\n');
     writeFileSync(path.join(root, 'BENCHMARKS.md'), md);
     log(`wrote BENCHMARKS.md${haveTp ? ', bench-throughput.png' : ''}${haveLat ? ', bench-latency.png' : ''}`);

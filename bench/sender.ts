@@ -30,15 +30,38 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const log = (s: string) => process.stderr.write(`[sender] ${s}\n`);
 const segName = (segno: number) => `00000001${Math.floor(segno / 256).toString(16).toUpperCase().padStart(8, '0')}${(segno % 256).toString(16).toUpperCase().padStart(8, '0')}`;
 
-function runConsumer(port: number, start: bigint, end: bigint, app: string): Promise<{ bytes: number; seconds: number }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ['--import=tsx', path.join(root, 'bench', 'consumer.ts'), '127.0.0.1', String(port), formatLsn(start), formatLsn(end), app], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (b: Buffer) => (out += b));
-    p.stderr.on('data', (b: Buffer) => (err += b));
-    p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1)!) as { bytes: number; seconds: number }) : reject(new Error(err || `consumer exited ${code}`))));
+interface ConsumerRun {
+  /** Resolves once the consumer is connected and waits for go() (gated runs only). */
+  ready: Promise<void>;
+  go(): void;
+  done: Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number }>;
+}
+
+/** bench/consumer.ts in its own process; `gated`: it streams only after go(). */
+function startConsumer(port: number, start: bigint, end: bigint, app: string, gated = false): ConsumerRun {
+  const p = spawn(process.execPath, ['--import=tsx', path.join(root, 'bench', 'consumer.ts'), '127.0.0.1', String(port), formatLsn(start), formatLsn(end), app], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, BENCH_CONSUMER_GATE: gated ? '1' : '0' },
   });
+  let out = '';
+  let err = '';
+  let onReady: () => void = () => undefined;
+  const ready = new Promise<void>((r) => (onReady = r));
+  p.stdout.on('data', (b: Buffer) => {
+    out += b;
+    if (out.startsWith('ready\n')) onReady();
+  });
+  p.stderr.on('data', (b: Buffer) => (err += b));
+  const done = new Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number }>((resolve, reject) =>
+    p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1)!)) : reject(new Error(err || `consumer exited ${code}`)))),
+  );
+  done.catch(() => onReady());
+  return { ready, go: () => p.stdin.end('go\n'), done };
+}
+
+function runConsumer(port: number, start: bigint, end: bigint, app: string): Promise<{ bytes: number; seconds: number }> {
+  return startConsumer(port, start, end, app).done;
 }
 
 async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
@@ -125,10 +148,14 @@ async function main() {
       const sampler = setInterval(() => {
         if (s.port === nodePort) void rssKiB(nodePid).then((k) => (peakDuring = Math.max(peakDuring, k)));
       }, 20);
-      const t0 = process.hrtime.bigint();
-      const all = await Promise.all(Array.from({ length: fanout }, (_, i) => runConsumer(s.port, start, end, `fan${i}`)));
+      // All consumers connect first (their processes' start-up is not what is
+      // measured), then stream at once: aggregate = all bytes / (last end − first start).
+      const runs = Array.from({ length: fanout }, (_, i) => startConsumer(s.port, start, end, `fan${i}`, true));
+      await Promise.all(runs.map((c) => c.ready));
+      for (const c of runs) c.go();
+      const all = await Promise.all(runs.map((c) => c.done));
       clearInterval(sampler);
-      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      const secs = (Math.max(...all.map((c) => c.endedAt)) - Math.min(...all.map((c) => c.startedAt))) / 1000;
       add(s.name, `${fanout} discarding consumers (aggregate)`, all.reduce((a, c) => a + c.bytes, 0) / 1048576 / secs);
     }
     const peakRss = await rssKiB(nodePid, 'VmHWM');
