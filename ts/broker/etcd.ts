@@ -166,6 +166,9 @@ export class EtcdBroker implements Broker {
           w.on('disconnected', (e) => fail('watch', e));
           // After a reconnect the watch resumes from its revision; re-read anyway (membership may have changed).
           w.on('connected', () => void resync());
+          // A member that registered between the read above and the watch's
+          // start is in neither: read once more now that the watch runs.
+          void resync();
         }
         recovered();
       } catch (e) {
