@@ -1,6 +1,7 @@
 //! The page-header check of WAL arriving over replication, before any of it
-//! is written (the Rust twin of `ts/node/wal_validate.ts`, which the JS paths
-//! use; `__test__/native.spec.ts` runs both on the same bytes).
+//! is written: the Rust twin of `ts/node/wal_validate.ts`, which the JS paths
+//! (ingest, the WalReceiver iterator) use. `__test__/receiver-faults.spec.ts`
+//! sends the same bad pages to both and expects the same refusal.
 //!
 //! Every page header that starts inside a received message must be the page
 //! it claims to be: the magic of the stream's PostgreSQL version, pageaddr
