@@ -178,61 +178,42 @@ async function scenario(t: import('ava').ExecutionContext, name: string, policy:
   if (store) t.is(got.chunks.length, 0, 'with a sink, the WAL does not reach the iterator');
 }
 
-test('a stalled node (no message for the connect timeout) triggers NoKeepAlives', (t) =>
-  scenario(t, 'nokeepalives', { connectTimeoutMs: 2000 }, async (c) => c.rxA.stall(), 'NoKeepAlives'));
-
-test('with the Rust pump writing into a directory, a stalled node triggers NoKeepAlives', (t) =>
-  scenario(t, 'nokeepalives-sink', { connectTimeoutMs: 2000 }, async (c) => c.rxA.stall(), 'NoKeepAlives', true));
-
-test('a node held behind by more than the lag threshold triggers LaggingWal', (t) =>
-  scenario(
-    t,
-    'lagging',
-    { maxLsnWalLag: 1n << 20n },
-    async (c) => {
+// Each on the iterator path (WAL handed to the caller) and on walkeeper
+// receive's path (the Rust pump writing into a directory).
+const faults: { name: string; title: string; policy: Record<string, unknown>; fault: (c: Cluster) => Promise<void>; reason: string }[] = [
+  {
+    name: 'nokeepalives',
+    title: 'a stalled node (no message for the connect timeout) triggers NoKeepAlives',
+    policy: { connectTimeoutMs: 2000 },
+    fault: async (c) => c.rxA.stall(),
+    reason: 'NoKeepAlives',
+  },
+  {
+    name: 'lagging',
+    title: 'a node held behind by more than the lag threshold triggers LaggingWal',
+    policy: { maxLsnWalLag: 1n << 20n },
+    fault: async (c) => {
       c.upA.stall();
       await write(c.pg, 3);
     },
-    'LaggingWal',
-  ));
-
-test('with the Rust pump writing into a directory, a node held behind triggers LaggingWal', (t) =>
-  scenario(
-    t,
-    'lagging-sink',
-    { maxLsnWalLag: 1n << 20n },
-    async (c) => {
-      c.upA.stall();
-      await write(c.pg, 3);
-    },
-    'LaggingWal',
-    true,
-  ));
-
-test('a node silent on WAL while another has more triggers NoWalTimeout', (t) =>
-  scenario(
-    t,
-    'nowal',
-    { laggingWalTimeoutMs: 2000, maxLsnWalLag: 1n << 30n },
-    async (c) => {
+    reason: 'LaggingWal',
+  },
+  {
+    name: 'nowal',
+    title: 'a node silent on WAL while another has more triggers NoWalTimeout',
+    policy: { laggingWalTimeoutMs: 2000, maxLsnWalLag: 1n << 30n },
+    fault: async (c) => {
       c.upA.stall();
       await write(c.pg, 0.3);
     },
-    'NoWalTimeout',
-  ));
-
-test('with the Rust pump writing into a directory, a node silent on WAL triggers NoWalTimeout', (t) =>
-  scenario(
-    t,
-    'nowal-sink',
-    { laggingWalTimeoutMs: 2000, maxLsnWalLag: 1n << 30n },
-    async (c) => {
-      c.upA.stall();
-      await write(c.pg, 0.3);
-    },
-    'NoWalTimeout',
-    true,
-  ));
+    reason: 'NoWalTimeout',
+  },
+];
+for (const sink of [false, true]) {
+  for (const f of faults) {
+    test(`${sink ? 'pump: ' : ''}${f.title}`, (t) => scenario(t, sink ? `${f.name}-sink` : f.name, f.policy, f.fault, f.reason, sink));
+  }
+}
 
 // --- d: misbehaving nodes ------------------------------------------------------
 
@@ -277,18 +258,6 @@ async function badNodeScenario(t: import('ava').ExecutionContext, bad: Parameter
 
 const badBase = () => ({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: fx.systemId });
 
-test('a node sending non-contiguous XLogData is dropped', (t) =>
-  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 3 ? { start: m.start + 8192n, data: m.data } : null) }, /not contiguous/));
-
-test('a node of another database system is dropped', (t) =>
-  badNodeScenario(t, { wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: other.systemId, status: { system_id: fx.systemId.toString() } }, /system/));
-
-test('a node sending a malformed message is dropped', (t) =>
-  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 2 ? Buffer.from([0x64, 0, 0, 0, 9, 0x77, 1, 2, 3, 4]) : null) }, /malformed|truncated|XLogData/i));
-
-test('a node sending WAL beyond the commit_lsn it advertises is dropped', (t) =>
-  badNodeScenario(t, { ...badBase(), walEnd: (sent: bigint) => sent - 100n }, /beyond the end it announces/));
-
 /** A page header in the third message's data made wrong (its pageaddr). */
 const corruptPage = (m: { index: number; start: bigint; data: Buffer }) => {
   if (m.index !== 3) return null;
@@ -299,20 +268,38 @@ const corruptPage = (m: { index: number; start: bigint; data: Buffer }) => {
   return { start: m.start, data };
 };
 
-test('a node sending a page that is not what it claims is dropped', (t) => badNodeScenario(t, { ...badBase(), mutate: corruptPage }, /invalid WAL: WAL page at .* pageaddr/));
-
-// The same nodes against walkeeper receive's path: the Rust pump checks, and writes into a directory.
-test('pump: a node sending non-contiguous XLogData is dropped, nothing invalid written', (t) =>
-  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 3 ? { start: m.start + 8192n, data: m.data } : null) }, /not contiguous/, true));
-
-test('pump: a node of another database system is dropped, nothing invalid written', (t) =>
-  badNodeScenario(t, { wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: other.systemId, status: { system_id: fx.systemId.toString() } }, /system/, true));
-
-test('pump: a node sending a malformed message is dropped, nothing invalid written', (t) =>
-  badNodeScenario(t, { ...badBase(), mutate: (m) => (m.index === 2 ? Buffer.from([0x64, 0, 0, 0, 9, 0x77, 1, 2, 3, 4]) : null) }, /malformed/i, true));
-
-test('pump: a node sending WAL beyond the commit_lsn it advertises is dropped, nothing invalid written', (t) =>
-  badNodeScenario(t, { ...badBase(), walEnd: (sent: bigint) => sent - 100n }, /beyond the end it announces/, true));
-
-test('pump: a node sending a page that is not what it claims is dropped, nothing invalid written', (t) =>
-  badNodeScenario(t, { ...badBase(), mutate: corruptPage }, /invalid WAL: WAL page at .* pageaddr/, true));
+/** `expect` is what the iterator path reports; `pumpExpect`, where the Rust pump words it more narrowly. */
+const badNodes: { title: string; node: () => Parameters<typeof startFakeNode>[0]; expect: RegExp; pumpExpect?: RegExp }[] = [
+  {
+    title: 'a node sending non-contiguous XLogData is dropped',
+    node: () => ({ ...badBase(), mutate: (m) => (m.index === 3 ? { start: m.start + 8192n, data: m.data } : null) }),
+    expect: /not contiguous/,
+  },
+  {
+    title: 'a node of another database system is dropped',
+    node: () => ({ wal, walStart: fx.firstLsn, segmentSize: SEG, systemId: other.systemId, status: { system_id: fx.systemId.toString() } }),
+    expect: /system/,
+  },
+  {
+    title: 'a node sending a malformed message is dropped',
+    node: () => ({ ...badBase(), mutate: (m) => (m.index === 2 ? Buffer.from([0x64, 0, 0, 0, 9, 0x77, 1, 2, 3, 4]) : null) }),
+    expect: /malformed|truncated|XLogData/i,
+    pumpExpect: /malformed/i,
+  },
+  {
+    title: 'a node sending WAL beyond the commit_lsn it advertises is dropped',
+    node: () => ({ ...badBase(), walEnd: (sent: bigint) => sent - 100n }),
+    expect: /beyond the end it announces/,
+  },
+  {
+    title: 'a node sending a page that is not what it claims is dropped',
+    node: () => ({ ...badBase(), mutate: corruptPage }),
+    expect: /invalid WAL: WAL page at .* pageaddr/,
+  },
+];
+// The same nodes against both paths; on the pump's, nothing invalid may reach the directory.
+for (const sink of [false, true]) {
+  for (const b of badNodes) {
+    test(`${sink ? 'pump: ' : ''}${b.title}`, (t) => badNodeScenario(t, b.node(), sink ? (b.pumpExpect ?? b.expect) : b.expect, sink));
+  }
+}

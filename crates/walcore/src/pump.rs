@@ -112,7 +112,6 @@ impl Pump {
     /// duplicate of it (closed when the pump is dropped), so the caller
     /// closing its own never leaves the pump reading a reused descriptor.
     /// `pending` are bytes the caller already read past CopyBothResponse.
-    #[cfg(unix)]
     pub fn new(fd: i32, pending: &[u8], store: Arc<Store>, cfg: PumpConfig) -> Result<Pump, String> {
         use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
         if fd < 0 {
@@ -168,9 +167,8 @@ impl Pump {
         }
         let end = loop {
             let mut flush_now = false;
-            match self.consume(&mut r, &mut flush_now) {
-                Err(e) => break Some(e),
-                Ok(()) => {}
+            if let Err(e) = self.consume(&mut r, &mut flush_now) {
+                break Some(e);
             }
             if flush_now || (self.unflushed && self.last_flush.elapsed() >= MAX_UNFLUSHED) {
                 if let Err(e) = self.flush() {
