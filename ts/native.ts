@@ -107,6 +107,28 @@ export interface PumpReport {
   leftover?: Buffer;
 }
 
+/** Opaque handle to a Rust send pump (crates/walcore/src/send_pump.rs). */
+export interface SendPumpHandle {
+  readonly __walcoreSendPump: unique symbol;
+}
+
+/** What one `sendPumpRun` did, and why it returned. */
+export interface SendPumpReport {
+  /** End of the WAL handed to the socket, `tail` included. */
+  sent: Lsn;
+  messages: number;
+  /**
+   * done: reached `end` or spent the budget; full: the socket is full (write
+   * `tail`, run again once written); stopped: sendPumpStop; io: the socket
+   * failed; store: reading the WAL failed (`code` is the WALCORE_… code).
+   */
+  end: 'done' | 'full' | 'stopped' | 'io' | 'store';
+  message?: string;
+  code?: string;
+  /** The unsent rest of the last message: the caller writes it before anything else. */
+  tail?: Buffer;
+}
+
 /** The raw N-API surface (crates/walcore-node/src/exports.rs). */
 export interface NativeBinding {
   version(): string;
@@ -141,6 +163,10 @@ export interface NativeBinding {
   pumpRun(p: PumpHandle, maxMs: number): Promise<PumpReport>;
   pumpStop(p: PumpHandle): void;
   pumpClose(p: PumpHandle): void;
+  sendPumpOpen(fd: number, store: StoreHandle, tli: number, maxSend: number): SendPumpHandle;
+  sendPumpRun(p: SendPumpHandle, start: Lsn, end: Lsn, walEnd: Lsn, budget: number): Promise<SendPumpReport>;
+  sendPumpStop(p: SendPumpHandle): void;
+  sendPumpClose(p: SendPumpHandle): void;
 }
 
 export const BUILD_COMMAND = 'npm run build:native  (napi build --platform --release --no-js)';

@@ -53,6 +53,7 @@ export class NodeMetrics {
       });
     total('walkeeper_wal_received_bytes_total', 'WAL bytes written to this node (from the upstream or peers).', (s) => s.bytesReceived);
     total('walkeeper_wal_sent_bytes_total', 'WAL bytes sent to clients.', (s) => s.bytesSent);
+    total('walkeeper_wal_sent_pumped_bytes_total', 'Of the WAL bytes sent, those the send pump sent (sendfile, to clients catching up).', (s) => s.bytesPumped);
     total('walkeeper_removed_segments_total', 'Segments removed by retention.', (s) => s.removedSegments);
     new Gauge({
       name: 'walkeeper_replicas',

@@ -11,7 +11,11 @@
  * - waiting is on the commit_lsn (or flush_lsn) watch, so new WAL goes out
  *   in the same tick it becomes visible; the 1 s timer only makes keepalives;
  * - two reused message buffers per connection: a slow client holds at most
- *   two messages' worth of memory, a fast one is never throttled by timers.
+ *   two messages' worth of memory, a fast one is never throttled by timers;
+ * - a client more than PUMP_MIN behind is caught up by the Rust send pump
+ *   (sendfile from the segment, on the thread pool): eight replicas catching
+ *   up at once would otherwise all be framed and written on this one thread,
+ *   while PostgreSQL's eight walsenders use every core.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
 import { PgError, ProtocolError, SQLSTATE } from '../pgwire/errors.js';
@@ -29,7 +33,7 @@ import { nextTimelineRows } from '../pgwire/walsender.js';
 import type { Logger } from './log.js';
 import type { Replica } from './replica.js';
 import type { Slot, Stream } from './stream.js';
-import { XLOGDATA_HEADER_SIZE } from './wal_storage.js';
+import { type SendPump, XLOGDATA_HEADER_SIZE } from './wal_storage.js';
 
 export interface SenderConfig {
   /** Idle time after which a keepalive (reply requested) is sent. Neon: POLL_STATE_TIMEOUT 1 s. */
@@ -38,13 +42,25 @@ export interface SenderConfig {
   senderTimeoutMs: number;
   /** Largest XLogData payload (MAX_SEND_SIZE). */
   maxSendSize: number;
+  /** Catch clients up through the Rust send pump where the platform can (Unix, no TLS). Off: WALKEEPER_SEND_PUMP=0. */
+  sendPump: boolean;
 }
 
 export const DEFAULT_SENDER_CONFIG: SenderConfig = {
   keepaliveIntervalMs: 1000,
   senderTimeoutMs: 60_000,
   maxSendSize: 128 * 1024,
+  sendPump: process.env.WALKEEPER_SEND_PUMP !== '0',
 };
+
+/**
+ * A client at least this far behind is served by the send pump. Closer to
+ * the end — a caught-up replica getting each commit — one message framed on
+ * this thread from the page cache costs less than a thread-pool round trip.
+ */
+const PUMP_MIN = 512 * 1024;
+/** Bytes one pump run may send: bounds how long the client's own writes (keepalive replies) wait. */
+const PUMP_BUDGET = 4 * 1024 * 1024;
 
 export interface StartRequest {
   start: Lsn;
@@ -78,6 +94,8 @@ export class WalSender {
   private copyOver = false;
   private readonly log: Logger;
   private readonly historicEnd: Lsn | null;
+  /** Opened at the first catch-up; false once it cannot be used on this connection. */
+  private pump: SendPump | null | false = null;
 
   constructor(
     private readonly stream: Stream,
@@ -151,11 +169,16 @@ export class WalSender {
     this.replica.state = 'catchup';
     const receiving = this.receiveLoop();
     let end: SenderEnd;
+    const stopPump = () => {
+      if (this.pump) this.pump.stop();
+    };
+    void this.conn.closed.then(stopPump);
     try {
       end = await this.sendLoop();
     } finally {
       this.copyOver = true;
       this.conn.interruptRead();
+      if (this.pump) await this.pump.close();
     }
     await receiving.catch(() => undefined);
     return end;
@@ -190,6 +213,13 @@ export class WalSender {
       if (this.endReason) return this.sendEndError(this.endReason.code, this.endReason.message);
       if (this.stopRequested) return this.finishCopy();
       const end = stopAt !== null && stopAt < this.endPtr() ? stopAt : this.endPtr();
+      if (this.sent < end && end - this.sent >= PUMP_MIN && this.pump !== false && this.cfg.sendPump) {
+        const r = await this.pumpSend(end);
+        if (r) return r;
+        idleSince = Date.now();
+        this.maybePing();
+        continue;
+      }
       if (this.sent < end) {
         const i = await this.acquireBuffer();
         if (i < 0) return { kind: 'closed' };
@@ -239,6 +269,57 @@ export class WalSender {
         this.conn.close();
         return { kind: 'closed' };
       }
+    }
+  }
+
+  /**
+   * One send pump run: lend the socket's write side once our own writes
+   * reached the kernel, let the pump send up to `end`, then write the rest
+   * of a message it could not finish and whatever was held back meanwhile.
+   * Waiting for that tail to be written is how a slow client slows us down.
+   * Returns how the copy ended, or null to go on.
+   */
+  private async pumpSend(end: Lsn): Promise<SenderEnd | null> {
+    // Both frame buffers back: every JS write of WAL has been handed to the socket.
+    while (this.busy[0] || this.busy[1]) {
+      if ((await this.acquireBuffer()) < 0) return { kind: 'closed' };
+    }
+    const fd = await this.conn.lendWrites();
+    if (fd === null) {
+      if (this.conn.isClosed) return { kind: 'closed' };
+      this.pump = false; // TLS or no descriptor: the JS path serves this connection
+      return null;
+    }
+    let r;
+    try {
+      if (!this.pump) this.pump = this.stream.store.sendPump(fd, this.req.tli, this.cfg.maxSendSize);
+      r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET);
+    } catch (err) {
+      this.conn.returnWrites();
+      this.log.info({ err: (err as Error).message }, 'send pump unavailable, sending from JS');
+      this.pump = false;
+      return null;
+    }
+    const n = r.sent - this.sent;
+    this.sent = r.sent;
+    this.replica.sentLsn = this.sent;
+    this.stream.bytesSent += Number(n);
+    this.stream.bytesPumped += Number(n);
+    if (r.tail) {
+      const tail = r.tail;
+      await new Promise<void>((resolve) => this.conn.returnWrites(tail, () => resolve()));
+    } else {
+      this.conn.returnWrites();
+    }
+    switch (r.end) {
+      case 'io':
+        this.log.info({ err: r.message, lsn: formatLsn(this.sent) }, 'connection failed while sending WAL');
+        this.conn.close();
+        return { kind: 'closed' };
+      case 'store':
+        return this.readFailed(Object.assign(new Error(r.message), { code: r.code }));
+      default:
+        return null;
     }
   }
 

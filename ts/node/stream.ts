@@ -209,9 +209,10 @@ export class Stream extends EventEmitter {
     this.log.info({ flush_lsn: formatLsn(this.flushLsn) }, 'discarded WAL written after flush_lsn; resuming there');
   }
 
-  /** Counters for metrics: WAL bytes written here, and sent to clients. */
+  /** Counters for metrics: WAL bytes written here, and sent to clients (of those, by the send pump). */
   bytesReceived = 0;
   bytesSent = 0;
+  bytesPumped = 0;
   /** Called with each fsync's duration in seconds (metrics). */
   onFsync: ((seconds: number) => void) | null = null;
 

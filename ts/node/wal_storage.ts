@@ -3,7 +3,7 @@
  * place in TypeScript that touches segment files; ingest appends and
  * flushes, senders frame, start-up scans and truncates.
  */
-import { native, type PumpHandle, type PumpReport, type ScanOptions, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
+import { native, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
 import type { Lsn } from '../lsn.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;
@@ -70,6 +70,15 @@ export class WalStore {
    */
   pump(fd: number, pending: Buffer, o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; endLsn?: Lsn; synchronous?: boolean }): ReceivePump {
     return new ReceivePump(native().pumpOpen(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.endLsn, o.synchronous ?? false));
+  }
+
+  /**
+   * A Rust pump that writes timeline `tli`'s WAL from here to a replication
+   * socket in COPY, as XLogData of at most `maxSend` bytes, with sendfile
+   * (see crates/walcore/src/send_pump.rs). Unix only.
+   */
+  sendPump(fd: number, tli: number, maxSend: number): SendPump {
+    return new SendPump(native().sendPumpOpen(fd, this.h, tli, maxSend));
   }
 
   truncate(lsn: Lsn): Promise<void> {
@@ -142,5 +151,30 @@ export class ReceivePump {
     this.stop();
     await this.running?.catch(() => undefined);
     native().pumpClose(this.h);
+  }
+}
+
+/** A send pump: run() while behind, writing each report's tail before anything else; close() at the end. */
+export class SendPump {
+  private running: Promise<SendPumpReport> | null = null;
+  constructor(private readonly h: SendPumpHandle) {}
+
+  /** Sends [start, end) without blocking, on the thread pool, until done, full, or `budget` bytes. */
+  run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number): Promise<SendPumpReport> {
+    const p = native().sendPumpRun(this.h, start, end, walEnd, budget);
+    this.running = p;
+    return p;
+  }
+
+  /** Makes a running run() return before its next message. */
+  stop(): void {
+    native().sendPumpStop(this.h);
+  }
+
+  /** Closes the pump's duplicate of the socket, after the last run() settled. */
+  async close(): Promise<void> {
+    this.stop();
+    await this.running?.catch(() => undefined);
+    native().sendPumpClose(this.h);
   }
 }

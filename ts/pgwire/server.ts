@@ -173,6 +173,9 @@ export class ServerConnection {
     this.socket.destroy();
     this.raw.destroy();
     this.wakeReader();
+    const w = this.flushedWaiter;
+    this.flushedWaiter = null;
+    w?.();
     this.markClosed();
   }
 
@@ -219,7 +222,69 @@ export class ServerConnection {
       cb?.(new Error('connection closed'));
       return false;
     }
-    return this.socket.write(buf, cb);
+    if (this.writesLent) {
+      this.held.push([buf, cb]);
+      return true;
+    }
+    this.inflight++;
+    return this.socket.write(buf, (err) => {
+      this.inflight--;
+      cb?.(err);
+      if (this.inflight === 0) {
+        const w = this.flushedWaiter;
+        this.flushedWaiter = null;
+        w?.();
+      }
+    });
+  }
+
+  // --- lending the socket's write side ------------------------------------
+
+  /** Writes handed to the socket whose callback has not run yet. */
+  private inflight = 0;
+  private flushedWaiter: (() => void) | null = null;
+  private writesLent = false;
+  /** Writes made while lent, in order, for returnWrites(). */
+  private held: Array<[Buffer, ((err?: Error | null) => void) | undefined]> = [];
+  private closeHeld = false;
+
+  /**
+   * Lends the write side of the socket to a writer on another thread (the
+   * send pump) once everything written so far has reached the kernel, so
+   * that bytes cannot interleave: until returnWrites(), write() holds
+   * messages back (and close() waits) instead of writing. Reading goes on.
+   * Returns the descriptor, or null where none can be lent (TLS, Windows,
+   * a closed connection).
+   */
+  async lendWrites(): Promise<number | null> {
+    for (;;) {
+      if (this.ended || this.writesLent || this.socket !== this.raw) return null;
+      const fd = (this.raw as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      if (typeof fd !== 'number' || fd < 0) return null;
+      if (this.inflight === 0 && this.raw.writableLength === 0) {
+        this.writesLent = true;
+        return fd;
+      }
+      await new Promise<void>((resolve) => (this.flushedWaiter = resolve));
+    }
+  }
+
+  /**
+   * Ends lendWrites(). `tail` — the rest of a message the other writer could
+   * not finish — goes out first (`cb` when the kernel took it), then what was
+   * written meanwhile.
+   */
+  returnWrites(tail?: Buffer, cb?: (err?: Error | null) => void): void {
+    this.writesLent = false;
+    if (tail) this.write(tail, cb);
+    else cb?.();
+    const held = this.held;
+    this.held = [];
+    for (const [b, hcb] of held) this.write(b, hcb);
+    if (this.closeHeld) {
+      this.closeHeld = false;
+      this.close();
+    }
   }
 
   /** Sends an ErrorResponse; a FATAL one also closes the connection, as a backend exiting would. */
@@ -235,6 +300,10 @@ export class ServerConnection {
   /** Flushes what was written, then closes. */
   close(): void {
     if (this.ended) return;
+    if (this.writesLent) {
+      this.closeHeld = true;
+      return;
+    }
     this.socket.end(() => this.finish());
     setTimeout(() => this.finish(), 2000).unref();
   }

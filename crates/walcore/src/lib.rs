@@ -4,8 +4,10 @@
 //! arithmetic and file names, page and record headers, CRC-32C, the scan for
 //! the end of valid WAL, the segment store of one stream directory, the
 //! control file, and XLogData framing for the replication protocol. Sockets,
-//! time and policy live in TypeScript — except the receive pump (`pump`),
-//! which reads a replication socket lent to it once the stream is in COPY;
+//! time and policy live in TypeScript — except the two pumps, which use a
+//! replication socket lent to them once the stream is in COPY: the receive
+//! pump (`pump`) reads WAL into a store, the send pump (`send_pump`) writes a
+//! lagging replica's WAL from one;
 //! this crate has no dependencies so that it builds where the crate registry
 //! cannot be reached.
 
@@ -18,13 +20,15 @@ pub mod page;
 pub mod pump;
 pub mod record;
 pub mod scan;
+#[cfg(unix)]
+pub mod send_pump;
 pub mod source;
 pub mod store;
 pub mod stream_check;
 pub mod sys;
-pub mod xlogdata;
 #[cfg(test)]
 pub mod testwal;
+pub mod xlogdata;
 
 pub use error::{Error, ErrorCode, Result};
 pub use lsn::Lsn;

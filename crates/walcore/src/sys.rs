@@ -80,7 +80,13 @@ mod linux {
     pub const EOPNOTSUPP: i32 = 95;
     pub const ENOSYS: i32 = 38;
     extern "C" {
-        pub fn preadv2(fd: c_int, iov: *const IoVec, iovcnt: c_int, offset: i64, flags: c_int) -> isize;
+        pub fn preadv2(
+            fd: c_int,
+            iov: *const IoVec,
+            iovcnt: c_int,
+            offset: i64,
+            flags: c_int,
+        ) -> isize;
         pub fn posix_fallocate(fd: c_int, offset: i64, len: i64) -> c_int;
     }
 }
@@ -100,9 +106,20 @@ pub fn read_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<No
         }
         let mut done = 0usize;
         while done < buf.len() {
-            let iov = linux::IoVec { base: buf[done..].as_mut_ptr(), len: buf.len() - done };
+            let iov = linux::IoVec {
+                base: buf[done..].as_mut_ptr(),
+                len: buf.len() - done,
+            };
             // SAFETY: iov points into `buf`, which outlives the call.
-            let n = unsafe { linux::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as i64, linux::RWF_NOWAIT) };
+            let n = unsafe {
+                linux::preadv2(
+                    file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as i64,
+                    linux::RWF_NOWAIT,
+                )
+            };
             if n > 0 {
                 done += n as usize;
                 continue;
@@ -177,6 +194,16 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
 /// Waits until `sock` is readable (or hung up) or `timeout` has passed.
 #[cfg(unix)]
 pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
+    poll_one(sock, 1, timeout)
+}
+
+/// poll(2) on one socket for `events` (POLLIN 1, POLLOUT 4).
+#[cfg(unix)]
+fn poll_one(
+    sock: &std::net::TcpStream,
+    events: std::ffi::c_short,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
     use std::ffi::{c_int, c_short};
     use std::os::fd::AsRawFd;
     #[repr(C)]
@@ -192,8 +219,11 @@ pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -
     extern "C" {
         fn poll(fds: *mut PollFd, nfds: NFds, timeout: c_int) -> c_int;
     }
-    const POLLIN: c_short = 1;
-    let mut p = PollFd { fd: sock.as_raw_fd(), events: POLLIN, revents: 0 };
+    let mut p = PollFd {
+        fd: sock.as_raw_fd(),
+        events,
+        revents: 0,
+    };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { poll(&mut p, 1, ms) };
@@ -204,4 +234,94 @@ pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -
         }
     }
     Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+mod linux_net {
+    use std::ffi::c_int;
+    pub const MSG_NOSIGNAL: c_int = 0x4000;
+    pub const MSG_MORE: c_int = 0x8000;
+    extern "C" {
+        pub fn send(fd: c_int, buf: *const u8, len: usize, flags: c_int) -> isize;
+        pub fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut i64, count: usize) -> isize;
+    }
+}
+
+/// One non-blocking `send` on a socket in non-blocking mode. `more`: more
+/// bytes follow at once (MSG_MORE), so that a message header and the
+/// `send_file` of its payload leave in one segment even with TCP_NODELAY.
+/// Never raises SIGPIPE.
+#[cfg(unix)]
+pub fn send_some(sock: &std::net::TcpStream, buf: &[u8], more: bool) -> io::Result<usize> {
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    {
+        use std::os::fd::AsRawFd;
+        let flags = linux_net::MSG_NOSIGNAL | if more { linux_net::MSG_MORE } else { 0 };
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes during the call.
+            let n = unsafe { linux_net::send(sock.as_raw_fd(), buf.as_ptr(), buf.len(), flags) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    {
+        use std::io::Write;
+        let _ = more;
+        let mut s = sock;
+        s.write(buf)
+    }
+}
+
+/// Sends up to `count` bytes of `file` from `offset` to `sock` without
+/// copying them through user memory (Linux `sendfile`). Ok(0) means the file
+/// ends before `offset`. Err(Unsupported) where the kernel or platform cannot
+/// (the caller then reads and sends).
+#[cfg(unix)]
+pub fn send_file(
+    sock: &std::net::TcpStream,
+    file: &File,
+    offset: u64,
+    count: usize,
+) -> io::Result<usize> {
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    {
+        use std::os::fd::AsRawFd;
+        const EINVAL: i32 = 22;
+        const ENOSYS: i32 = 38;
+        const EOPNOTSUPP: i32 = 95;
+        let mut off = offset as i64;
+        loop {
+            // SAFETY: plain syscall on descriptors the caller keeps open; `off` outlives it.
+            let n =
+                unsafe { linux_net::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                _ if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(EINVAL) | Some(ENOSYS) | Some(EOPNOTSUPP) => {
+                    return Err(io::ErrorKind::Unsupported.into())
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    {
+        let _ = (sock, file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Waits until `sock` can take more bytes (or hung up) or `timeout` has passed.
+#[cfg(unix)]
+pub fn wait_writable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
+    poll_one(sock, 4, timeout)
 }

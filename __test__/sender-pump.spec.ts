@@ -1,0 +1,152 @@
+// The send pump (crates/walcore/src/send_pump.rs) against the JS path it
+// stands in for while a client catches up: the same messages with the same
+// bytes, a client's own traffic (reply requests) around it without a torn
+// message, a slow client, a client that goes away, and a segment that is gone.
+
+import test from 'ava';
+
+import { formatLsn } from '../ts/index.js';
+import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
+import { PgError } from '../ts/pgwire/errors.js';
+import { FIXTURE_SEG as SEG, makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
+
+let fx: WalFixture;
+let pumped: TestNode;
+let plain: TestNode;
+
+test.before(async () => {
+  fx = await makeWalFixture({ minBytes: 12 * SEG });
+  [pumped, plain] = await Promise.all([
+    startTestNode({ importFrom: fx.walDir, sender: { sendPump: true } }),
+    startTestNode({ importFrom: fx.walDir, sender: { sendPump: false } }),
+  ]);
+});
+
+test.after.always(async () => {
+  await Promise.all([pumped?.stop(), plain?.stop()]);
+  await fx?.destroy();
+});
+
+function connect(n: TestNode, applicationName = 'pumptest'): Promise<ReplicationClient> {
+  return ReplicationClient.connect({ host: n.host, port: n.port, applicationName });
+}
+
+interface Got {
+  /** [start, length] of every XLogData, in order. */
+  messages: [bigint, number][];
+  chunks: Buffer[];
+  last: bigint;
+  keepalives: number;
+  replies: number;
+}
+
+/** Collects a copy's XLogData, failing on a gap; `onData` runs after each. */
+function collect(copy: CopyBoth, start: bigint, onData?: (got: Got) => void): Got {
+  const got: Got = { messages: [], chunks: [], last: start, keepalives: 0, replies: 0 };
+  copy.onXLogData = (m) => {
+    if (m.start !== got.last) throw new Error(`gap: ${formatLsn(m.start)} after ${formatLsn(got.last)}`);
+    got.messages.push([m.start, m.data.length]);
+    got.chunks.push(Buffer.from(m.data));
+    got.last = m.start + BigInt(m.data.length);
+    onData?.(got);
+  };
+  copy.onKeepalive = (k) => {
+    got.keepalives++;
+    if (!k.replyRequested) got.replies++;
+  };
+  return got;
+}
+
+async function streamAll(n: TestNode): Promise<Got> {
+  const c = await connect(n);
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(fx.firstLsn)} TIMELINE 1`);
+  const got = collect(copy, fx.firstLsn);
+  await until(() => got.last >= fx.end, `WAL up to ${formatLsn(fx.end)}`, 30_000);
+  const end = await copy.end();
+  await c.close();
+  if (end.reason !== 'clientEnd') throw new Error(`copy ended with ${end.reason}: ${end.error?.message}`);
+  return got;
+}
+
+test.serial('catching up through the send pump: the same XLogData messages as the JS path, byte-identical to the primary', async (t) => {
+  const before = pumped.node.stream().bytesPumped;
+  const [a, b] = await Promise.all([streamAll(pumped), streamAll(plain)]);
+  const wal = await fx.bytes();
+  t.true(Buffer.concat(a.chunks).equals(wal), 'the pump sends the primary bytes');
+  t.true(Buffer.concat(b.chunks).equals(wal), 'the JS path sends the primary bytes');
+  t.is(a.messages.length, b.messages.length);
+  t.deepEqual(a.messages, b.messages, 'message boundaries are the same: a client cannot tell the two apart');
+  // The pump did the catching up; the node without it never used it.
+  const pumpedBytes = pumped.node.stream().bytesPumped - before;
+  t.true(pumpedBytes > wal.length / 2, `${pumpedBytes} of ${wal.length} bytes pumped`);
+  t.is(plain.node.stream().bytesPumped, 0);
+  const metrics = await (await fetch(`${pumped.httpUrl}/metrics`)).text();
+  t.regex(metrics, /walkeeper_wal_sent_pumped_bytes_total\{stream="main",node_id="\d+"\} [1-9]\d*/);
+});
+
+test.serial('a slow client asking for a reply after every message gets each one whole, between messages, while the pump runs', async (t) => {
+  const c = await connect(pumped, 'slowreader');
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(fx.firstLsn)} TIMELINE 1`);
+  let asked = 0;
+  let sinceNap = 0;
+  const got = collect(copy, fx.firstLsn, (g) => {
+    copy.sendStatus({ write: g.last, flush: g.last, apply: g.last, replyRequested: true });
+    asked++;
+    // Stop reading now and then, so that the node's socket fills up in the
+    // middle of a message and the pump hands the rest back to the JS side.
+    sinceNap += g.messages.at(-1)![1];
+    if (sinceNap >= 2 * 1024 * 1024) {
+      sinceNap = 0;
+      copy.pause();
+      setTimeout(() => copy.resume(), 30);
+    }
+  });
+  await until(() => got.last >= fx.end && got.replies >= asked, 'all the WAL and a reply to every request', 60_000);
+  t.true(Buffer.concat(got.chunks).equals(await fx.bytes()));
+  t.is(got.replies, asked, 'one reply per request, none torn or lost');
+  t.true(asked > 50, `${asked} requests`);
+  const end = await copy.end();
+  t.is(end.reason, 'clientEnd');
+  t.deepEqual(end.tags, ['START_STREAMING', 'START_REPLICATION']);
+  await c.close();
+  await until(() => pumped.node.stream().replicas.size === 0, 'the replica unregistered');
+});
+
+test.serial('a client that goes away in mid catch-up leaves the node serving the others', async (t) => {
+  const quitters = await Promise.all([0, 1, 2].map(() => connect(pumped, 'quitter')));
+  for (const q of quitters) {
+    const copy = q.startReplication(`START_REPLICATION ${formatLsn(fx.firstLsn)} TIMELINE 1`);
+    collect(copy, fx.firstLsn, (g) => {
+      if (g.messages.length === 3) q.destroy();
+    });
+  }
+  const got = await streamAll(pumped);
+  t.true(Buffer.concat(got.chunks).equals(await fx.bytes()));
+  await until(() => pumped.node.stream().replicas.size === 0, 'every replica unregistered');
+  t.false(pumped.logs.some((l) => l.level !== undefined && (l.level as number) >= 50), 'no error logged');
+});
+
+// Last: it removes segments from the pumped node.
+test.serial('a segment removed while a paused client catches up ends its copy with 58P01 from inside the copy, as PostgreSQL does', async (t) => {
+  const s = pumped.node.stream();
+  const first = Number(fx.firstLsn / BigInt(SEG));
+  const c = await connect(pumped);
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(fx.firstLsn)} TIMELINE 1`);
+  const got = collect(copy, fx.firstLsn, () => copy.pause());
+  await until(() => got.messages.length > 0, 'the first message');
+  // The node has filled the socket and waits on the client; meanwhile the
+  // segments after the one it is sending go away.
+  await new Promise((r) => setTimeout(r, 100));
+  await s.store.removeBelow(first + 6);
+  copy.onXLogData = (m) => {
+    got.last = m.start + BigInt(m.data.length);
+  };
+  copy.resume();
+  const e = await t.throwsAsync(copy.done);
+  t.true(e instanceof PgError, String(e));
+  t.is((e as PgError).code, '58P01');
+  t.regex(e!.message, /^requested WAL segment [0-9A-F]{24} has already been removed$/);
+  t.true(got.last <= fx.firstLsn + BigInt(6 * SEG), `stopped at ${formatLsn(got.last)}: nothing from the removed range past what was in flight`);
+  t.is(formatLsn((await c.identifySystem()).xlogpos), formatLsn(fx.end), 'the connection takes commands again');
+  await c.close();
+});
