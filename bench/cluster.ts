@@ -129,7 +129,8 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       await direct.close();
       await viaNode.close();
     }
-    const cpuMs = process.platform === 'linux' ? cpu().map((c, i) => ((c - cpu0[i]!) * 10) / (commits + 50)) : [];
+    const cpuMs = process.platform === "linux" ? cpu().map((c, i) => ((c - cpu0[i]!) * 10) / (commits + 50)) : [];
+    if (process.env.BENCH_CPU_SPLIT) for (const n of nodes) log(`pid ${n.pid} utime/stime ticks: ${readFileSync(`/proc/${n.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).join(" ")} threads: ${readFileSync(`/proc/${n.pid}/status`, "utf8").match(/Threads:\s+(\d+)/)![1]}`);
     record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), better: 'lower', chart: 'latency' });
     record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 2 ms', better: 'lower', chart: 'latency' });
     const line = (name: string, xs: number[]) => `${name}: median ${pct(xs, 50).toFixed(3)} ms, p99 ${pct(xs, 99).toFixed(3)} ms`;

@@ -186,22 +186,37 @@ export function createHttpServer(node: HttpNodeView): http.Server {
           // moves, and at least every 250 ms as a heartbeat. A held-open
           // response saves the peer a request per flush, which a
           // synchronous commit waiting on the quorum would feel.
+          //
+          // The line is written from inside the flush notification and
+          // leaves at once (uncork), so that on a node whose ingest then
+          // acknowledges the flush upstream, the peers hear of it first:
+          // their commit_lsn waits on it, and the 'r' to the primary would
+          // otherwise wake the walsender and be preempted by it on a busy
+          // machine.
           res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-          let closed = false;
-          let cancel: () => void = () => undefined;
-          res.on('close', () => {
-            closed = true;
-            cancel();
-          });
-          void (async () => {
-            while (!closed && !res.destroyed) {
-              const seen = s.flushLsn;
-              if (!res.write(`${JSON.stringify(memberStatusJson(node, s))}\n`)) await new Promise((r) => res.once('drain', r));
-              const w = s.flushWatch.waitAbove(seen, 250);
-              cancel = w.cancel;
-              await w.promise;
+          let backlogged = false;
+          let lastAt = 0;
+          const push = (): void => {
+            if (res.destroyed || backlogged) return;
+            lastAt = Date.now();
+            if (!res.write(`${JSON.stringify(memberStatusJson(node, s))}\n`)) {
+              backlogged = true;
+              res.once('drain', () => {
+                backlogged = false;
+                push();
+              });
             }
-          })();
+            res.socket?.uncork();
+          };
+          const unlisten = s.flushWatch.listen(push);
+          const heartbeat = setInterval(() => {
+            if (Date.now() - lastAt >= 200) push();
+          }, 250);
+          res.on('close', () => {
+            unlisten();
+            clearInterval(heartbeat);
+          });
+          push();
           return;
         }
         if (parts.length === 4 && method === 'GET' && parts[3] === 'history') {

@@ -263,7 +263,7 @@ export class WalkeeperNode {
     const quorum = new Quorum(s, { nodeId: this.nodeId }, { peers: peers ?? [], membershipKnown: peers !== null });
     this.quorums.set(s.name, quorum);
     // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
-    s.commitWatch.onRaise = () => b.changed(s.name);
+    s.commitWatch.listen(() => b.changed(s.name));
     s.onFsync = (secs) => this.metrics.fsync(s.name, secs);
     const lock = new WriterLock();
     this.writers.set(s.name, lock);

@@ -15,9 +15,7 @@ export type WaitResult = 'advanced' | 'timeout' | 'cancelled';
 
 export class LsnWatch {
   private waiters = new Set<Waiter>();
-
-  /** Called after every raise (e.g. to publish the new value). */
-  onRaise: ((lsn: Lsn) => void) | null = null;
+  private listeners = new Set<(lsn: Lsn) => void>();
 
   constructor(private current: Lsn = 0n) {}
 
@@ -32,8 +30,19 @@ export class LsnWatch {
     for (const w of this.waiters) {
       if (lsn > w.above) this.settle(w, 'advanced');
     }
-    this.onRaise?.(lsn);
+    for (const l of this.listeners) l(lsn);
     return true;
+  }
+
+  /**
+   * Calls `fn` synchronously on every raise, before the caller of set() goes
+   * on (waiters only run at the next microtask): for work that must leave
+   * the process first, such as telling the peers about a flush before the
+   * ingest acknowledges it upstream. Returns the unsubscribe function.
+   */
+  listen(fn: (lsn: Lsn) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   /**
