@@ -14,7 +14,7 @@
  * tmpfs, mounted as root or through sudo) filled up for 5 s and freed.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -77,7 +77,7 @@ async function main(): Promise<number> {
     });
     for (let i = 1; i <= 3; i++) {
       const dataDir = i === 3 && mounted ? path.join(small, 'n3') : path.join(tmp.path, `n${i}`);
-      const n = new NodeProcess({ dataDir, nodeId: i, upstream: `host=127.0.0.1 port=${proxies[i - 1]!.port} user=postgres`, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
+      const n = new NodeProcess({ dataDir, nodeId: i, upstream: `host=127.0.0.1 port=${proxies[i - 1]!.port} user=postgres`, env: { WALKEEPER_LOG_LEVEL: process.env.WALKEEPER_LOG_LEVEL ?? 'warn' } });
       n.pgPort = await freePort();
       n.httpPort = await freePort();
       nodes.push(n);
@@ -110,7 +110,10 @@ async function main(): Promise<number> {
     for (const name of ['a', 'b']) {
       const dir = path.join(tmp.path, `received-${name}`);
       const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'receive', '--nodes', nodes.map((n) => n.httpUrl).join(','), '-D', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
-      proc.stderr!.on('data', (b: Buffer) => b.toString().split('\n').filter((l) => /streaming from/.test(l)).forEach((l) => log(`receiver ${name}: ${l.replace(/^walkeeper receive: /, '')}`)));
+      proc.stderr!.on('data', (b: Buffer) => {
+        if (process.env.SOAK_LOG_DIR) appendFileSync(path.join(process.env.SOAK_LOG_DIR, `receiver-${name}.log`), b);
+        b.toString().split('\n').filter((l) => /streaming from/.test(l)).forEach((l) => log(`receiver ${name}: ${l.replace(/^walkeeper receive: /, '')}`));
+      });
       receivers.push({ dir, proc });
     }
 
@@ -220,6 +223,8 @@ async function main(): Promise<number> {
     for (const r of receivers) r.proc.kill('SIGINT');
     await standby?.destroy().catch(() => undefined);
     await Promise.all(nodes.map((n) => n.stop()));
+    // SOAK_LOG_DIR=DIR keeps each node's output (all its runs) for a look afterwards.
+    if (process.env.SOAK_LOG_DIR) for (const n of nodes) writeFileSync(path.join(process.env.SOAK_LOG_DIR, `node${n.opts.nodeId}.log`), n.output);
     await pg.destroy();
     for (const c of cleanups) {
       try {

@@ -62,6 +62,33 @@ const PUMP_MIN = 512 * 1024;
 /** Bytes one pump run may send: bounds how long the client's own writes (keepalive replies) wait. */
 const PUMP_BUDGET = 4 * 1024 * 1024;
 
+/**
+ * Pump runs share libuv's thread pool with the ingest's appends and fsyncs,
+ * which a synchronous commit waits on: however many clients catch up at
+ * once, their runs take turns on all but two of its threads (at least one).
+ * Two runs at a time already keep two cores busy.
+ */
+class Slots {
+  private free: number;
+  private readonly queue: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async acquire(): Promise<() => void> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.queue.push(resolve));
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const next = this.queue.shift();
+      if (next) next();
+      else this.free++;
+    };
+  }
+}
+const pumpSlots = new Slots(Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2));
+
 export interface StartRequest {
   start: Lsn;
   tli: number;
@@ -280,10 +307,7 @@ export class WalSender {
    * Returns how the copy ended, or null to go on.
    */
   private async pumpSend(end: Lsn): Promise<SenderEnd | null> {
-    // Both frame buffers back: every JS write of WAL has been handed to the socket.
-    while (this.busy[0] || this.busy[1]) {
-      if ((await this.acquireBuffer()) < 0) return { kind: 'closed' };
-    }
+    // (lendWrites waits for every earlier write's callback, the frame buffers' releases included)
     const fd = await this.conn.lendWrites();
     if (fd === null) {
       if (this.conn.isClosed) return { kind: 'closed' };
@@ -291,6 +315,7 @@ export class WalSender {
       return null;
     }
     let r;
+    const release = await pumpSlots.acquire();
     try {
       if (!this.pump) this.pump = this.stream.store.sendPump(fd, this.req.tli, this.cfg.maxSendSize);
       r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET);
@@ -299,6 +324,8 @@ export class WalSender {
       this.log.info({ err: (err as Error).message }, 'send pump unavailable, sending from JS');
       this.pump = false;
       return null;
+    } finally {
+      release();
     }
     const n = r.sent - this.sent;
     this.sent = r.sent;

@@ -257,16 +257,12 @@ export class ServerConnection {
    * a closed connection).
    */
   async lendWrites(): Promise<number | null> {
-    for (;;) {
-      if (this.ended || this.writesLent || this.socket !== this.raw) return null;
-      const fd = (this.raw as unknown as { _handle?: { fd?: number } })._handle?.fd;
-      if (typeof fd !== 'number' || fd < 0) return null;
-      if (this.inflight === 0 && this.raw.writableLength === 0) {
-        this.writesLent = true;
-        return fd;
-      }
-      await new Promise<void>((resolve) => (this.flushedWaiter = resolve));
-    }
+    while (this.inflight > 0 && !this.ended) await new Promise<void>((resolve) => (this.flushedWaiter = resolve));
+    if (this.ended || this.writesLent || this.socket !== this.raw || this.raw.writableLength > 0) return null;
+    const fd = (this.raw as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return null;
+    this.writesLent = true;
+    return fd;
   }
 
   /**
