@@ -15,7 +15,7 @@ let pumped: TestNode;
 let plain: TestNode;
 
 test.before(async () => {
-  fx = await makeWalFixture({ minBytes: 12 * SEG });
+  fx = await makeWalFixture({ minBytes: 16 * SEG });
   [pumped, plain] = await Promise.all([
     startTestNode({ importFrom: fx.walDir, sender: { sendPump: true } }),
     startTestNode({ importFrom: fx.walDir, sender: { sendPump: false } }),
@@ -124,6 +124,46 @@ test.serial('a client that goes away in mid catch-up leaves the node serving the
   t.true(Buffer.concat(got.chunks).equals(await fx.bytes()));
   await until(() => pumped.node.stream().replicas.size === 0, 'every replica unregistered');
   t.false(pumped.logs.some((l) => l.level !== undefined && (l.level as number) >= 50), 'no error logged');
+});
+
+test.serial('a client the JS path was serving in small steps, with writes still in flight, moves to the pump when far behind', async (t) => {
+  // commit_lsn is raised by hand here: in steps below the pump's threshold
+  // while the client does not read (both JS frame buffers end up waiting on
+  // the socket), then all at once.
+  const n = await startTestNode({ importFrom: await fx.prefixDir(4) });
+  t.teardown(() => n.stop());
+  const s = n.node.stream();
+  const a = s.commitLsn;
+  const wal = await fx.bytes();
+  await s.appendWal(a, wal.subarray(Number(a - fx.firstLsn)));
+  const e = await s.flushWal();
+  const c = await connect(n);
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(a)} TIMELINE 1`);
+  const got = collect(copy, a);
+  await until(() => s.commitWatch.waiting > 0, 'the sender to wait at commit_lsn');
+  copy.pause();
+  // Small steps until the socket is full and the sender waits on its writes.
+  const sent = () => s.replicas.list()[0]!.sentLsn;
+  let stuck = 0;
+  for (let at = a; stuck < 5; ) {
+    if (at + 64n * 1024n + 1024n * 1024n > e) throw new Error('the socket never filled up');
+    at += 64n * 1024n;
+    s.setCommitLsn(at);
+    const before = sent();
+    await new Promise((r) => setTimeout(r, 10));
+    stuck = sent() === before && at - before > 128n * 1024n ? stuck + 1 : 0;
+  }
+  t.true(s.bytesPumped === 0, 'so far the JS path');
+  s.setCommitLsn(e);
+  await new Promise((r) => setTimeout(r, 50));
+  copy.resume();
+  await until(() => got.last >= e, `WAL up to ${formatLsn(e)}`, 30_000);
+  t.true(Buffer.concat(got.chunks).equals(wal.subarray(Number(a - fx.firstLsn))), 'byte-identical, nothing twice, nothing skipped');
+  t.true(s.bytesPumped > 0, 'the pump took over');
+  // The node's event loop kept running throughout (its HTTP answers).
+  t.is((await fetch(`${n.httpUrl}/v1/streams/main`)).status, 200);
+  await copy.end();
+  await c.close();
 });
 
 // Last: it removes segments from the pumped node.
