@@ -141,10 +141,11 @@ async function main() {
         log(`round ${r + 1}: ${s.name} done`);
       }
     }
-    // Fan-out: N consumers at once; aggregate throughput; the node's memory meanwhile.
+    // Fan-out: N consumers at once, each server `rounds` times, alternating;
+    // aggregate throughput; the node's memory meanwhile.
     const idleRss = await rssKiB(nodePid);
     let peakDuring = idleRss;
-    for (const s of servers) {
+    for (let r = 0; r < rounds; r++) for (const s of servers) {
       const sampler = setInterval(() => {
         if (s.port === nodePort) void rssKiB(nodePid).then((k) => (peakDuring = Math.max(peakDuring, k)));
       }, 20);
@@ -161,7 +162,7 @@ async function main() {
     const peakRss = await rssKiB(nodePid, 'VmHWM');
 
     const lines: string[] = [];
-    lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds (fan-out: one run)`);
+    lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds`);
     lines.push(`machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
     lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio`);
     for (const [what, by] of Object.entries(res)) {
