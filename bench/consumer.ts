@@ -20,6 +20,8 @@ export interface ConsumeResult {
   /** When streaming started and ended (ms since the epoch, for aggregating over processes). */
   startedAt: number;
   endedAt: number;
+  /** CPU (user + system) this process used while streaming, in seconds. */
+  cpuSeconds: number;
 }
 
 /**
@@ -34,6 +36,7 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
     let bytes = 0;
     let t0 = 0n;
     let startedAt = 0;
+    let cpu0 = process.cpuUsage();
     // Message state: the 5-byte type+length header, then the body.
     const head = Buffer.alloc(5 + 64);
     let headHave = 0;
@@ -61,7 +64,8 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
             const secs = Number(process.hrtime.bigint() - t0) / 1e9;
             phase = 'done';
             sock.end(Buffer.concat([frontend.copyDone(), frontend.terminate()]));
-            resolve({ bytes, seconds: secs, startedAt, endedAt: performance.timeOrigin + performance.now() });
+            const cpu = process.cpuUsage(cpu0);
+            resolve({ bytes, seconds: secs, startedAt, endedAt: performance.timeOrigin + performance.now(), cpuSeconds: (cpu.user + cpu.system) / 1e6 });
           }
         } else if (tag === 0x6b && small[17] === 1) {
           sock.write(standbyStatus({ write: received, flush: received, apply: received, replyRequested: false }));
@@ -71,6 +75,7 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
         const go = () => {
           t0 = process.hrtime.bigint();
           startedAt = performance.timeOrigin + performance.now();
+          cpu0 = process.cpuUsage();
           sock.write(frontend.query(`START_REPLICATION ${formatLsn(start)} TIMELINE 1`));
         };
         if (gate) gate().then(go, fail);

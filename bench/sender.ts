@@ -34,7 +34,7 @@ interface ConsumerRun {
   /** Resolves once the consumer is connected and waits for go() (gated runs only). */
   ready: Promise<void>;
   go(): void;
-  done: Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number }>;
+  done: Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number; cpuSeconds: number }>;
 }
 
 /** bench/consumer.ts in its own process; `gated`: it streams only after go(). */
@@ -53,7 +53,7 @@ function startConsumer(port: number, start: bigint, end: bigint, app: string, ga
     if (out.startsWith('ready\n')) onReady();
   });
   p.stderr.on('data', (b: Buffer) => (err += b));
-  const done = new Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number }>((resolve, reject) =>
+  const done = new Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number; cpuSeconds: number }>((resolve, reject) =>
     p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1)!)) : reject(new Error(err || `consumer exited ${code}`)))),
   );
   done.catch(() => onReady());
@@ -157,7 +157,10 @@ async function main() {
       const all = await Promise.all(runs.map((c) => c.done));
       clearInterval(sampler);
       const secs = (Math.max(...all.map((c) => c.endedAt)) - Math.min(...all.map((c) => c.startedAt))) / 1000;
-      add(s.name, `${fanout} discarding consumers (aggregate)`, all.reduce((a, c) => a + c.bytes, 0) / 1048576 / secs);
+      const bytes = all.reduce((a, c) => a + c.bytes, 0);
+      add(s.name, `${fanout} discarding consumers (aggregate)`, bytes / 1048576 / secs);
+      // Where the two cores went: the consumers are the same program for both servers.
+      log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s; the consumers used ${((all.reduce((a, c) => a + c.cpuSeconds, 0) / bytes) * 2 ** 30).toFixed(3)} CPU s per GiB`);
     }
     const peakRss = await rssKiB(nodePid, 'VmHWM');
 
