@@ -164,7 +164,7 @@ export interface NativeBinding {
   pumpStop(p: PumpHandle): void;
   pumpClose(p: PumpHandle): void;
   sendPumpOpen(fd: number, store: StoreHandle, tli: number, maxSend: number): SendPumpHandle;
-  sendPumpRun(p: SendPumpHandle, start: Lsn, end: Lsn, walEnd: Lsn, budget: number): Promise<SendPumpReport>;
+  sendPumpRun(p: SendPumpHandle, start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy?: boolean): Promise<SendPumpReport>;
   sendPumpStop(p: SendPumpHandle): void;
   sendPumpClose(p: SendPumpHandle): void;
 }

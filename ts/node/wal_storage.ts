@@ -159,9 +159,12 @@ export class SendPump {
   private running: Promise<SendPumpReport> | null = null;
   constructor(private readonly h: SendPumpHandle) {}
 
-  /** Sends [start, end) without blocking, on the thread pool, until done, full, or `budget` bytes. */
-  run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number): Promise<SendPumpReport> {
-    const p = native().sendPumpRun(this.h, start, end, walEnd, budget);
+  /**
+   * Sends [start, end) without blocking, on the thread pool, until done,
+   * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs).
+   */
+  run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean): Promise<SendPumpReport> {
+    const p = native().sendPumpRun(this.h, start, end, walEnd, budget, zeroCopy);
     this.running = p;
     return p;
   }

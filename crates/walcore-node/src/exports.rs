@@ -581,7 +581,7 @@ fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     env.external(Arc::new(PumpHandle::new(pump)), &SEND_PUMP_TAG)
 }
 
-/// `sendPumpRun(pump, start, end, walEnd, budget): Promise<SendPumpReport>` —
+/// `sendPumpRun(pump, start, end, walEnd, budget, zeroCopy?): Promise<SendPumpReport>` —
 /// writes without blocking on the thread pool (see walcore::send_pump).
 #[cfg(unix)]
 fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
@@ -591,6 +591,7 @@ fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         end: lsn_arg(args, 2, "end")?,
         wal_end: lsn_arg(args, 3, "walEnd")?,
         budget: args.u32(4, "budget")? as usize,
+        zero_copy: args.opt_bool(5, "zeroCopy")?.unwrap_or(true),
     };
     spawn(
         env,
