@@ -17,27 +17,15 @@ use walcore::store::Store;
 use walcore::xlogdata::{self, FrameRequest, DEFAULT_MAX_SEND};
 use walcore::{control, crc32c, Lsn};
 
-use crate::napi::{
-    napi_type_tag, napi_value, spawn, spawn_with_buffers, BufferRef, CallArgs, Env, JsError,
-    JsResult,
-};
+use crate::napi::{napi_type_tag, napi_value, spawn, spawn_with_buffers, BufferRef, CallArgs, Env, JsError, JsResult};
 
 /// Tag of receive pump handles.
-static PUMP_TAG: napi_type_tag = napi_type_tag {
-    lower: 0x7761_6c6b_6565_7065,
-    upper: 0x7270_756d_7000_0001,
-};
+static PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7270_756d_7000_0001 };
 /// Tag of send pump handles.
-static SEND_PUMP_TAG: napi_type_tag = napi_type_tag {
-    lower: 0x7761_6c6b_6565_7065,
-    upper: 0x7370_756d_7000_0001,
-};
+static SEND_PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7370_756d_7000_0001 };
 
 /// Tag of store handles, so that no other external can be passed as one.
-static STORE_TAG: napi_type_tag = napi_type_tag {
-    lower: 0x7761_6c6b_6565_7065,
-    upper: 0x7273_746f_7265_0001,
-};
+static STORE_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7273_746f_7265_0001 };
 
 fn range_error(msg: impl Into<String>) -> JsError {
     JsError::range_error(msg).with_code(crate::napi::OUT_OF_RANGE_CODE)
@@ -93,11 +81,7 @@ pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
 fn test_panic(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let msg = args.string(0, "message")?;
     if args.opt_bool(1, "async")?.unwrap_or(false) {
-        return spawn(
-            env,
-            move || -> JsResult<()> { panic!("{msg}") },
-            |env, ()| env.undefined(),
-        );
+        return spawn(env, move || -> JsResult<()> { panic!("{msg}") }, |env, ()| env.undefined());
     }
     panic!("{msg}");
 }
@@ -146,11 +130,10 @@ fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let system_id = args.opt_bigint_u64(6, "systemId")?;
     let magic = match args.opt_u32(7, "pgVersion")? {
         None => None,
-        Some(v) => Some(walcore::page::magic_for_pg_version(v).ok_or_else(|| {
-            range_error(format!(
-                "PostgreSQL {v} WAL is not supported (15, 16 and 17 are)"
-            ))
-        })?),
+        Some(v) => Some(
+            walcore::page::magic_for_pg_version(v)
+                .ok_or_else(|| range_error(format!("PostgreSQL {v} WAL is not supported (15, 16 and 17 are)")))?,
+        ),
     };
     spawn(
         env,
@@ -158,17 +141,12 @@ fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
             let src = DirSource::open(&dir, tli, seg).map_err(js_err)?;
             let opts = ScanOptions {
                 start,
-                kind: if search {
-                    StartKind::Search
-                } else {
-                    StartKind::Record
-                },
+                kind: if search { StartKind::Search } else { StartKind::Record },
                 prev,
                 system_id,
                 magic,
             };
-            find_end_of_wal(&src, &opts)
-                .map_err(|e| js_err(e.context(format!("scanning {} from {start}", dir.display()))))
+            find_end_of_wal(&src, &opts).map_err(|e| js_err(e.context(format!("scanning {} from {start}", dir.display()))))
         },
         |env, r| {
             let o = env.object()?;
@@ -178,16 +156,8 @@ fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
             env.set(o, "records", env.number(r.records as f64)?)?;
             env.set(o, "stopReason", env.string(&r.stop_reason)?)?;
             env.set(o, "stopLsn", env.bigint(r.stop_lsn.0)?)?;
-            env.set(
-                o,
-                "pgVersion",
-                r.pg_version.map_or_else(|| env.null(), |v| env.u32(v))?,
-            )?;
-            env.set(
-                o,
-                "systemId",
-                r.system_id.map_or_else(|| env.null(), |v| env.bigint(v))?,
-            )?;
+            env.set(o, "pgVersion", r.pg_version.map_or_else(|| env.null(), |v| env.u32(v))?)?;
+            env.set(o, "systemId", r.system_id.map_or_else(|| env.null(), |v| env.bigint(v))?)?;
             env.set(o, "tli", r.tli.map_or_else(|| env.null(), |v| env.u32(v))?)?;
             Ok(o)
         },
@@ -197,14 +167,10 @@ fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 /// `controlRead(path): Promise<Buffer | null>`
 fn control_read(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let path = PathBuf::from(args.string(0, "path")?);
-    spawn(
-        env,
-        move || control::read(&path).map_err(js_err),
-        |env, payload| match payload {
-            Some(p) => env.buffer(&p),
-            None => env.null(),
-        },
-    )
+    spawn(env, move || control::read(&path).map_err(js_err), |env, payload| match payload {
+        Some(p) => env.buffer(&p),
+        None => env.null(),
+    })
 }
 
 /// `controlWrite(path, payload: Buffer): Promise<void>`
@@ -212,11 +178,7 @@ fn control_write(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let path = PathBuf::from(args.string(0, "path")?);
     // The payload is small: copy it, so JS may reuse its buffer at once.
     let payload = args.buffer(1, "payload")?.to_vec();
-    spawn(
-        env,
-        move || control::write(&path, &payload).map_err(js_err),
-        |env, ()| env.undefined(),
-    )
+    spawn(env, move || control::write(&path, &payload).map_err(js_err), |env, ()| env.undefined())
 }
 
 fn store_arg(args: &CallArgs) -> JsResult<Arc<Store>> {
@@ -228,11 +190,9 @@ fn store_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let dir = PathBuf::from(args.string(0, "dir")?);
     let seg = seg_size_arg(args, 1)?;
     let tli = tli_arg(args, 2)?;
-    spawn(
-        env,
-        move || Store::open(&dir, seg, tli).map(Arc::new).map_err(js_err),
-        |env, store| env.external(store, &STORE_TAG),
-    )
+    spawn(env, move || Store::open(&dir, seg, tli).map(Arc::new).map_err(js_err), |env, store| {
+        env.external(store, &STORE_TAG)
+    })
 }
 
 /// `storeState(store): { dir, segmentSize, tli, writeLsn, flushLsn }` (memory only)
@@ -290,8 +250,7 @@ fn append_then(env: &Env, args: &CallArgs, flush: bool) -> JsResult<napi_value> 
     let s = store_arg(args)?;
     let lsn = lsn_arg(args, 1, "lsn")?;
     if args.len() < 3 {
-        return Err(JsError::type_error("data must be a Buffer")
-            .with_code(crate::napi::INVALID_ARG_TYPE_CODE));
+        return Err(JsError::type_error("data must be a Buffer").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
     }
     let mut bufs = Vec::with_capacity(args.len() - 2);
     for i in 2..args.len() {
@@ -320,40 +279,23 @@ fn append_then(env: &Env, args: &CallArgs, flush: bool) -> JsResult<napi_value> 
 /// `storeFlush(store): Promise<bigint>` — the new flush position.
 fn store_flush(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
-    spawn(
-        env,
-        move || s.flush().map_err(js_err),
-        |env, l| env.bigint(l.0),
-    )
+    spawn(env, move || s.flush().map_err(js_err), |env, l| env.bigint(l.0))
 }
 
 fn store_truncate(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
     let lsn = lsn_arg(args, 1, "lsn")?;
-    spawn(
-        env,
-        move || s.truncate(lsn).map_err(js_err),
-        |env, ()| env.undefined(),
-    )
+    spawn(env, move || s.truncate(lsn).map_err(js_err), |env, ()| env.undefined())
 }
 
 /// `storeRemoveBelow(store, segno): Promise<string[]>` — names removed.
 fn store_remove_below(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
-    let segno = args
-        .bigint_u64(1, "segno")
-        .or_else(|_| args.u32(1, "segno").map(u64::from))?;
-    spawn(
-        env,
-        move || s.remove_below(segno).map_err(js_err),
-        |env, names| {
-            let items = names
-                .iter()
-                .map(|n| env.string(n))
-                .collect::<JsResult<Vec<_>>>()?;
-            env.array(&items)
-        },
-    )
+    let segno = args.bigint_u64(1, "segno").or_else(|_| args.u32(1, "segno").map(u64::from))?;
+    spawn(env, move || s.remove_below(segno).map_err(js_err), |env, names| {
+        let items = names.iter().map(|n| env.string(n)).collect::<JsResult<Vec<_>>>()?;
+        env.array(&items)
+    })
 }
 
 /// `storeRead(store, tli, lsn, buf): Promise<number>` — bytes read (up to the write position).
@@ -376,26 +318,15 @@ fn frame_request(args: &CallArgs) -> JsResult<FrameRequest> {
     let start = lsn_arg(args, 3, "start")?;
     let end = lsn_arg(args, 4, "end")?;
     let wal_end = lsn_arg(args, 5, "walEnd")?;
-    let max_send = args
-        .opt_u32(6, "maxSend")?
-        .map_or(DEFAULT_MAX_SEND, |m| m as usize);
+    let max_send = args.opt_u32(6, "maxSend")?.map_or(DEFAULT_MAX_SEND, |m| m as usize);
     if max_send == 0 {
         return Err(range_error("maxSend must be at least 1"));
     }
     let send_time = args.opt_bigint_u64(7, "sendTime")?.map(|t| t as i64);
     if end <= start {
-        return Err(range_error(format!(
-            "end {end} must be above start {start}"
-        )));
+        return Err(range_error(format!("end {end} must be above start {start}")));
     }
-    Ok(FrameRequest {
-        tli,
-        start,
-        end,
-        wal_end,
-        send_time,
-        max_send,
-    })
+    Ok(FrameRequest { tli, start, end, wal_end, send_time, max_send })
 }
 
 /// `storeFrameNoWait(store, buf, tli, start, end, walEnd, maxSend?, sendTime?): number`
@@ -405,9 +336,7 @@ fn store_frame_nowait(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
     let req = frame_request(args)?;
     let buf = args.buffer(1, "buf")?;
-    match xlogdata::frame(&s, &req, buf, true)
-        .map_err(|e| js_err(e.context(format!("framing WAL at {}", req.start))))?
-    {
+    match xlogdata::frame(&s, &req, buf, true).map_err(|e| js_err(e.context(format!("framing WAL at {}", req.start))))? {
         Some(n) => env.number(n as f64),
         None => env.number(-1.0),
     }
@@ -434,24 +363,16 @@ fn store_put_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
     let tli = tli_arg(args, 1)?;
     let content = args.buffer(2, "content")?.to_vec();
-    spawn(
-        env,
-        move || s.put_history(tli, &content).map_err(js_err),
-        |env, ()| env.undefined(),
-    )
+    spawn(env, move || s.put_history(tli, &content).map_err(js_err), |env, ()| env.undefined())
 }
 
 fn store_get_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let s = store_arg(args)?;
     let tli = tli_arg(args, 1)?;
-    spawn(
-        env,
-        move || s.get_history(tli).map_err(js_err),
-        |env, c| match c {
-            Some(c) => env.buffer(&c),
-            None => env.null(),
-        },
-    )
+    spawn(env, move || s.get_history(tli).map_err(js_err), |env, c| match c {
+        Some(c) => env.buffer(&c),
+        None => env.null(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -494,15 +415,8 @@ fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     spawn(
         env,
         move || {
-            let mut g = h.pump.try_lock().map_err(|_| {
-                JsError::error(
-                    "WALCORE_INVALID_ARGUMENT",
-                    "pumpRun: the pump is already running",
-                )
-            })?;
-            let pump = g.as_mut().ok_or_else(|| {
-                JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is closed")
-            })?;
+            let mut g = h.pump.try_lock().map_err(|_| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is already running"))?;
+            let pump = g.as_mut().ok_or_else(|| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is closed"))?;
             Ok(pump.run(max, &h.stop))
         },
         |env, r| {
@@ -537,9 +451,7 @@ fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 /// `pumpStop(pump)`: a running `pumpRun` returns within ~20 ms.
 #[cfg(unix)]
 fn pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    pump_arg(args)?
-        .stop
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     env.undefined()
 }
 
@@ -549,17 +461,14 @@ fn pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 #[cfg(unix)]
 fn pump_close(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     if !pump_arg(args)?.close() {
-        return Err(JsError::error(
-            "WALCORE_INVALID_ARGUMENT",
-            "pumpClose: the pump is running (await pumpRun first)",
-        ));
+        return Err(JsError::error("WALCORE_INVALID_ARGUMENT", "pumpClose: the pump is running (await pumpRun first)"));
     }
     env.undefined()
 }
 
 // ---------------------------------------------------------------------------
-// The send pump (walcore::send_pump): store → socket with sendfile, on the
-// thread pool, for a sender catching up
+// The send pump (walcore::send_pump): store → socket on the thread pool, for
+// a sender catching up
 // ---------------------------------------------------------------------------
 
 #[cfg(unix)]
@@ -596,18 +505,8 @@ fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     spawn(
         env,
         move || {
-            let mut g = h.pump.try_lock().map_err(|_| {
-                JsError::error(
-                    "WALCORE_INVALID_ARGUMENT",
-                    "sendPumpRun: the pump is already running",
-                )
-            })?;
-            let pump = g.as_mut().ok_or_else(|| {
-                JsError::error(
-                    "WALCORE_INVALID_ARGUMENT",
-                    "sendPumpRun: the pump is closed",
-                )
-            })?;
+            let mut g = h.pump.try_lock().map_err(|_| JsError::error("WALCORE_INVALID_ARGUMENT", "sendPumpRun: the pump is already running"))?;
+            let pump = g.as_mut().ok_or_else(|| JsError::error("WALCORE_INVALID_ARGUMENT", "sendPumpRun: the pump is closed"))?;
             Ok(pump.run(&job, &h.stop))
         },
         |env, r| {
@@ -639,9 +538,7 @@ fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 /// `sendPumpStop(pump)`: a running `sendPumpRun` returns before its next message.
 #[cfg(unix)]
 fn send_pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    send_pump_arg(args)?
-        .stop
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    send_pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     env.undefined()
 }
 
@@ -649,20 +546,14 @@ fn send_pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 #[cfg(unix)]
 fn send_pump_close(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     if !send_pump_arg(args)?.close() {
-        return Err(JsError::error(
-            "WALCORE_INVALID_ARGUMENT",
-            "sendPumpClose: the pump is running (await sendPumpRun first)",
-        ));
+        return Err(JsError::error("WALCORE_INVALID_ARGUMENT", "sendPumpClose: the pump is running (await sendPumpRun first)"));
     }
     env.undefined()
 }
 
 #[cfg(not(unix))]
 fn pump_unsupported(_env: &Env, _args: &CallArgs) -> JsResult<napi_value> {
-    Err(JsError::error(
-        "WALCORE_INVALID_ARGUMENT",
-        "the receive and send pumps need a Unix socket descriptor",
-    ))
+    Err(JsError::error("WALCORE_INVALID_ARGUMENT", "the receive and send pumps need a Unix socket descriptor"))
 }
 #[cfg(not(unix))]
 use pump_unsupported as pump_open;

@@ -40,10 +40,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     let corrupt = |what: String| {
         Error::new(
             ErrorCode::Corrupt,
-            format!(
-                "control file {} is corrupted ({what}); refusing to use it",
-                path.display()
-            ),
+            format!("control file {} is corrupted ({what}); refusing to use it", path.display()),
         )
     };
     if bytes.len() < HEADER + 4 {
@@ -53,11 +50,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     if u32_at(0) != MAGIC {
         return Err(Error::new(
             ErrorCode::Corrupt,
-            format!(
-                "{} is not a walkeeper control file (magic {:08X})",
-                path.display(),
-                u32_at(0)
-            ),
+            format!("{} is not a walkeeper control file (magic {:08X})", path.display(), u32_at(0)),
         ));
     }
     let version = u32_at(4);
@@ -72,17 +65,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     }
     let len = u32_at(8) as usize;
     if len > MAX_PAYLOAD || bytes.len() != HEADER + len + 4 {
-        return Err(corrupt(format!(
-            "payload length {len} does not match file size {}",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("payload length {len} does not match file size {}", bytes.len())));
     }
     let want = u32_at(HEADER + len);
     let got = crc32c::crc32c(&bytes[..HEADER + len]);
     if want != got {
-        return Err(corrupt(format!(
-            "checksum {got:08X} does not match stored {want:08X}"
-        )));
+        return Err(corrupt(format!("checksum {got:08X} does not match stored {want:08X}")));
     }
     Ok(bytes[HEADER..HEADER + len].to_vec())
 }
@@ -105,13 +93,7 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Replaces the control file atomically and durably.
 pub fn write(path: &Path, payload: &[u8]) -> Result<()> {
     if payload.len() > MAX_PAYLOAD {
-        return Err(Error::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "control file payload of {} bytes is too large",
-                payload.len()
-            ),
-        ));
+        return Err(Error::new(ErrorCode::InvalidArgument, format!("control file payload of {} bytes is too large", payload.len())));
     }
     write_file_durable(path, &encode(payload))
 }
@@ -122,11 +104,7 @@ pub fn write(path: &Path, payload: &[u8]) -> Result<()> {
 pub fn write_file_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let res = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

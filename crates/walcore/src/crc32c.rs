@@ -193,20 +193,12 @@ mod tests {
 
     #[test]
     fn pieces_equal_whole() {
-        let data: Vec<u8> = (0..10_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let whole = crc32c(&data);
         for split in [0, 1, 7, 8, 9, 4095, 9999, 10_000] {
             let c = update(update(INIT, &data[..split]), &data[split..]);
             assert_eq!(finish(c), whole, "split at {split}");
-            assert_eq!(
-                finish(update_table(
-                    update_table(INIT, &data[..split]),
-                    &data[split..]
-                )),
-                whole
-            );
+            assert_eq!(finish(update_table(update_table(INIT, &data[..split]), &data[split..])), whole);
         }
     }
 

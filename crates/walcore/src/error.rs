@@ -62,18 +62,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
-        Error {
-            code,
-            message: message.into(),
-        }
+        Error { code, message: message.into() }
     }
 
     /// An I/O error on `path` while doing `what`. ENOSPC gets its own code
     /// because the daemon reacts to it (stops acknowledging, retries later).
     pub fn io(what: impl fmt::Display, path: &Path, err: io::Error) -> Error {
-        let code = if err.raw_os_error() == Some(sys::ENOSPC)
-            || err.kind() == io::ErrorKind::StorageFull
-        {
+        let code = if err.raw_os_error() == Some(sys::ENOSPC) || err.kind() == io::ErrorKind::StorageFull {
             ErrorCode::NoSpace
         } else {
             ErrorCode::Io

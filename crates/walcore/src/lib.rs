@@ -26,9 +26,9 @@ pub mod source;
 pub mod store;
 pub mod stream_check;
 pub mod sys;
+pub mod xlogdata;
 #[cfg(test)]
 pub mod testwal;
-pub mod xlogdata;
 
 pub use error::{Error, ErrorCode, Result};
 pub use lsn::Lsn;

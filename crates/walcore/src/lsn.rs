@@ -67,12 +67,7 @@ impl FromStr for Lsn {
     /// Accepts what PostgreSQL's pg_lsn input accepts: two hex numbers of up
     /// to 8 digits each, separated by a slash, either case.
     fn from_str(s: &str) -> Result<Lsn> {
-        let bad = || {
-            Error::new(
-                ErrorCode::InvalidArgument,
-                format!("invalid LSN {s:?}: expected X/X in hexadecimal"),
-            )
-        };
+        let bad = || Error::new(ErrorCode::InvalidArgument, format!("invalid LSN {s:?}: expected X/X in hexadecimal"));
         let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
         let part = |p: &str| -> Result<u64> {
             if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -133,9 +128,7 @@ pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<WalFileName> {
     };
     if let Some(tli) = name.strip_suffix(".history") {
         if tli.len() == 8 {
-            return Some(WalFileName::History {
-                tli: hex(tli)? as u32,
-            });
+            return Some(WalFileName::History { tli: hex(tli)? as u32 });
         }
         return None;
     }
@@ -153,11 +146,7 @@ pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<WalFileName> {
     if seg >= per || tli == 0 {
         return None;
     }
-    Some(WalFileName::Segment {
-        tli,
-        segno: log * per + seg,
-        partial,
-    })
+    Some(WalFileName::Segment { tli, segno: log * per + seg, partial })
 }
 
 #[cfg(test)]
@@ -172,18 +161,7 @@ mod tests {
         assert_eq!(Lsn(0x1_0000_00AB).to_string(), "1/AB");
         assert_eq!("ff/ffffffff".parse::<Lsn>().unwrap(), Lsn(0xff_ffff_ffff));
         assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap().0, u64::MAX);
-        for bad in [
-            "",
-            "/",
-            "0/",
-            "/0",
-            "0",
-            "0/123456789",
-            "g/0",
-            "0/0/0",
-            " 0/0",
-            "-1/0",
-        ] {
+        for bad in ["", "/", "0/", "/0", "0", "0/123456789", "g/0", "0/0/0", " 0/0", "-1/0"] {
             let e = bad.parse::<Lsn>().unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
         }
@@ -203,56 +181,27 @@ mod tests {
 
     #[test]
     fn file_names_for_every_segment_size() {
-        assert_eq!(
-            segment_file_name(1, 9, 16 << 20),
-            "000000010000000000000009"
-        );
+        assert_eq!(segment_file_name(1, 9, 16 << 20), "000000010000000000000009");
         // 0/FF000000 and 1/0 around the xlogid boundary with 16 MiB segments.
-        assert_eq!(
-            segment_file_name(1, 0xFF, 16 << 20),
-            "0000000100000000000000FF"
-        );
-        assert_eq!(
-            segment_file_name(1, 0x100, 16 << 20),
-            "000000010000000100000000"
-        );
-        assert_eq!(
-            segment_file_name(2, 0x1234, 1 << 20),
-            "000000020000000100000234"
-        );
+        assert_eq!(segment_file_name(1, 0xFF, 16 << 20), "0000000100000000000000FF");
+        assert_eq!(segment_file_name(1, 0x100, 16 << 20), "000000010000000100000000");
+        assert_eq!(segment_file_name(2, 0x1234, 1 << 20), "000000020000000100000234");
         assert_eq!(segment_file_name(3, 5, 1 << 30), "000000030000000100000001");
-        assert_eq!(
-            partial_file_name(1, 3, 16 << 20),
-            "000000010000000000000003.partial"
-        );
+        assert_eq!(partial_file_name(1, 3, 16 << 20), "000000010000000000000003.partial");
         assert_eq!(history_file_name(2), "00000002.history");
         assert_eq!(history_file_name(0x1A), "0000001A.history");
         let mut size = MIN_SEGMENT_SIZE;
         while size <= MAX_SEGMENT_SIZE {
             check_segment_size(size).unwrap();
-            for segno in [
-                0,
-                1,
-                segments_per_xlogid(size) - 1,
-                segments_per_xlogid(size),
-                123_456,
-            ] {
+            for segno in [0, 1, segments_per_xlogid(size) - 1, segments_per_xlogid(size), 123_456] {
                 let name = segment_file_name(7, segno, size);
                 assert_eq!(
                     parse_wal_file_name(&name, size),
-                    Some(WalFileName::Segment {
-                        tli: 7,
-                        segno,
-                        partial: false
-                    })
+                    Some(WalFileName::Segment { tli: 7, segno, partial: false })
                 );
                 assert_eq!(
                     parse_wal_file_name(&format!("{name}.partial"), size),
-                    Some(WalFileName::Segment {
-                        tli: 7,
-                        segno,
-                        partial: true
-                    })
+                    Some(WalFileName::Segment { tli: 7, segno, partial: true })
                 );
                 // The name encodes the segment's start LSN: log id = high 32 bits.
                 let start = segno * size;
@@ -263,17 +212,8 @@ mod tests {
         for bad in [0, 1000, 512 << 10, 2 << 30, 3 << 20] {
             assert!(check_segment_size(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            parse_wal_file_name("00000002.history", 16 << 20),
-            Some(WalFileName::History { tli: 2 })
-        );
-        for junk in [
-            "archive_status",
-            "000000010000000000000009.backup",
-            "00000001000000000000000g",
-            "000000010000000000000100",
-            "0000000100000000000000090",
-        ] {
+        assert_eq!(parse_wal_file_name("00000002.history", 16 << 20), Some(WalFileName::History { tli: 2 }));
+        for junk in ["archive_status", "000000010000000000000009.backup", "00000001000000000000000g", "000000010000000000000100", "0000000100000000000000090"] {
             assert_eq!(parse_wal_file_name(junk, 16 << 20), None, "{junk}");
         }
     }

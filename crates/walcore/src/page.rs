@@ -60,22 +60,11 @@ impl PageHeader {
             if page.len() < LONG_HEADER_SIZE {
                 return None;
             }
-            Some(LongHeader {
-                system_id: u64_at(24),
-                seg_size: u32_at(32),
-                block_size: u32_at(36),
-            })
+            Some(LongHeader { system_id: u64_at(24), seg_size: u32_at(32), block_size: u32_at(36) })
         } else {
             None
         };
-        Some(PageHeader {
-            magic: u16_at(0),
-            info,
-            tli: u32_at(4),
-            pageaddr: Lsn(u64_at(8)),
-            rem_len: u32_at(16),
-            long,
-        })
+        Some(PageHeader { magic: u16_at(0), info, tli: u32_at(4), pageaddr: Lsn(u64_at(8)), rem_len: u32_at(16), long })
     }
 
     pub fn size(&self) -> usize {
@@ -101,10 +90,7 @@ impl PageHeader {
         system_id: Option<u64>,
     ) -> Result<(), String> {
         if pg_version_for_magic(self.magic).is_none() {
-            return Err(format!(
-                "invalid magic number {:04X} in WAL page at {expected}",
-                self.magic
-            ));
+            return Err(format!("invalid magic number {:04X} in WAL page at {expected}", self.magic));
         }
         if let Some(m) = magic {
             if m != self.magic {
@@ -115,21 +101,12 @@ impl PageHeader {
             }
         }
         if self.info & !XLP_ALL_FLAGS != 0 {
-            return Err(format!(
-                "invalid info bits {:04X} in WAL page at {expected}",
-                self.info
-            ));
+            return Err(format!("invalid info bits {:04X} in WAL page at {expected}", self.info));
         }
         let at_segment_start = expected.segment_offset(seg_size) == 0;
         match (&self.long, at_segment_start) {
-            (None, true) => {
-                return Err(format!(
-                    "WAL page at {expected} starts a segment but has no long header"
-                ))
-            }
-            (Some(_), false) => {
-                return Err(format!("unexpected long header in WAL page at {expected}"))
-            }
+            (None, true) => return Err(format!("WAL page at {expected} starts a segment but has no long header")),
+            (Some(_), false) => return Err(format!("unexpected long header in WAL page at {expected}")),
             (Some(l), true) => {
                 if let Some(sid) = system_id {
                     if l.system_id != sid {
@@ -146,19 +123,13 @@ impl PageHeader {
                     ));
                 }
                 if l.block_size as u64 != WAL_PAGE_SIZE {
-                    return Err(format!(
-                        "WAL page at {expected} has block size {}, expected 8192",
-                        l.block_size
-                    ));
+                    return Err(format!("WAL page at {expected} has block size {}, expected 8192", l.block_size));
                 }
             }
             (None, false) => {}
         }
         if self.pageaddr != expected {
-            return Err(format!(
-                "unexpected pageaddr {} in WAL page at {expected}",
-                self.pageaddr
-            ));
+            return Err(format!("unexpected pageaddr {} in WAL page at {expected}", self.pageaddr));
         }
         if self.tli == 0 {
             return Err(format!("invalid timeline 0 in WAL page at {expected}"));
@@ -173,10 +144,8 @@ mod tests {
 
     /// The first page bytes of a real PG 15 segment, from replication-protocol.md §6.2.
     const REAL_FIRST_PAGE: [u8; 40] = [
-        0x10, 0xd1, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00,
-        0x00, //
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x68, 0x18, 0x56, 0xc9, 0x26, 0x24, 0x07,
-        0x6b, //
+        0x10, 0xd1, 0x06, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x68, 0x18, 0x56, 0xc9, 0x26, 0x24, 0x07, 0x6b, //
         0x00, 0x00, 0x00, 0x01, 0x00, 0x20, 0x00, 0x00,
     ];
 
@@ -191,21 +160,11 @@ mod tests {
         assert_eq!(h.rem_len, 0);
         assert_eq!(
             h.long,
-            Some(LongHeader {
-                system_id: 7_712_172_635_900_483_688,
-                seg_size: 16 << 20,
-                block_size: 8192
-            })
+            Some(LongHeader { system_id: 7_712_172_635_900_483_688, seg_size: 16 << 20, block_size: 8192 })
         );
         assert_eq!(h.size(), LONG_HEADER_SIZE);
         assert!(!h.is_contrecord());
-        h.validate(
-            Lsn(0x0900_0000),
-            16 << 20,
-            Some(0xD110),
-            Some(7_712_172_635_900_483_688),
-        )
-        .unwrap();
+        h.validate(Lsn(0x0900_0000), 16 << 20, Some(0xD110), Some(7_712_172_635_900_483_688)).unwrap();
     }
 
     #[test]
@@ -228,34 +187,16 @@ mod tests {
     fn validation_failures() {
         let good = PageHeader::decode(&REAL_FIRST_PAGE).unwrap();
         let seg = 16 << 20;
-        let e = |h: PageHeader, at: u64, m: Option<u16>, s: Option<u64>| {
-            h.validate(Lsn(at), seg, m, s).unwrap_err()
-        };
-        assert!(e(
-            PageHeader {
-                magic: 0xD10D,
-                ..good
-            },
-            0x900_0000,
-            None,
-            None
-        )
-        .contains("invalid magic"));
+        let e = |h: PageHeader, at: u64, m: Option<u16>, s: Option<u64>| h.validate(Lsn(at), seg, m, s).unwrap_err();
+        assert!(e(PageHeader { magic: 0xD10D, ..good }, 0x900_0000, None, None).contains("invalid magic"));
         assert!(e(good, 0x900_0000, Some(0xD116), None).contains("earlier pages"));
         assert!(e(PageHeader { info: 0x16, ..good }, 0x900_0000, None, None).contains("info bits"));
         assert!(e(good, 0xA00_0000, None, None).contains("unexpected pageaddr"));
         assert!(e(good, 0x900_0000, None, Some(1)).contains("different database system"));
         assert!(e(good, 0x900_2000, None, None).contains("unexpected long header"));
-        let short = PageHeader {
-            info: 0,
-            long: None,
-            ..good
-        };
+        let short = PageHeader { info: 0, long: None, ..good };
         assert!(e(short, 0x900_0000, None, None).contains("no long header"));
-        assert!(good
-            .validate(Lsn(0x900_0000), 1 << 20, None, None)
-            .unwrap_err()
-            .contains("segment size"));
+        assert!(good.validate(Lsn(0x900_0000), 1 << 20, None, None).unwrap_err().contains("segment size"));
         assert_eq!(PageHeader::decode(&REAL_FIRST_PAGE[..30]), None);
         assert_eq!(magic_for_pg_version(17), Some(0xD116));
         assert_eq!(magic_for_pg_version(14), None);

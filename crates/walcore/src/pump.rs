@@ -112,12 +112,7 @@ impl Pump {
     /// duplicate of it (closed when the pump is dropped), so the caller
     /// closing its own never leaves the pump reading a reused descriptor.
     /// `pending` are bytes the caller already read past CopyBothResponse.
-    pub fn new(
-        fd: i32,
-        pending: &[u8],
-        store: Arc<Store>,
-        cfg: PumpConfig,
-    ) -> Result<Pump, String> {
+    pub fn new(fd: i32, pending: &[u8], store: Arc<Store>, cfg: PumpConfig) -> Result<Pump, String> {
         use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
         if fd < 0 {
             return Err(format!("invalid socket descriptor {fd}"));
@@ -151,12 +146,7 @@ impl Pump {
     }
 
     fn report(&self) -> Report {
-        Report {
-            received: self.expected,
-            flushed: self.flushed,
-            wal_end: self.wal_end,
-            ..Default::default()
-        }
+        Report { received: self.expected, flushed: self.flushed, wal_end: self.wal_end, ..Default::default() }
     }
 
     fn flush(&mut self) -> Result<(), Error> {
@@ -240,9 +230,7 @@ impl Pump {
             let code = b[0];
             let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
             if len < 4 || len > MAX_MESSAGE {
-                return Err(End::Bad(format!(
-                    "malformed message from the node: message length {len}"
-                )));
+                return Err(End::Bad(format!("malformed message from the node: message length {len}")));
             }
             let total = 1 + len;
             if avail < total {
@@ -267,10 +255,7 @@ impl Pump {
                 b'w' => {
                     let p = &self.buf[payload_at..payload_end];
                     if p.len() < XLOG_DATA_HEADER {
-                        return Err(End::Bad(
-                            "malformed message from the node: XLogData shorter than its header"
-                                .into(),
-                        ));
+                        return Err(End::Bad("malformed message from the node: XLogData shorter than its header".into()));
                     }
                     let start = Lsn(u64::from_be_bytes(p[1..9].try_into().unwrap()));
                     let wal_end = Lsn(u64::from_be_bytes(p[9..17].try_into().unwrap()));
@@ -287,9 +272,7 @@ impl Pump {
                             "node sent WAL up to {end} beyond the end it announces, {wal_end}"
                         )));
                     }
-                    self.check
-                        .check(start, data)
-                        .map_err(|why| End::Bad(format!("node sent invalid WAL: {why}")))?;
+                    self.check.check(start, data).map_err(|why| End::Bad(format!("node sent invalid WAL: {why}")))?;
                     self.store.append(start, data).map_err(End::Store)?;
                     let seg = self.store.seg_size();
                     if self.cfg.synchronous
@@ -387,10 +370,7 @@ pub struct PumpHandle<P> {
 
 impl<P> PumpHandle<P> {
     pub fn new(p: P) -> PumpHandle<P> {
-        PumpHandle {
-            pump: std::sync::Mutex::new(Some(p)),
-            stop: AtomicBool::new(false),
-        }
+        PumpHandle { pump: std::sync::Mutex::new(Some(p)), stop: AtomicBool::new(false) }
     }
 
     /// Closes the pump (and its socket duplicate) unless a run holds it; then
@@ -439,10 +419,7 @@ mod tests {
     }
 
     /// A pump reading one end of a loopback connection; the other end to write to.
-    fn setup(
-        tag: &str,
-        end_lsn: Option<Lsn>,
-    ) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
+    fn setup(tag: &str, end_lsn: Option<Lsn>) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
         let mut b = WalBuilder::new(SEG, Lsn(SEG));
         for i in 0..120 {
             b.record(10, 0, [10, 9000, 300, 70_000, 5][i % 5]);
@@ -453,14 +430,7 @@ mod tests {
         let writer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (reader, _) = l.accept().unwrap();
         reader.set_nonblocking(true).unwrap();
-        let cfg = PumpConfig {
-            start: b.start,
-            tli: 1,
-            system_id: SYSID,
-            pg_version: 15,
-            end_lsn,
-            synchronous: false,
-        };
+        let cfg = PumpConfig { start: b.start, tli: 1, system_id: SYSID, pg_version: 15, end_lsn, synchronous: false };
         let pump = Pump::new(reader.as_raw_fd(), b"", store.clone(), cfg).unwrap();
         // The pump reads its own duplicate: closing ours must not matter.
         drop(reader);
@@ -505,21 +475,9 @@ mod tests {
         assert!(matches!(last.end, Some(End::Other)), "{:?}", last.end);
         assert_eq!(&last.leftover, &[b'c', 0, 0, 0, 4, b'C', 0, 0, 0, 5, 0]);
         assert_eq!(last.received, b.end());
-        assert_eq!(
-            last.flushed,
-            b.end(),
-            "everything appended is fsynced before the end is reported"
-        );
-        assert!(
-            reports.iter().any(|r| r.reply_requested),
-            "the keepalive's reply request is reported"
-        );
-        assert!(
-            reports
-                .iter()
-                .any(|r| r.end.is_none() && r.flushed > b.start),
-            "flushes are reported as they happen"
-        );
+        assert_eq!(last.flushed, b.end(), "everything appended is fsynced before the end is reported");
+        assert!(reports.iter().any(|r| r.reply_requested), "the keepalive's reply request is reported");
+        assert!(reports.iter().any(|r| r.end.is_none() && r.flushed > b.start), "flushes are reported as they happen");
         assert_eq!(stored(&store, b.start, b.bytes.len()), b.bytes);
     }
 
@@ -527,14 +485,8 @@ mod tests {
     fn a_gap_ends_the_pump_with_nothing_of_it_written() {
         let (_d, store, mut p, mut w, b) = setup("pump-gap", None);
         let half = 8192 * 5;
-        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..half]))
-            .unwrap();
-        w.write_all(&xlogdata(
-            Lsn(b.start.0 + half as u64 + 8192),
-            b.end(),
-            &b.bytes[half + 8192..half * 2],
-        ))
-        .unwrap();
+        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..half])).unwrap();
+        w.write_all(&xlogdata(Lsn(b.start.0 + half as u64 + 8192), b.end(), &b.bytes[half + 8192..half * 2])).unwrap();
         let last = run_to_end(&mut p, 100).pop().unwrap();
         match &last.end {
             Some(End::Bad(m)) => assert!(m.contains("not contiguous"), "{m}"),
@@ -547,14 +499,9 @@ mod tests {
     #[test]
     fn wal_beyond_the_announced_end_and_bad_pages_are_refused() {
         let (_d, store, mut p, mut w, b) = setup("pump-beyond", None);
-        w.write_all(&xlogdata(b.start, Lsn(b.start.0 + 100), &b.bytes[..8192]))
-            .unwrap();
+        w.write_all(&xlogdata(b.start, Lsn(b.start.0 + 100), &b.bytes[..8192])).unwrap();
         let last = run_to_end(&mut p, 100).pop().unwrap();
-        assert!(
-            matches!(&last.end, Some(End::Bad(m)) if m.contains("beyond the end it announces")),
-            "{:?}",
-            last.end
-        );
+        assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains("beyond the end it announces")), "{:?}", last.end);
         assert_eq!(store.write_lsn(), None);
 
         let (_d, store, mut p, mut w, b) = setup("pump-page", None);
@@ -562,21 +509,14 @@ mod tests {
         bad[8192 + 8] ^= 0xFF;
         w.write_all(&xlogdata(b.start, b.end(), &bad)).unwrap();
         let last = run_to_end(&mut p, 100).pop().unwrap();
-        assert!(
-            matches!(&last.end, Some(End::Bad(m)) if m.contains("pageaddr")),
-            "{:?}",
-            last.end
-        );
+        assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains("pageaddr")), "{:?}", last.end);
         assert_eq!(store.write_lsn(), None);
     }
 
     #[test]
     fn malformed_messages_are_refused() {
         for (msg, want) in [
-            (
-                vec![b'd', 0, 0, 0, 9, b'w', 1, 2, 3, 4],
-                "shorter than its header",
-            ),
+            (vec![b'd', 0, 0, 0, 9, b'w', 1, 2, 3, 4], "shorter than its header"),
             (vec![b'd', 0, 0, 0, 6, b'k', 1], "keepalive of 2 bytes"),
             (vec![b'd', 0, 0, 0, 5, b'x'], "unknown type"),
             (vec![b'd', 0, 0, 0, 2], "message length 2"),
@@ -584,11 +524,7 @@ mod tests {
             let (_d, _s, mut p, mut w, _b) = setup("pump-malformed", None);
             w.write_all(&msg).unwrap();
             let last = run_to_end(&mut p, 100).pop().unwrap();
-            assert!(
-                matches!(&last.end, Some(End::Bad(m)) if m.contains(want)),
-                "{want}: {:?}",
-                last.end
-            );
+            assert!(matches!(&last.end, Some(End::Bad(m)) if m.contains(want)), "{want}: {:?}", last.end);
         }
     }
 
@@ -596,21 +532,15 @@ mod tests {
     fn endpos_and_eof_end_with_everything_flushed() {
         let (_d, _s, mut p, mut w, b) = setup("pump-endpos", Some(Lsn(SEG + 20_000)));
         for (i, c) in b.bytes.chunks(8192).enumerate() {
-            w.write_all(&xlogdata(Lsn(b.start.0 + (i * 8192) as u64), b.end(), c))
-                .unwrap();
+            w.write_all(&xlogdata(Lsn(b.start.0 + (i * 8192) as u64), b.end(), c)).unwrap();
         }
         let last = run_to_end(&mut p, 100).pop().unwrap();
         assert!(matches!(last.end, Some(End::EndPos)), "{:?}", last.end);
-        assert_eq!(
-            last.received,
-            Lsn(SEG + 3 * 8192),
-            "stops after the message that passes the end position"
-        );
+        assert_eq!(last.received, Lsn(SEG + 3 * 8192), "stops after the message that passes the end position");
         assert_eq!(last.flushed, last.received);
 
         let (_d, _s, mut p, mut w, b) = setup("pump-eof", None);
-        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..8192]))
-            .unwrap();
+        w.write_all(&xlogdata(b.start, b.end(), &b.bytes[..8192])).unwrap();
         drop(w);
         let last = run_to_end(&mut p, 100).pop().unwrap();
         assert!(matches!(last.end, Some(End::Eof)), "{:?}", last.end);

@@ -83,10 +83,7 @@ mod tests {
         assert_eq!(record_crc(&r), h.crc);
         let mut bad = r.clone();
         bad[23] ^= 1;
-        assert_ne!(
-            record_crc(&bad),
-            RecordHeader::decode(bad[..24].try_into().unwrap()).crc
-        );
+        assert_ne!(record_crc(&bad), RecordHeader::decode(bad[..24].try_into().unwrap()).crc);
         let h2 = RecordHeader { rmid: 22, ..h };
         assert!(!h2.rmid_is_valid());
         assert!(RecordHeader { rmid: 130, ..h }.rmid_is_valid());

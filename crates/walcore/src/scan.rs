@@ -44,22 +44,10 @@ pub struct ScanOptions {
 
 impl ScanOptions {
     pub fn from_record(start: Lsn) -> ScanOptions {
-        ScanOptions {
-            start,
-            kind: StartKind::Record,
-            prev: None,
-            system_id: None,
-            magic: None,
-        }
+        ScanOptions { start, kind: StartKind::Record, prev: None, system_id: None, magic: None }
     }
     pub fn search(start: Lsn) -> ScanOptions {
-        ScanOptions {
-            start,
-            kind: StartKind::Search,
-            prev: None,
-            system_id: None,
-            magic: None,
-        }
+        ScanOptions { start, kind: StartKind::Search, prev: None, system_id: None, magic: None }
     }
 }
 
@@ -100,27 +88,16 @@ const WINDOW: usize = 256 * 1024;
 impl<'a, S: WalSource + ?Sized> Pages<'a, S> {
     fn new(src: &'a S) -> Self {
         let seg_size = src.segment_size();
-        Pages {
-            src,
-            seg_size,
-            buf: vec![0; WINDOW],
-            start: u64::MAX,
-            len: 0,
-        }
+        Pages { src, seg_size, buf: vec![0; WINDOW], start: u64::MAX, len: 0 }
     }
 
     /// The whole 8 KiB page at `page`, or None if it is not (entirely) there.
     fn page(&mut self, page: Lsn) -> Result<Option<&[u8]>> {
         let p = page.0;
-        if !(self.start != u64::MAX
-            && p >= self.start
-            && p + WAL_PAGE_SIZE <= self.start + self.len as u64)
-        {
+        if !(self.start != u64::MAX && p >= self.start && p + WAL_PAGE_SIZE <= self.start + self.len as u64) {
             let win = (WINDOW as u64).min(self.seg_size);
             let start = p - p % win;
-            self.len = self
-                .src
-                .read_at(Lsn(start), &mut self.buf[..win as usize])?;
+            self.len = self.src.read_at(Lsn(start), &mut self.buf[..win as usize])?;
             self.start = start;
             if p + WAL_PAGE_SIZE > start + self.len as u64 {
                 return Ok(None);
@@ -153,16 +130,10 @@ impl<'a, S: WalSource + ?Sized> Scanner<'a, S> {
             }
         }
         let Some(bytes) = self.pages.page(page)? else {
-            return Ok(Err(Stop(
-                format!("no WAL page at {page} (end of the available files)"),
-                page,
-            )));
+            return Ok(Err(Stop(format!("no WAL page at {page} (end of the available files)"), page)));
         };
         let Some(h) = PageHeader::decode(bytes) else {
-            return Ok(Err(Stop(
-                format!("cannot decode page header at {page}"),
-                page,
-            )));
+            return Ok(Err(Stop(format!("cannot decode page header at {page}"), page)));
         };
         if let Err(msg) = h.validate(page, self.seg_size, self.magic, self.system_id) {
             return Ok(Err(Stop(msg, page)));
@@ -170,10 +141,7 @@ impl<'a, S: WalSource + ?Sized> Scanner<'a, S> {
         if let Some(t) = self.tli {
             if h.tli < t {
                 return Ok(Err(Stop(
-                    format!(
-                        "out-of-sequence timeline ID {} (after {t}) in WAL page at {page}",
-                        h.tli
-                    ),
+                    format!("out-of-sequence timeline ID {} (after {t}) in WAL page at {page}", h.tli),
                     page,
                 )));
             }
@@ -189,10 +157,7 @@ impl<'a, S: WalSource + ?Sized> Scanner<'a, S> {
 
     fn page_bytes(&mut self, page: Lsn) -> Result<&[u8]> {
         // Only called for a page that load_page just accepted (so it is in the window).
-        Ok(self
-            .pages
-            .page(page)?
-            .expect("validated page is in the window"))
+        Ok(self.pages.page(page)?.expect("validated page is in the window"))
     }
 
     /// Finds the first record that starts on `page` or a later page.
@@ -290,10 +255,7 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
             return Ok(finish(
                 result,
                 &sc,
-                Stop(
-                    format!("invalid record length at {rec_start}: wanted 24, got {tot_len}"),
-                    rec_start,
-                ),
+                Stop(format!("invalid record length at {rec_start}: wanted 24, got {tot_len}"), rec_start),
             ));
         }
         let mut got = 0u64;
@@ -324,10 +286,7 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
                     return Ok(finish(
                         result,
                         &sc,
-                        Stop(
-                            format!("record at {rec_start} is incomplete: {}", stop.0),
-                            rec_start,
-                        ),
+                        Stop(format!("record at {rec_start} is incomplete: {}", stop.0), rec_start),
                     ))
                 }
             };
@@ -335,12 +294,7 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
                 return Ok(finish(
                     result,
                     &sc,
-                    Stop(
-                        format!(
-                            "there is no contrecord flag at {cur_page} (record at {rec_start})"
-                        ),
-                        rec_start,
-                    ),
+                    Stop(format!("there is no contrecord flag at {cur_page} (record at {rec_start})"), rec_start),
                 ));
             }
             if ph.rem_len as u64 != tot_len - got {
@@ -363,24 +317,14 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
         let rh = RecordHeader::decode(&header);
         let stop_here = |msg: String| Stop(msg, rec_start);
         if !rh.rmid_is_valid() {
-            return Ok(finish(
-                result,
-                &sc,
-                stop_here(format!(
-                    "invalid resource manager ID {} at {rec_start}",
-                    rh.rmid
-                )),
-            ));
+            return Ok(finish(result, &sc, stop_here(format!("invalid resource manager ID {} at {rec_start}", rh.rmid))));
         }
         if let Some(p) = prev {
             if rh.prev != p {
                 return Ok(finish(
                     result,
                     &sc,
-                    stop_here(format!(
-                        "record with incorrect prev-link {} at {rec_start} (expected {p})",
-                        rh.prev
-                    )),
+                    stop_here(format!("record with incorrect prev-link {} at {rec_start} (expected {p})", rh.prev)),
                 ));
             }
         }
@@ -389,9 +333,7 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
             return Ok(finish(
                 result,
                 &sc,
-                stop_here(format!(
-                    "incorrect resource manager data checksum in record at {rec_start}"
-                )),
+                stop_here(format!("incorrect resource manager data checksum in record at {rec_start}")),
             ));
         }
 
@@ -409,12 +351,7 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
             // it as WAL only when those pages are really there, so that a
             // switch segment cut short is completed by streaming.
             let seg_end = Lsn(end.segment_start(seg_size).0 + seg_size);
-            let mut p = Lsn(pos.page_start().0
-                + if pos.is_page_start() {
-                    0
-                } else {
-                    WAL_PAGE_SIZE
-                });
+            let mut p = Lsn(pos.page_start().0 + if pos.is_page_start() { 0 } else { WAL_PAGE_SIZE });
             while p < seg_end {
                 let zero = match sc.pages.page(p)? {
                     None => {
@@ -430,21 +367,10 @@ pub fn find_end_of_wal<S: WalSource + ?Sized>(src: &S, opts: &ScanOptions) -> Re
                     match sc.load_page(p)? {
                         Ok(h) if !h.is_contrecord() => {}
                         Ok(_) => {
-                            return Ok(finish(
-                                result,
-                                &sc,
-                                Stop(
-                                    format!("unexpected continuation page {p} after XLOG_SWITCH"),
-                                    p,
-                                ),
-                            ))
+                            return Ok(finish(result, &sc, Stop(format!("unexpected continuation page {p} after XLOG_SWITCH"), p)))
                         }
                         Err(stop) => {
-                            return Ok(finish(
-                                result,
-                                &sc,
-                                Stop(format!("after XLOG_SWITCH at {rec_start}: {}", stop.0), p),
-                            ))
+                            return Ok(finish(result, &sc, Stop(format!("after XLOG_SWITCH at {rec_start}: {}", stop.0), p)))
                         }
                     }
                 }
@@ -499,24 +425,14 @@ mod tests {
         assert_eq!(r.last_record, Some(b.records.last().unwrap().0));
         assert_eq!(r.pg_version, Some(15));
         assert_eq!(r.system_id, Some(SYSID));
-        assert!(
-            r.stop_reason.contains("invalid record length"),
-            "{}",
-            r.stop_reason
-        );
+        assert!(r.stop_reason.contains("invalid record length"), "{}", r.stop_reason);
         // Starting at the segment start (a page start) means the first record after its header.
         let r2 = scan_dir(d.path(), ScanOptions::from_record(Lsn(SEG)));
         assert_eq!(r2.end, b.wal_end());
         assert_eq!(r2.first_record, Some(first));
         // Starting from the middle of the WAL with a known record.
         let mid = b.records[200];
-        let r3 = scan_dir(
-            d.path(),
-            ScanOptions {
-                prev: Some(b.records[199].0),
-                ..ScanOptions::from_record(mid.0)
-            },
-        );
+        let r3 = scan_dir(d.path(), ScanOptions { prev: Some(b.records[199].0), ..ScanOptions::from_record(mid.0) });
         assert_eq!(r3.records, 200);
         assert_eq!(r3.end, b.wal_end());
     }
@@ -528,12 +444,7 @@ mod tests {
         let d = TempDir::new("scan-search");
         b.write_dir(d.path(), true);
         // From any position: the first record starting on that page or later.
-        for probe in [
-            SEG + 5,
-            SEG + 8192 * 7 + 100,
-            2 * SEG + 3,
-            b.records[300].0 .0 + 1,
-        ] {
+        for probe in [SEG + 5, SEG + 8192 * 7 + 100, 2 * SEG + 3, b.records[300].0 .0 + 1] {
             let r = scan_dir(d.path(), ScanOptions::search(Lsn(probe)));
             let page = Lsn(probe).page_start();
             let want = b.records.iter().find(|(s, _)| *s >= page).unwrap().0;
@@ -560,19 +471,11 @@ mod tests {
         let seg = b.segment(2);
         let sw = b.records[4];
         let cut = (sw.0 .0 - 2 * SEG) as usize + 8192 * 2;
-        std::fs::write(
-            d.path().join(crate::lsn::segment_file_name(1, 2, SEG)),
-            &seg[..cut],
-        )
-        .unwrap();
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg[..cut]).unwrap();
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.records, 5);
         assert_eq!(r.end, Lsn(maxalign(sw.0 .0 + 24)));
-        assert!(
-            r.stop_reason.contains("segment ends early"),
-            "{}",
-            r.stop_reason
-        );
+        assert!(r.stop_reason.contains("segment ends early"), "{}", r.stop_reason);
         // Header-only padding pages (PostgreSQL before 14) are accepted too.
         let mut seg = b.segment(2);
         let mut hdr = [0u8; 24];
@@ -583,21 +486,13 @@ mod tests {
             hdr[8..16].copy_from_slice(&(2 * SEG + page as u64).to_le_bytes());
             seg[page..page + 24].copy_from_slice(&hdr);
         }
-        std::fs::write(
-            d.path().join(crate::lsn::segment_file_name(1, 2, SEG)),
-            &seg,
-        )
-        .unwrap();
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg).unwrap();
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!((r.records, r.end), (5, Lsn(3 * SEG)));
         // A non-zero page that is not a valid header is not padding.
         seg[first_pad + 8192 + 100] = 1;
         seg[first_pad + 8192..first_pad + 8192 + 2].copy_from_slice(&[0, 0]);
-        std::fs::write(
-            d.path().join(crate::lsn::segment_file_name(1, 2, SEG)),
-            &seg,
-        )
-        .unwrap();
+        std::fs::write(d.path().join(crate::lsn::segment_file_name(1, 2, SEG)), &seg).unwrap();
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.end, Lsn(maxalign(sw.0 .0 + 24)));
     }
@@ -606,15 +501,7 @@ mod tests {
         let mut w = bytes.to_vec();
         w.resize(w.len().div_ceil(SEG as usize) * SEG as usize, 0);
         for (i, chunk) in w.chunks(SEG as usize).enumerate() {
-            std::fs::write(
-                dir.join(crate::lsn::segment_file_name(
-                    1,
-                    first_segno + i as u64,
-                    SEG,
-                )),
-                chunk,
-            )
-            .unwrap();
+            std::fs::write(dir.join(crate::lsn::segment_file_name(1, first_segno + i as u64, SEG)), chunk).unwrap();
         }
     }
 
@@ -634,11 +521,7 @@ mod tests {
         };
         type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
         let cases: Vec<(&str, Corrupt, Lsn)> = vec![
-            (
-                "zeros over the last record",
-                Box::new(move |w| w[off(last_start)..].fill(0)),
-                before_last_end,
-            ),
+            ("zeros over the last record", Box::new(move |w| w[off(last_start)..].fill(0)), before_last_end),
             (
                 "garbage after the end",
                 Box::new(move |w| {
@@ -662,16 +545,8 @@ mod tests {
                 }),
                 before_last_end,
             ),
-            (
-                "a flipped CRC byte",
-                Box::new(move |w| w[off(last_start) + 21] ^= 0x40),
-                before_last_end,
-            ),
-            (
-                "a flipped data byte",
-                Box::new(move |w| w[off(last_start) + 24 + last_len / 3] ^= 0x01),
-                before_last_end,
-            ),
+            ("a flipped CRC byte", Box::new(move |w| w[off(last_start) + 21] ^= 0x40), before_last_end),
+            ("a flipped data byte", Box::new(move |w| w[off(last_start) + 24 + last_len / 3] ^= 0x01), before_last_end),
             (
                 "a broken prev-link",
                 Box::new(move |w| w[off(last_start) + 9] ^= 0x01),
@@ -700,11 +575,7 @@ mod tests {
         }
         let room = (8192 - b.insert.page_offset()) as usize;
         b.record(10, 0, room - 24);
-        assert!(
-            b.insert.0 % 8192 == 24,
-            "ends at a page boundary: {}",
-            b.insert
-        );
+        assert!(b.insert.0 % 8192 == 24, "ends at a page boundary: {}", b.insert);
         let end = b.wal_end();
         assert!(end.is_page_start());
         let d = TempDir::new("scan-stale");
@@ -718,11 +589,7 @@ mod tests {
         write_segments(d.path(), 1, &w);
         let r = scan_dir(d.path(), ScanOptions::from_record(b.records[0].0));
         assert_eq!(r.end, end, "{}", r.stop_reason);
-        assert!(
-            r.stop_reason.contains("unexpected pageaddr"),
-            "{}",
-            r.stop_reason
-        );
+        assert!(r.stop_reason.contains("unexpected pageaddr"), "{}", r.stop_reason);
 
         fn off(l: Lsn) -> usize {
             (l.0 - SEG) as usize
@@ -739,11 +606,7 @@ mod tests {
         o.system_id = Some(42);
         let r = scan_dir(d.path(), o);
         assert_eq!(r.records, 0);
-        assert!(
-            r.stop_reason.contains("different database system"),
-            "{}",
-            r.stop_reason
-        );
+        assert!(r.stop_reason.contains("different database system"), "{}", r.stop_reason);
         let mut o = ScanOptions::from_record(Lsn(SEG));
         o.magic = Some(0xD116);
         let r = scan_dir(d.path(), o);

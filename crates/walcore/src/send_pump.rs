@@ -110,24 +110,12 @@ impl SendPump {
             .map_err(|e| format!("cannot duplicate socket descriptor {fd}: {e}"))?;
         // SAFETY: `dup` is a fresh descriptor we own; TcpStream takes it over.
         let sock = unsafe { std::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
-        Ok(SendPump {
-            sock,
-            store,
-            tli,
-            max_send: max_send.max(1),
-            sendfile: true,
-            scratch: Vec::new(),
-        })
+        Ok(SendPump { sock, store, tli, max_send: max_send.max(1), sendfile: true, scratch: Vec::new() })
     }
 
     /// Sends from `job.start` until one of [`SendEnd`]; see the module doc.
     pub fn run(&mut self, job: &SendJob, stop: &AtomicBool) -> SendReport {
-        let mut r = SendReport {
-            sent: job.start,
-            messages: 0,
-            tail: Vec::new(),
-            end: SendEnd::Done,
-        };
+        let mut r = SendReport { sent: job.start, messages: 0, tail: Vec::new(), end: SendEnd::Done };
         let seg = self.store.seg_size();
         let mut spent = 0usize;
         while r.sent < job.end {
@@ -160,7 +148,7 @@ impl SendPump {
             write_header(&mut header, r.sent, job.wal_end, pg_now(), n);
             r.messages += 1;
             let sent = if job.zero_copy && self.sendfile {
-                self.send_message(&header, &file, off, n, &mut r.tail)
+                self.send_zero_copy(&header, &file, off, n, &mut r.tail)
             } else {
                 self.send_copied(&header, &file, off, n, &mut r.tail)
             };
@@ -182,8 +170,9 @@ impl SendPump {
         r
     }
 
-    /// Sends one message; what the socket would not take goes to `tail`.
-    fn send_message(
+    /// Sends one message, header with MSG_MORE and payload by sendfile; what
+    /// the socket would not take goes to `tail`.
+    fn send_zero_copy(
         &mut self,
         header: &[u8],
         file: &File,
@@ -245,8 +234,8 @@ impl SendPump {
         let total = HEADER_SIZE + n;
         self.scratch.resize(total, 0);
         self.scratch[..HEADER_SIZE].copy_from_slice(header);
-        let got = sys::read_full_at(file, &mut self.scratch[HEADER_SIZE..], off)
-            .map_err(|e| self.read_error(off, e))?;
+        let got =
+            sys::read_full_at(file, &mut self.scratch[HEADER_SIZE..], off).map_err(|e| self.read_error(off, e))?;
         if got != n {
             return Err(self.short(off + got as u64));
         }
@@ -262,17 +251,10 @@ impl SendPump {
         Ok(())
     }
 
-    fn read_tail(
-        &self,
-        file: &File,
-        off: u64,
-        len: usize,
-        tail: &mut Vec<u8>,
-    ) -> Result<(), SendEnd> {
+    fn read_tail(&self, file: &File, off: u64, len: usize, tail: &mut Vec<u8>) -> Result<(), SendEnd> {
         let at = tail.len();
         tail.resize(at + len, 0);
-        let got =
-            sys::read_full_at(file, &mut tail[at..], off).map_err(|e| self.read_error(off, e))?;
+        let got = sys::read_full_at(file, &mut tail[at..], off).map_err(|e| self.read_error(off, e))?;
         if got != len {
             return Err(self.short(off + got as u64));
         }
@@ -282,10 +264,7 @@ impl SendPump {
     fn read_error(&self, off: u64, e: io::Error) -> SendEnd {
         SendEnd::Store(Error::new(
             ErrorCode::Io,
-            format!(
-                "{}: cannot read WAL at segment offset {off:#X}: {e}",
-                self.store.dir().display()
-            ),
+            format!("{}: cannot read WAL at segment offset {off:#X}: {e}", self.store.dir().display()),
         ))
     }
 
@@ -293,10 +272,7 @@ impl SendPump {
     fn short(&self, off: u64) -> SendEnd {
         SendEnd::Store(Error::new(
             ErrorCode::Corrupt,
-            format!(
-                "{}: short read of WAL at segment offset {off:#X}",
-                self.store.dir().display()
-            ),
+            format!("{}: short read of WAL at segment offset {off:#X}", self.store.dir().display()),
         ))
     }
 }
@@ -314,9 +290,7 @@ mod tests {
     /// A store holding segments 0..segs, flushed, with bytes that differ at
     /// every position (the pump neither reads nor checks WAL structure).
     fn store_with(dir: &TempDir, segs: u64) -> (Arc<Store>, Vec<u8>) {
-        let wal: Vec<u8> = (0..segs * SEG)
-            .map(|i| (i ^ (i >> 8) ^ (i >> 16) ^ (i >> 24)) as u8)
-            .collect();
+        let wal: Vec<u8> = (0..segs * SEG).map(|i| (i ^ (i >> 8) ^ (i >> 16) ^ (i >> 24)) as u8).collect();
         let s = Store::open(dir.path(), SEG, 1).unwrap();
         s.append(Lsn(0), &wal).unwrap();
         s.flush().unwrap();
@@ -345,11 +319,7 @@ mod tests {
             assert_eq!(h[5], b'w');
             let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
             let n = len - 4 - 25;
-            assert_eq!(
-                u64::from_be_bytes(h[6..14].try_into().unwrap()),
-                at.0,
-                "messages are contiguous"
-            );
+            assert_eq!(u64::from_be_bytes(h[6..14].try_into().unwrap()), at.0, "messages are contiguous");
             assert_eq!(u64::from_be_bytes(h[14..22].try_into().unwrap()), wal_end.0);
             let mut p = vec![0u8; n];
             c.read_exact(&mut p).unwrap();
@@ -377,16 +347,7 @@ mod tests {
         let (mut runs, mut fulls) = (0u64, 0u64);
         let mut at = start;
         while at < end {
-            let r = p.run(
-                &SendJob {
-                    start: at,
-                    end,
-                    wal_end,
-                    budget,
-                    zero_copy,
-                },
-                &stop,
-            );
+            let r = p.run(&SendJob { start: at, end, wal_end, budget, zero_copy }, &stop);
             runs += 1;
             match r.end {
                 SendEnd::Done => assert!(r.tail.is_empty()),
@@ -413,11 +374,7 @@ mod tests {
     }
 
     fn byte_for_byte(zero_copy: bool) {
-        let dir = TempDir::new(if zero_copy {
-            "sendpump-bytes-zc"
-        } else {
-            "sendpump-bytes-copy"
-        });
+        let dir = TempDir::new(if zero_copy { "sendpump-bytes-zc" } else { "sendpump-bytes-copy" });
         let (store, wal) = store_with(&dir, 4);
         let (s, mut c) = pair();
         // A small send buffer makes the socket fill mid-message many times.
@@ -432,24 +389,13 @@ mod tests {
         });
         let (_runs, fulls) = pump_all(&mut p, &s, start, end, wal_end, usize::MAX, zero_copy);
         let (got, sizes) = reader.join().unwrap();
-        assert!(
-            fulls > 0,
-            "the socket never filled: the tail path was not exercised"
-        );
-        assert_eq!(
-            got,
-            wal[100..(4 * SEG - 7) as usize],
-            "the WAL arrives byte for byte"
-        );
+        assert!(fulls > 0, "the socket never filled: the tail path was not exercised");
+        assert_eq!(got, wal[100..(4 * SEG - 7) as usize], "the WAL arrives byte for byte");
         // Framing as xlogdata::frame: at most max_send, never across a segment end, page-cut while more is pending.
         let mut at = 100u64;
         for (i, n) in sizes.iter().enumerate() {
             assert!(*n <= 128 * 1024);
-            assert_eq!(
-                at / SEG,
-                (at + *n as u64 - 1) / SEG,
-                "message {i} crosses a segment end"
-            );
+            assert_eq!(at / SEG, (at + *n as u64 - 1) / SEG, "message {i} crosses a segment end");
             at += *n as u64;
             if i + 1 < sizes.len() && at % SEG != 0 {
                 assert_eq!(at % 8192, 0, "message {i} is not cut at a page boundary");
@@ -466,16 +412,7 @@ mod tests {
         let end = Lsn(2 * SEG);
         let reader = std::thread::spawn(move || read_stream(&mut c, Lsn(0), end, end));
         let stop = AtomicBool::new(false);
-        let r = p.run(
-            &SendJob {
-                start: Lsn(0),
-                end,
-                wal_end: end,
-                budget: 100 * 1024,
-                zero_copy: true,
-            },
-            &stop,
-        );
+        let r = p.run(&SendJob { start: Lsn(0), end, wal_end: end, budget: 100 * 1024, zero_copy: true }, &stop);
         // Two messages: the second begins before the budget is spent, none after.
         assert_eq!(r.messages, 2);
         let first = r.sent;
@@ -500,13 +437,7 @@ mod tests {
         let mut p = SendPump::new(s.as_raw_fd(), store.clone(), 1, 128 * 1024).unwrap();
         let stopped = AtomicBool::new(true);
         let r = p.run(
-            &SendJob {
-                start: Lsn(0),
-                end: Lsn(SEG),
-                wal_end: Lsn(SEG),
-                budget: usize::MAX,
-                zero_copy: true,
-            },
+            &SendJob { start: Lsn(0), end: Lsn(SEG), wal_end: Lsn(SEG), budget: usize::MAX, zero_copy: true },
             &stopped,
         );
         assert!(matches!(r.end, SendEnd::Stopped));
@@ -533,23 +464,13 @@ mod tests {
         // A removed segment: the sender's "requested WAL segment … has already been removed".
         store.remove_below(1).unwrap();
         let r = p.run(
-            &SendJob {
-                start: Lsn(10),
-                end: Lsn(SEG),
-                wal_end: Lsn(SEG),
-                budget: usize::MAX,
-                zero_copy: true,
-            },
+            &SendJob { start: Lsn(10), end: Lsn(SEG), wal_end: Lsn(SEG), budget: usize::MAX, zero_copy: true },
             &go,
         );
         match r.end {
             SendEnd::Store(e) => {
                 assert_eq!(e.code, ErrorCode::Removed);
-                assert!(
-                    e.message.contains("has already been removed"),
-                    "{}",
-                    e.message
-                );
+                assert!(e.message.contains("has already been removed"), "{}", e.message);
             }
             e => panic!("{e:?}"),
         }
@@ -585,10 +506,6 @@ mod tests {
             },
             &go,
         );
-        assert!(
-            matches!(r.end, SendEnd::Io(_)),
-            "copied sends fail the same way: {:?}",
-            r.end
-        );
+        assert!(matches!(r.end, SendEnd::Io(_)), "copied sends fail the same way: {:?}", r.end);
     }
 }

@@ -34,22 +34,14 @@ pub struct SegmentFile {
 
 /// Lists the segment files of `dir` (segments and `.partial` ones; other
 /// names are ignored), grouped by segment number then timeline.
-pub fn list_segment_files(
-    dir: &Path,
-    seg_size: u64,
-) -> Result<BTreeMap<u64, BTreeMap<u32, SegmentFile>>> {
+pub fn list_segment_files(dir: &Path, seg_size: u64) -> Result<BTreeMap<u64, BTreeMap<u32, SegmentFile>>> {
     let mut out: BTreeMap<u64, BTreeMap<u32, SegmentFile>> = BTreeMap::new();
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list WAL directory", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("cannot list WAL directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(WalFileName::Segment {
-            tli,
-            segno,
-            partial,
-        }) = parse_wal_file_name(name, seg_size)
-        {
+        if let Some(WalFileName::Segment { tli, segno, partial }) = parse_wal_file_name(name, seg_size) {
             let per_tli = out.entry(segno).or_default();
             // A complete segment wins over a leftover .partial of the same name.
             if let Some(existing) = per_tli.get(&tli) {
@@ -57,15 +49,7 @@ pub fn list_segment_files(
                     continue;
                 }
             }
-            per_tli.insert(
-                tli,
-                SegmentFile {
-                    tli,
-                    segno,
-                    partial,
-                    path: entry.path(),
-                },
-            );
+            per_tli.insert(tli, SegmentFile { tli, segno, partial, path: entry.path() });
         }
     }
     Ok(out)
@@ -89,13 +73,7 @@ impl DirSource {
     pub fn open(dir: &Path, tli: u32, seg_size: u64) -> Result<DirSource> {
         check_segment_size(seg_size)?;
         let files = list_segment_files(dir, seg_size)?;
-        Ok(DirSource {
-            dir: dir.to_path_buf(),
-            seg_size,
-            tli,
-            files,
-            open: Mutex::new(None),
-        })
+        Ok(DirSource { dir: dir.to_path_buf(), seg_size, tli, files, open: Mutex::new(None) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -104,9 +82,7 @@ impl DirSource {
 
     /// The segment numbers this timeline can read, in order.
     pub fn segments(&self) -> impl Iterator<Item = &SegmentFile> {
-        self.files
-            .values()
-            .filter_map(|m| file_for_timeline(m, self.tli))
+        self.files.values().filter_map(|m| file_for_timeline(m, self.tli))
     }
 }
 
@@ -121,23 +97,15 @@ impl WalSource for DirSource {
         let want = buf.len().min((self.seg_size - off) as usize);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.as_ref().map(|(s, _)| *s) != Some(segno) {
-            let Some(f) = self
-                .files
-                .get(&segno)
-                .and_then(|m| file_for_timeline(m, self.tli))
-            else {
+            let Some(f) = self.files.get(&segno).and_then(|m| file_for_timeline(m, self.tli)) else {
                 return Ok(0);
             };
-            let file = File::open(&f.path)
-                .map_err(|e| Error::io("cannot open WAL segment", &f.path, e))?;
+            let file = File::open(&f.path).map_err(|e| Error::io("cannot open WAL segment", &f.path, e))?;
             *open = Some((segno, file));
         }
         let (_, file) = open.as_ref().unwrap();
         sys::read_full_at(file, &mut buf[..want], off).map_err(|e| {
-            Error::new(
-                ErrorCode::Io,
-                format!("cannot read WAL at {lsn} in {}: {e}", self.dir.display()),
-            )
+            Error::new(ErrorCode::Io, format!("cannot read WAL at {lsn} in {}: {e}", self.dir.display()))
         })
     }
 }

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::control;
 use crate::error::{Error, ErrorCode, Result};
-use crate::lsn::{
-    check_segment_size, history_file_name, partial_file_name, segment_file_name, Lsn,
-};
+use crate::lsn::{check_segment_size, history_file_name, partial_file_name, segment_file_name, Lsn};
 use crate::source::{list_segment_files, WalSource};
 use crate::sys;
 
@@ -81,10 +79,7 @@ impl Store {
     pub fn open(dir: &Path, seg_size: u64, tli: u32) -> Result<Store> {
         check_segment_size(seg_size)?;
         if tli == 0 {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                "timeline 0 is not valid",
-            ));
+            return Err(Error::new(ErrorCode::InvalidArgument, "timeline 0 is not valid"));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("cannot create stream directory", dir, e))?;
         // Temp files of an interrupted segment creation or file write.
@@ -99,9 +94,7 @@ impl Store {
         let mut files: BTreeMap<u64, BTreeMap<u32, Seg>> = BTreeMap::new();
         for (segno, per) in listed {
             for (t, f) in per {
-                let len = fs::metadata(&f.path)
-                    .map_err(|e| Error::io("cannot stat", &f.path, e))?
-                    .len();
+                let len = fs::metadata(&f.path).map_err(|e| Error::io("cannot stat", &f.path, e))?.len();
                 if len != seg_size {
                     return Err(Error::new(
                         ErrorCode::Corrupt,
@@ -111,10 +104,7 @@ impl Store {
                         ),
                     ));
                 }
-                files
-                    .entry(segno)
-                    .or_default()
-                    .insert(t, Seg { partial: f.partial });
+                files.entry(segno).or_default().insert(t, Seg { partial: f.partial });
             }
         }
         Ok(Store {
@@ -186,16 +176,10 @@ impl Store {
     pub fn set_timeline(&self, tli: u32) -> Result<()> {
         let mut g = self.lock();
         if tli < g.tli {
-            return Err(self.err(
-                ErrorCode::InvalidArgument,
-                format!("cannot go back from timeline {} to {tli}", g.tli),
-            ));
+            return Err(self.err(ErrorCode::InvalidArgument, format!("cannot go back from timeline {} to {tli}", g.tli)));
         }
         if g.appending {
-            return Err(self.err(
-                ErrorCode::InvalidArgument,
-                "cannot switch timeline during an append",
-            ));
+            return Err(self.err(ErrorCode::InvalidArgument, "cannot switch timeline during an append"));
         }
         if tli != g.tli {
             g.tli = tli;
@@ -214,13 +198,7 @@ impl Store {
                 } else {
                     segment_file_name(*tli, *segno, self.seg_size)
                 };
-                out.push(SegmentInfo {
-                    tli: *tli,
-                    segno: *segno,
-                    partial: s.partial,
-                    name,
-                    start: Lsn(segno * self.seg_size),
-                });
+                out.push(SegmentInfo { tli: *tli, segno: *segno, partial: s.partial, name, start: Lsn(segno * self.seg_size) });
             }
         }
         out
@@ -228,22 +206,16 @@ impl Store {
 
     /// Appends `data` at exactly `lsn`.
     pub fn append(&self, lsn: Lsn, data: &[u8]) -> Result<()> {
-        let end = lsn.checked_add(data.len() as u64).ok_or_else(|| {
-            self.err(
-                ErrorCode::InvalidArgument,
-                format!("append at {lsn} overflows"),
-            )
-        })?;
+        let end = lsn
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| self.err(ErrorCode::InvalidArgument, format!("append at {lsn} overflows")))?;
         let (tli, mut current) = {
             let mut g = self.lock();
             if let Some(p) = &g.poisoned {
                 return Err(self.err(ErrorCode::Io, format!("append at {lsn} refused: {p}")));
             }
             if g.appending {
-                return Err(self.err(
-                    ErrorCode::InvalidArgument,
-                    format!("append at {lsn} while another append is running"),
-                ));
+                return Err(self.err(ErrorCode::InvalidArgument, format!("append at {lsn} while another append is running")));
             }
             match g.write_lsn {
                 Some(w) if w == lsn => {}
@@ -301,11 +273,7 @@ impl Store {
                     }
                 };
                 sys::write_all_at(&file, &rest[..n], off).map_err(|e| {
-                    Error::io(
-                        format_args!("cannot write WAL at {pos} to"),
-                        &self.path_of(tli, segno, true),
-                        e,
-                    )
+                    Error::io(format_args!("cannot write WAL at {pos} to"), &self.path_of(tli, segno, true), e)
                 })?;
                 if !touched.iter().any(|t| Arc::ptr_eq(t, &file)) {
                     touched.push(file);
@@ -322,10 +290,7 @@ impl Store {
         let mut g = self.lock();
         g.appending = false;
         for segno in &created {
-            g.files
-                .entry(*segno)
-                .or_default()
-                .insert(tli, Seg { partial: true });
+            g.files.entry(*segno).or_default().insert(tli, Seg { partial: true });
             g.dir_dirty = true;
         }
         for f in touched {
@@ -347,41 +312,24 @@ impl Store {
             let g = self.lock();
             let per = g.files.get(&segno);
             let existing = per.and_then(|m| m.get(&tli)).map(|s| s.partial);
-            let older = per
-                .and_then(|m| m.range(..tli).next_back())
-                .map(|(t, s)| (*t, s.partial));
+            let older = per.and_then(|m| m.range(..tli).next_back()).map(|(t, s)| (*t, s.partial));
             (existing, older)
         };
         if let Some(partial) = existing {
             let path = self.path_of(tli, segno, partial);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io("cannot open", &path, e))?;
+            let f = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
             return Ok((Arc::new(f), false));
         }
         if off != 0 && older.is_none() {
             return Err(self.err(
                 ErrorCode::Corrupt,
-                format!(
-                    "segment {} is missing but the write position is inside it",
-                    segment_file_name(tli, segno, self.seg_size)
-                ),
+                format!("segment {} is missing but the write position is inside it", segment_file_name(tli, segno, self.seg_size)),
             ));
         }
         let final_path = self.path_of(tli, segno, true);
-        let tmp = self.dir.join(format!(
-            "{}.tmp",
-            partial_file_name(tli, segno, self.seg_size)
-        ));
+        let tmp = self.dir.join(format!("{}.tmp", partial_file_name(tli, segno, self.seg_size)));
         let res = (|| -> std::io::Result<File> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
             sys::preallocate(&f, self.seg_size)?;
             if let Some((otli, opartial)) = older.filter(|_| off > 0) {
                 // Timeline switch inside this segment: the new file starts with
@@ -393,10 +341,7 @@ impl Store {
                     let n = buf.len().min((off - copied) as usize);
                     let got = sys::read_full_at(&src, &mut buf[..n], copied)?;
                     if got != n {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "older timeline segment is short",
-                        ));
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "older timeline segment is short"));
                     }
                     sys::write_all_at(&f, &buf[..n], copied)?;
                     copied += n as u64;
@@ -434,25 +379,17 @@ impl Store {
         };
         let res = (|| -> Result<bool> {
             for f in &dirty {
-                f.sync_data().map_err(|e| {
-                    Error::io(
-                        format_args!("fsync failed (flush to {target}) in"),
-                        &self.dir,
-                        e,
-                    )
-                })?;
+                f.sync_data().map_err(|e| Error::io(format_args!("fsync failed (flush to {target}) in"), &self.dir, e))?;
             }
             let mut renamed = false;
             for segno in &complete {
                 let from = self.path_of(tli, *segno, true);
                 let to = self.path_of(tli, *segno, false);
-                fs::rename(&from, &to)
-                    .map_err(|e| Error::io("cannot rename complete segment", &from, e))?;
+                fs::rename(&from, &to).map_err(|e| Error::io("cannot rename complete segment", &from, e))?;
                 renamed = true;
             }
             if dir_dirty || renamed {
-                sys::sync_dir(&self.dir)
-                    .map_err(|e| Error::io("cannot fsync directory", &self.dir, e))?;
+                sys::sync_dir(&self.dir).map_err(|e| Error::io("cannot fsync directory", &self.dir, e))?;
             }
             Ok(renamed)
         })();
@@ -470,10 +407,7 @@ impl Store {
                 Ok(g.flush_lsn)
             }
             Err(e) => {
-                g.poisoned = Some(format!(
-                    "an earlier flush failed ({}); reopen the stream",
-                    e.message
-                ));
+                g.poisoned = Some(format!("an earlier flush failed ({}); reopen the stream", e.message));
                 Err(e)
             }
         }
@@ -493,10 +427,7 @@ impl Store {
         let (tli, files) = {
             let g = self.lock();
             if g.appending {
-                return Err(self.err(
-                    ErrorCode::InvalidArgument,
-                    format!("truncate to {lsn} during an append"),
-                ));
+                return Err(self.err(ErrorCode::InvalidArgument, format!("truncate to {lsn} during an append")));
             }
             let files: Vec<(u64, u32, bool)> = g
                 .files
@@ -525,24 +456,18 @@ impl Store {
                 match have {
                     Some(&(_, _, partial)) => {
                         let mut path = self.path_of(tli, segno, partial);
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| Error::io("cannot open", &path, e))?;
+                        let f = OpenOptions::new().write(true).open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
                         let zeros = vec![0u8; 256 * 1024];
                         let mut at = off;
                         while at < self.seg_size {
                             let n = zeros.len().min((self.seg_size - at) as usize);
-                            sys::write_all_at(&f, &zeros[..n], at)
-                                .map_err(|e| Error::io("cannot zero", &path, e))?;
+                            sys::write_all_at(&f, &zeros[..n], at).map_err(|e| Error::io("cannot zero", &path, e))?;
                             at += n as u64;
                         }
-                        f.sync_data()
-                            .map_err(|e| Error::io("fsync failed for", &path, e))?;
+                        f.sync_data().map_err(|e| Error::io("fsync failed for", &path, e))?;
                         if !partial {
                             let to = self.path_of(tli, segno, true);
-                            fs::rename(&path, &to)
-                                .map_err(|e| Error::io("cannot rename", &path, e))?;
+                            fs::rename(&path, &to).map_err(|e| Error::io("cannot rename", &path, e))?;
                             path = to;
                             now_partial = Some(segno);
                         }
@@ -552,10 +477,7 @@ impl Store {
                     None => {
                         return Err(self.err(
                             ErrorCode::InvalidArgument,
-                            format!(
-                                "cannot truncate to {lsn}: segment {} is not here",
-                                segment_file_name(tli, segno, self.seg_size)
-                            ),
+                            format!("cannot truncate to {lsn}: segment {} is not here", segment_file_name(tli, segno, self.seg_size)),
                         ))
                     }
                 }
@@ -619,12 +541,10 @@ impl Store {
                     }
                 }
             }
-            g.readers
-                .retain(|((t, s), _)| !removed.iter().any(|(rs, rt, _)| rs == s && rt == t));
+            g.readers.retain(|((t, s), _)| !removed.iter().any(|(rs, rt, _)| rs == s && rt == t));
         }
         if !removed.is_empty() {
-            sys::sync_dir(&self.dir)
-                .map_err(|e| Error::io("cannot fsync directory", &self.dir, e))?;
+            sys::sync_dir(&self.dir).map_err(|e| Error::io("cannot fsync directory", &self.dir, e))?;
         }
         result?;
         Ok(removed.into_iter().map(|(_, _, n)| n).collect())
@@ -644,17 +564,11 @@ impl Store {
                             segment_file_name(tli, segno, self.seg_size)
                         ),
                     ),
-                    _ => self.err(
-                        ErrorCode::NotYetWritten,
-                        format!("no WAL segment holds {lsn}"),
-                    ),
+                    _ => self.err(ErrorCode::NotYetWritten, format!("no WAL segment holds {lsn}")),
                 });
             };
             let Some((&t, s)) = per.range(..=tli).next_back() else {
-                return Err(self.err(
-                    ErrorCode::NotYetWritten,
-                    format!("no WAL segment of timeline {tli} holds {lsn}"),
-                ));
+                return Err(self.err(ErrorCode::NotYetWritten, format!("no WAL segment of timeline {tli} holds {lsn}")));
             };
             let key = (t, segno);
             if let Some(i) = g.readers.iter().position(|(k, _)| *k == key) {
@@ -686,13 +600,7 @@ impl Store {
 
     /// Checks that [start, end) is readable: written (flushed, if
     /// `flushed_only`) and still kept. Returns the handle for `start`'s segment.
-    pub(crate) fn prepare_read(
-        &self,
-        tli: u32,
-        start: Lsn,
-        end: Lsn,
-        flushed_only: bool,
-    ) -> Result<Arc<File>> {
+    pub(crate) fn prepare_read(&self, tli: u32, start: Lsn, end: Lsn, flushed_only: bool) -> Result<Arc<File>> {
         let limit = {
             let g = self.lock();
             if flushed_only {
@@ -708,19 +616,12 @@ impl Store {
                     ErrorCode::NotYetWritten,
                     format!(
                         "cannot read WAL up to {end}: {} only reaches {l}",
-                        if flushed_only {
-                            "the flushed WAL"
-                        } else {
-                            "the written WAL"
-                        }
+                        if flushed_only { "the flushed WAL" } else { "the written WAL" }
                     ),
                 ))
             }
             None => {
-                return Err(self.err(
-                    ErrorCode::NotPositioned,
-                    format!("cannot read at {start}: write position unknown"),
-                ))
+                return Err(self.err(ErrorCode::NotPositioned, format!("cannot read at {start}: write position unknown")))
             }
         }
         self.reader(tli, start.segment_number(self.seg_size), start)
@@ -731,10 +632,7 @@ impl Store {
     pub fn read(&self, tli: u32, lsn: Lsn, buf: &mut [u8]) -> Result<usize> {
         let limit = self.lock().write_lsn.unwrap_or(Lsn(0));
         if lsn > limit {
-            return Err(self.err(
-                ErrorCode::NotYetWritten,
-                format!("cannot read at {lsn}: written WAL ends at {limit}"),
-            ));
+            return Err(self.err(ErrorCode::NotYetWritten, format!("cannot read at {lsn}: written WAL ends at {limit}")));
         }
         let total = buf.len().min((limit.0 - lsn.0) as usize);
         let mut done = 0;
@@ -746,10 +644,7 @@ impl Store {
             let got = sys::read_full_at(&f, &mut buf[done..done + n], off)
                 .map_err(|e| self.err(ErrorCode::Io, format!("cannot read WAL at {pos}: {e}")))?;
             if got != n {
-                return Err(self.err(
-                    ErrorCode::Corrupt,
-                    format!("segment holding {pos} is shorter than the segment size"),
-                ));
+                return Err(self.err(ErrorCode::Corrupt, format!("segment holding {pos} is shorter than the segment size")));
             }
             done += n;
         }
@@ -792,17 +687,13 @@ impl WalSource for StoreSource<'_> {
         let segno = lsn.segment_number(seg);
         let f = match self.store.reader(self.tli, segno, lsn) {
             Ok(f) => f,
-            Err(e) if matches!(e.code, ErrorCode::NotYetWritten | ErrorCode::Removed) => {
-                return Ok(0)
-            }
+            Err(e) if matches!(e.code, ErrorCode::NotYetWritten | ErrorCode::Removed) => return Ok(0),
             Err(e) => return Err(e),
         };
         let off = lsn.segment_offset(seg);
         let n = buf.len().min((seg - off) as usize);
-        sys::read_full_at(&f, &mut buf[..n], off).map_err(|e| {
-            self.store
-                .err(ErrorCode::Io, format!("cannot read WAL at {lsn}: {e}"))
-        })
+        sys::read_full_at(&f, &mut buf[..n], off)
+            .map_err(|e| self.store.err(ErrorCode::Io, format!("cannot read WAL at {lsn}: {e}")))
     }
 }
 
@@ -811,6 +702,7 @@ fn _assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<Store>();
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -843,10 +735,7 @@ mod tests {
     }
 
     fn names(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut v: Vec<String> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
     }
@@ -867,25 +756,14 @@ mod tests {
         assert_eq!(s.flush_lsn(), end);
         for segno in 1..=last {
             let partial = segno == last;
-            let name = if partial {
-                partial_file_name(1, segno, SEG)
-            } else {
-                segment_file_name(1, segno, SEG)
-            };
+            let name = if partial { partial_file_name(1, segno, SEG) } else { segment_file_name(1, segno, SEG) };
             let got = fs::read(d.path().join(&name)).unwrap();
-            assert_eq!(
-                got.len() as u64,
-                SEG,
-                "{name} is pre-allocated to full size"
-            );
+            assert_eq!(got.len() as u64, SEG, "{name} is pre-allocated to full size");
             let want = b.segment(segno);
             if partial {
                 let upto = end.segment_offset(SEG) as usize;
                 assert_eq!(&got[..upto], &want[..upto], "{name}");
-                assert!(
-                    got[upto..].iter().all(|&x| x == 0),
-                    "{name} is zero after the write position"
-                );
+                assert!(got[upto..].iter().all(|&x| x == 0), "{name} is zero after the write position");
             } else {
                 assert!(got == want, "{name} differs");
             }
@@ -912,15 +790,8 @@ mod tests {
         s.append(Lsn(SEG), &b.bytes[..1000]).unwrap();
         let e = s.append(Lsn(SEG + 1001), &b.bytes[1001..1100]).unwrap_err();
         assert_eq!(e.code, ErrorCode::Gap);
-        assert!(
-            e.message.contains("append at 0/1003E9")
-                && e.message.contains("write position is 0/1003E8"),
-            "{e}"
-        );
-        assert!(
-            e.message.contains(d.path().to_str().unwrap()),
-            "names the directory: {e}"
-        );
+        assert!(e.message.contains("append at 0/1003E9") && e.message.contains("write position is 0/1003E8"), "{e}");
+        assert!(e.message.contains(d.path().to_str().unwrap()), "names the directory: {e}");
         let e = s.append(Lsn(SEG + 999), &b.bytes[999..1100]).unwrap_err();
         assert_eq!(e.code, ErrorCode::Rewrite);
         s.append(Lsn(SEG + 1000), &b.bytes[1000..5000]).unwrap();
@@ -931,10 +802,7 @@ mod tests {
         let e = s.append(Lsn(SEG + 5000), &b.bytes[5000..6000]).unwrap_err();
         assert_eq!(e.code, ErrorCode::NotPositioned);
         let mut buf = [0u8; 10];
-        assert_eq!(
-            s.read(1, Lsn(SEG), &mut buf).unwrap_err().code,
-            ErrorCode::NotYetWritten
-        );
+        assert_eq!(s.read(1, Lsn(SEG), &mut buf).unwrap_err().code, ErrorCode::NotYetWritten);
         s.truncate(Lsn(SEG + 5000)).unwrap();
         s.append(Lsn(SEG + 5000), &b.bytes[5000..6000]).unwrap();
         // A segment file of the wrong size is refused when opening.
@@ -950,25 +818,14 @@ mod tests {
         let d = TempDir::new("store-truncate");
         let s = Store::open(d.path(), SEG, 1).unwrap();
         let end = b.wal_end();
-        assert!(
-            end.segment_number(SEG) >= 4,
-            "test wants several segments, end {end}"
-        );
+        assert!(end.segment_number(SEG) >= 4, "test wants several segments, end {end}");
         feed(&s, &b, Lsn(SEG), end);
         s.flush().unwrap();
         // Cut in the middle of segment 2 (complete, so renamed back to .partial).
-        let cut = b
-            .records
-            .iter()
-            .map(|r| r.0)
-            .find(|l| l.segment_number(SEG) == 2 && l.segment_offset(SEG) > 1000)
-            .unwrap();
+        let cut = b.records.iter().map(|r| r.0).find(|l| l.segment_number(SEG) == 2 && l.segment_offset(SEG) > 1000).unwrap();
         s.truncate(cut).unwrap();
         assert_eq!((s.write_lsn(), s.flush_lsn()), (Some(cut), cut));
-        assert_eq!(
-            names(d.path()),
-            vec![segment_file_name(1, 1, SEG), partial_file_name(1, 2, SEG)]
-        );
+        assert_eq!(names(d.path()), vec![segment_file_name(1, 1, SEG), partial_file_name(1, 2, SEG)]);
         let seg2 = fs::read(d.path().join(partial_file_name(1, 2, SEG))).unwrap();
         let o = cut.segment_offset(SEG) as usize;
         assert!(seg2[o..].iter().all(|&x| x == 0));
@@ -979,17 +836,11 @@ mod tests {
         feed(&s, &b, cut, end);
         s.flush().unwrap();
         for segno in 1..end.segment_number(SEG) {
-            assert!(
-                fs::read(d.path().join(segment_file_name(1, segno, SEG))).unwrap()
-                    == b.segment(segno)
-            );
+            assert!(fs::read(d.path().join(segment_file_name(1, segno, SEG))).unwrap() == b.segment(segno));
         }
         // Truncating at a segment boundary removes that segment entirely.
         s.truncate(Lsn(3 * SEG)).unwrap();
-        assert_eq!(
-            names(d.path()),
-            vec![segment_file_name(1, 1, SEG), segment_file_name(1, 2, SEG)]
-        );
+        assert_eq!(names(d.path()), vec![segment_file_name(1, 1, SEG), segment_file_name(1, 2, SEG)]);
         feed(&s, &b, Lsn(3 * SEG), end);
         assert_eq!(s.flush().unwrap(), end);
     }
@@ -1003,27 +854,16 @@ mod tests {
         feed(&s, &b, Lsn(SEG), end);
         s.flush().unwrap();
         let removed = s.remove_below(3).unwrap();
-        assert_eq!(
-            removed,
-            vec![segment_file_name(1, 1, SEG), segment_file_name(1, 2, SEG)]
-        );
+        assert_eq!(removed, vec![segment_file_name(1, 1, SEG), segment_file_name(1, 2, SEG)]);
         assert_eq!(s.oldest_lsn(1), Some(Lsn(3 * SEG)));
         let mut buf = [0u8; 100];
         let e = s.read(1, Lsn(SEG + 100), &mut buf).unwrap_err();
         assert_eq!(e.code, ErrorCode::Removed);
-        assert!(
-            e.message.contains(
-                "requested WAL segment 000000010000000000000001 has already been removed"
-            ),
-            "{e}"
-        );
+        assert!(e.message.contains("requested WAL segment 000000010000000000000001 has already been removed"), "{e}");
         // Never the segment being written.
         let w = end.segment_number(SEG);
         s.remove_below(w + 10).unwrap();
-        assert_eq!(
-            s.list().iter().map(|i| i.segno).collect::<Vec<_>>(),
-            vec![w]
-        );
+        assert_eq!(s.list().iter().map(|i| i.segno).collect::<Vec<_>>(), vec![w]);
         assert_eq!(s.list()[0].name, partial_file_name(1, w, SEG));
         feed(&s, &b, end, end);
     }
@@ -1043,16 +883,12 @@ mod tests {
         let payload = vec![0xAB; 5000];
         s.append(switch, &payload).unwrap();
         s.flush().unwrap();
-        s.put_history(2, b"1\t0/1234\tno recovery target specified\n")
-            .unwrap();
+        s.put_history(2, b"1\t0/1234\tno recovery target specified\n").unwrap();
         let segno = switch.segment_number(SEG);
         let new = fs::read(d.path().join(partial_file_name(2, segno, SEG))).unwrap();
         let old = fs::read(d.path().join(partial_file_name(1, segno, SEG))).unwrap();
         let o = switch.segment_offset(SEG) as usize;
-        assert!(
-            new[..o] == old[..o],
-            "the new timeline's file starts with the old bytes"
-        );
+        assert!(new[..o] == old[..o], "the new timeline's file starts with the old bytes");
         assert!(new[o..o + 5000] == payload[..]);
         // Timeline 1 still reads its own history; timeline 2 reads the new bytes.
         let mut a = vec![0u8; 5000];
@@ -1062,10 +898,7 @@ mod tests {
         let mut h = [0u8; 16];
         s.read(1, Lsn(SEG), &mut h).unwrap();
         assert!(h[..] == b.bytes[..16]);
-        assert_eq!(
-            s.get_history(2).unwrap().unwrap(),
-            b"1\t0/1234\tno recovery target specified\n"
-        );
+        assert_eq!(s.get_history(2).unwrap().unwrap(), b"1\t0/1234\tno recovery target specified\n");
         assert_eq!(s.get_history(3).unwrap(), None);
         assert!(s.set_timeline(1).is_err());
     }

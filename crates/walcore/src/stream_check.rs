@@ -13,9 +13,7 @@
 //! checked by whoever replays them.
 
 use crate::lsn::{Lsn, WAL_PAGE_SIZE};
-use crate::page::{
-    magic_for_pg_version, LONG_HEADER_SIZE, SHORT_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER,
-};
+use crate::page::{magic_for_pg_version, LONG_HEADER_SIZE, SHORT_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER};
 
 pub struct StreamCheck {
     seg_size: u64,
@@ -27,22 +25,10 @@ pub struct StreamCheck {
 }
 
 impl StreamCheck {
-    pub fn new(
-        seg_size: u64,
-        system_id: u64,
-        pg_version: u32,
-        tli: u32,
-    ) -> Result<StreamCheck, String> {
-        let magic = magic_for_pg_version(pg_version).ok_or_else(|| {
-            format!("PostgreSQL {pg_version} WAL is not supported (15, 16 and 17 are)")
-        })?;
-        Ok(StreamCheck {
-            seg_size,
-            system_id,
-            magic,
-            tli,
-            partial: None,
-        })
+    pub fn new(seg_size: u64, system_id: u64, pg_version: u32, tli: u32) -> Result<StreamCheck, String> {
+        let magic = magic_for_pg_version(pg_version)
+            .ok_or_else(|| format!("PostgreSQL {pg_version} WAL is not supported (15, 16 and 17 are)"))?;
+        Ok(StreamCheck { seg_size, system_id, magic, tli, partial: None })
     }
 
     fn header_size(&self, at: Lsn) -> usize {
@@ -70,11 +56,7 @@ impl StreamCheck {
         }
         let pos = start.0 + off as u64;
         let rem = pos % WAL_PAGE_SIZE;
-        let mut next = if rem == 0 {
-            off
-        } else {
-            off + (WAL_PAGE_SIZE - rem) as usize
-        };
+        let mut next = if rem == 0 { off } else { off + (WAL_PAGE_SIZE - rem) as usize };
         while next < data.len() {
             let at = Lsn(start.0 + next as u64);
             let size = self.header_size(at);
@@ -101,10 +83,7 @@ impl StreamCheck {
             if h.len() == SHORT_HEADER_SIZE && !seg_start && h.iter().all(|b| *b == 0) {
                 return Ok(());
             }
-            return Err(format!(
-                "WAL page at {at} has magic {magic:X}, expected {:X}",
-                self.magic
-            ));
+            return Err(format!("WAL page at {at} has magic {magic:X}, expected {:X}", self.magic));
         }
         let info = u16_at(2);
         if info & !XLP_ALL_FLAGS != 0 {
@@ -120,10 +99,7 @@ impl StreamCheck {
         }
         let tli = u32_at(4);
         if tli == 0 || tli > self.tli {
-            return Err(format!(
-                "WAL page at {at} claims timeline {tli}, streaming timeline {}",
-                self.tli
-            ));
+            return Err(format!("WAL page at {at} claims timeline {tli}, streaming timeline {}", self.tli));
         }
         let pageaddr = Lsn(u64_at(8));
         if pageaddr != at {
@@ -139,10 +115,7 @@ impl StreamCheck {
             }
             let seg = u32_at(32) as u64;
             if seg != self.seg_size {
-                return Err(format!(
-                    "WAL page at {at} says segments are {seg} bytes, this stream's are {}",
-                    self.seg_size
-                ));
+                return Err(format!("WAL page at {at} says segments are {seg} bytes, this stream's are {}", self.seg_size));
             }
             let blck = u32_at(36) as u64;
             if blck != WAL_PAGE_SIZE {

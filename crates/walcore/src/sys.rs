@@ -80,13 +80,7 @@ mod linux {
     pub const EOPNOTSUPP: i32 = 95;
     pub const ENOSYS: i32 = 38;
     extern "C" {
-        pub fn preadv2(
-            fd: c_int,
-            iov: *const IoVec,
-            iovcnt: c_int,
-            offset: i64,
-            flags: c_int,
-        ) -> isize;
+        pub fn preadv2(fd: c_int, iov: *const IoVec, iovcnt: c_int, offset: i64, flags: c_int) -> isize;
         pub fn posix_fallocate(fd: c_int, offset: i64, len: i64) -> c_int;
     }
 }
@@ -106,20 +100,9 @@ pub fn read_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<No
         }
         let mut done = 0usize;
         while done < buf.len() {
-            let iov = linux::IoVec {
-                base: buf[done..].as_mut_ptr(),
-                len: buf.len() - done,
-            };
+            let iov = linux::IoVec { base: buf[done..].as_mut_ptr(), len: buf.len() - done };
             // SAFETY: iov points into `buf`, which outlives the call.
-            let n = unsafe {
-                linux::preadv2(
-                    file.as_raw_fd(),
-                    &iov,
-                    1,
-                    (offset + done as u64) as i64,
-                    linux::RWF_NOWAIT,
-                )
-            };
+            let n = unsafe { linux::preadv2(file.as_raw_fd(), &iov, 1, (offset + done as u64) as i64, linux::RWF_NOWAIT) };
             if n > 0 {
                 done += n as usize;
                 continue;
@@ -194,16 +177,6 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
 /// Waits until `sock` is readable (or hung up) or `timeout` has passed.
 #[cfg(unix)]
 pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
-    poll_one(sock, 1, timeout)
-}
-
-/// poll(2) on one socket for `events` (POLLIN 1, POLLOUT 4).
-#[cfg(unix)]
-fn poll_one(
-    sock: &std::net::TcpStream,
-    events: std::ffi::c_short,
-    timeout: std::time::Duration,
-) -> io::Result<()> {
     use std::ffi::{c_int, c_short};
     use std::os::fd::AsRawFd;
     #[repr(C)]
@@ -219,11 +192,8 @@ fn poll_one(
     extern "C" {
         fn poll(fds: *mut PollFd, nfds: NFds, timeout: c_int) -> c_int;
     }
-    let mut p = PollFd {
-        fd: sock.as_raw_fd(),
-        events,
-        revents: 0,
-    };
+    const POLLIN: c_short = 1;
+    let mut p = PollFd { fd: sock.as_raw_fd(), events: POLLIN, revents: 0 };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { poll(&mut p, 1, ms) };
@@ -318,10 +288,4 @@ pub fn send_file(
         let _ = (sock, file, offset, count);
         Err(io::ErrorKind::Unsupported.into())
     }
-}
-
-/// Waits until `sock` can take more bytes (or hung up) or `timeout` has passed.
-#[cfg(unix)]
-pub fn wait_writable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
-    poll_one(sock, 4, timeout)
 }

@@ -62,14 +62,7 @@ impl WalBuilder {
     /// Writes the header of the page at `page`; returns where data may start.
     fn write_page_header(&mut self, page: Lsn, rem_len: u32) -> Lsn {
         let long = page.segment_offset(self.seg_size) == 0;
-        let mut h = vec![
-            0u8;
-            if long {
-                LONG_HEADER_SIZE
-            } else {
-                SHORT_HEADER_SIZE
-            }
-        ];
+        let mut h = vec![0u8; if long { LONG_HEADER_SIZE } else { SHORT_HEADER_SIZE }];
         let mut info = 0u16;
         if long {
             info |= XLP_LONG_HEADER;

@@ -28,9 +28,7 @@ pub const DEFAULT_MAX_SEND: usize = 128 * 1024;
 
 /// Microseconds since 2000-01-01 00:00:00 UTC, the protocol's timestamp.
 pub fn pg_now() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     d.as_micros() as i64 - 946_684_800_000_000
 }
 
@@ -53,10 +51,7 @@ pub fn payload_len(req: &FrameRequest, seg_size: u64, cap: usize) -> Result<usiz
     if req.end <= req.start {
         return Err(Error::new(
             ErrorCode::InvalidArgument,
-            format!(
-                "nothing to send: start {} is not below end {}",
-                req.start, req.end
-            ),
+            format!("nothing to send: start {} is not below end {}", req.start, req.end),
         ));
     }
     if cap <= HEADER_SIZE {
@@ -67,9 +62,7 @@ pub fn payload_len(req: &FrameRequest, seg_size: u64, cap: usize) -> Result<usiz
     }
     let pending = req.end.0 - req.start.0;
     let seg_left = seg_size - req.start.segment_offset(seg_size);
-    let limit = (req.max_send.max(1) as u64)
-        .min((cap - HEADER_SIZE) as u64)
-        .min(seg_left);
+    let limit = (req.max_send.max(1) as u64).min((cap - HEADER_SIZE) as u64).min(seg_left);
     if pending <= limit {
         return Ok(pending as usize);
     }
@@ -94,12 +87,7 @@ pub fn write_header(out: &mut [u8], start: Lsn, wal_end: Lsn, send_time: i64, n:
 /// Fills `out` with one XLogData message; returns the bytes used. `nowait`:
 /// only if the WAL is in the page cache (Ok(None) when the disk would be
 /// needed; retry with `nowait = false` off the event loop).
-pub fn frame(
-    store: &Store,
-    req: &FrameRequest,
-    out: &mut [u8],
-    nowait: bool,
-) -> Result<Option<usize>> {
+pub fn frame(store: &Store, req: &FrameRequest, out: &mut [u8], nowait: bool) -> Result<Option<usize>> {
     let seg = store.seg_size();
     let n = payload_len(req, seg, out.len())?;
     // The whole requested range must be flushed, not just this message's part:
@@ -120,28 +108,15 @@ pub fn frame(
         // A short read of a file we keep at full size is damage, not EOF.
         return Err(Error::new(
             ErrorCode::Corrupt,
-            format!(
-                "{}: short read of WAL at {}: {got} of {n} bytes",
-                store.dir().display(),
-                req.start
-            ),
+            format!("{}: short read of WAL at {}: {got} of {n} bytes", store.dir().display(), req.start),
         ));
     }
-    write_header(
-        out,
-        req.start,
-        req.wal_end,
-        req.send_time.unwrap_or_else(pg_now),
-        n,
-    );
+    write_header(out, req.start, req.wal_end, req.send_time.unwrap_or_else(pg_now), n);
     Ok(Some(HEADER_SIZE + n))
 }
 
 fn read_err(store: &Store, at: Lsn, e: std::io::Error) -> Error {
-    Error::new(
-        ErrorCode::Io,
-        format!("{}: cannot read WAL at {at}: {e}", store.dir().display()),
-    )
+    Error::new(ErrorCode::Io, format!("{}: cannot read WAL at {at}: {e}", store.dir().display()))
 }
 
 const _: () = assert!(WAL_PAGE_SIZE as usize * 16 == DEFAULT_MAX_SEND);
@@ -173,35 +148,18 @@ mod tests {
         let n = payload_len(&req(s, s + 10 * DEFAULT_MAX_SEND as u64), SEG, 1 << 20).unwrap();
         assert_eq!(n as u64, (s + DEFAULT_MAX_SEND as u64) / 8192 * 8192 - s);
         // Page-aligned start: exactly max_send.
-        assert_eq!(
-            payload_len(&req(SEG, SEG + (1 << 20)), SEG, 1 << 20).unwrap(),
-            DEFAULT_MAX_SEND
-        );
+        assert_eq!(payload_len(&req(SEG, SEG + (1 << 20)), SEG, 1 << 20).unwrap(), DEFAULT_MAX_SEND);
         // Never past a segment end.
         let near = 2 * SEG - 3000;
-        assert_eq!(
-            payload_len(&req(near, near + 100_000), SEG, 1 << 20).unwrap(),
-            3000
-        );
+        assert_eq!(payload_len(&req(near, near + 100_000), SEG, 1 << 20).unwrap(), 3000);
         // The buffer bounds it too (then page-cut).
-        assert_eq!(
-            payload_len(&req(SEG, SEG + 100_000), SEG, HEADER_SIZE + 10_000).unwrap(),
-            8192
-        );
+        assert_eq!(payload_len(&req(SEG, SEG + 100_000), SEG, HEADER_SIZE + 10_000).unwrap(), 8192);
         // A tiny max_send smaller than what is left of the page: no page cut possible.
         let mut r = req(SEG + 8000, SEG + 9000);
         r.max_send = 100;
         assert_eq!(payload_len(&r, SEG, 1 << 20).unwrap(), 100);
-        assert_eq!(
-            payload_len(&req(s, s), SEG, 1 << 20).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            payload_len(&req(s, s + 1), SEG, HEADER_SIZE)
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(payload_len(&req(s, s), SEG, 1 << 20).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(payload_len(&req(s, s + 1), SEG, HEADER_SIZE).unwrap_err().code, ErrorCode::InvalidArgument);
     }
 
     #[test]
@@ -213,8 +171,7 @@ mod tests {
         let d = TempDir::new("xlogdata");
         let s = Store::open(d.path(), SEG, 1).unwrap();
         let end = b.wal_end();
-        s.append(Lsn(SEG), &b.bytes[..(end.0 - SEG) as usize])
-            .unwrap();
+        s.append(Lsn(SEG), &b.bytes[..(end.0 - SEG) as usize]).unwrap();
         let start = SEG + 12_345;
         let mut out = vec![0xEEu8; HEADER_SIZE + DEFAULT_MAX_SEND + 7];
         // Not flushed yet: refused, nothing unflushed is ever served.
@@ -225,10 +182,7 @@ mod tests {
         r.wal_end = Lsn(0xAABB_CCDD_0011_2233);
         let used = frame(&s, &r, &mut out, false).unwrap().unwrap();
         let n = used - HEADER_SIZE;
-        assert_eq!(
-            n as u64,
-            (start + DEFAULT_MAX_SEND as u64) / 8192 * 8192 - start
-        );
+        assert_eq!(n as u64, (start + DEFAULT_MAX_SEND as u64) / 8192 * 8192 - start);
         let mut want = vec![b'd'];
         want.extend_from_slice(&((n + 29) as u32).to_be_bytes());
         want.push(b'w');
@@ -238,10 +192,7 @@ mod tests {
         assert_eq!(&out[..HEADER_SIZE], &want[..]);
         let o = (start - SEG) as usize;
         assert!(out[HEADER_SIZE..used] == b.bytes[o..o + n]);
-        assert!(
-            out[used..].iter().all(|&x| x == 0xEE),
-            "nothing written past the message"
-        );
+        assert!(out[used..].iter().all(|&x| x == 0xEE), "nothing written past the message");
         // The page cache holds what we just wrote, so the no-wait path serves it on Linux.
         let nowait = frame(&s, &r, &mut out, true).unwrap();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -251,27 +202,17 @@ mod tests {
         r.send_time = None;
         frame(&s, &r, &mut out, false).unwrap();
         let t = i64::from_be_bytes(out[22..30].try_into().unwrap());
-        assert!(
-            (t - pg_now()).abs() < 5_000_000,
-            "sendTime {t} is about now"
-        );
+        assert!((t - pg_now()).abs() < 5_000_000, "sendTime {t} is about now");
         // Streaming the whole range message by message reproduces the WAL.
         let mut pos = SEG;
         let mut got = Vec::new();
         while pos < end.0 {
-            let used = frame(&s, &req(pos, end.0), &mut out, false)
-                .unwrap()
-                .unwrap();
+            let used = frame(&s, &req(pos, end.0), &mut out, false).unwrap().unwrap();
             got.extend_from_slice(&out[HEADER_SIZE..used]);
             pos += (used - HEADER_SIZE) as u64;
         }
         assert!(got == b.bytes[..(end.0 - SEG) as usize]);
         // Past the flushed end: refused.
-        assert_eq!(
-            frame(&s, &req(SEG, end.0 + 1), &mut out, false)
-                .unwrap_err()
-                .code,
-            ErrorCode::NotYetWritten
-        );
+        assert_eq!(frame(&s, &req(SEG, end.0 + 1), &mut out, false).unwrap_err().code, ErrorCode::NotYetWritten);
     }
 }
