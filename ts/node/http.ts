@@ -195,10 +195,11 @@ export function createHttpServer(node: HttpNodeView): http.Server {
           // machine.
           res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
           let backlogged = false;
-          let lastAt = 0;
+          let heartbeat: NodeJS.Timeout | undefined;
           const push = (): void => {
+            clearTimeout(heartbeat);
             if (res.destroyed || backlogged) return;
-            lastAt = Date.now();
+            heartbeat = setTimeout(push, 250);
             if (!res.write(`${JSON.stringify(memberStatusJson(node, s))}\n`)) {
               backlogged = true;
               res.once('drain', () => {
@@ -209,12 +210,9 @@ export function createHttpServer(node: HttpNodeView): http.Server {
             res.socket?.uncork();
           };
           const unlisten = s.flushWatch.listen(push);
-          const heartbeat = setInterval(() => {
-            if (Date.now() - lastAt >= 200) push();
-          }, 250);
           res.on('close', () => {
             unlisten();
-            clearInterval(heartbeat);
+            clearTimeout(heartbeat);
           });
           push();
           return;
