@@ -129,16 +129,36 @@ export function findEndOfWal(dir: string, tli: number, segmentSize: number, star
   return native().findEndOfWal(dir, tli, segmentSize, start, opts.search, opts.prev, opts.systemId, opts.pgVersion);
 }
 
+/** What both pumps share: one run at a time, stop(), and close() once the last run settled. */
+abstract class LentPump<R> {
+  private running: Promise<R> | null = null;
+
+  protected track(p: Promise<R>): Promise<R> {
+    this.running = p;
+    return p;
+  }
+
+  abstract stop(): void;
+  /** Drops the Rust side and its duplicate of the socket. */
+  protected abstract release(): void;
+
+  /** Closes the pump's duplicate of the socket, after the last run() settled. */
+  async close(): Promise<void> {
+    this.stop();
+    await this.running?.catch(() => undefined);
+    this.release();
+  }
+}
+
 /** A running receive pump: run() until a report has `end`, then close(). */
-export class ReceivePump {
-  private running: Promise<PumpReport> | null = null;
-  constructor(private readonly h: PumpHandle) {}
+export class ReceivePump extends LentPump<PumpReport> {
+  constructor(private readonly h: PumpHandle) {
+    super();
+  }
 
   /** Works on the thread pool until something to act on, or `maxMs`. */
   run(maxMs: number): Promise<PumpReport> {
-    const p = native().pumpRun(this.h, maxMs);
-    this.running = p;
-    return p;
+    return this.track(native().pumpRun(this.h, maxMs));
   }
 
   /** Makes a running run() return soon (within ~20 ms). */
@@ -146,27 +166,23 @@ export class ReceivePump {
     native().pumpStop(this.h);
   }
 
-  /** Closes the pump's duplicate of the socket, after the last run() settled. */
-  async close(): Promise<void> {
-    this.stop();
-    await this.running?.catch(() => undefined);
+  protected release(): void {
     native().pumpClose(this.h);
   }
 }
 
 /** A send pump: run() while behind, writing each report's tail before anything else; close() at the end. */
-export class SendPump {
-  private running: Promise<SendPumpReport> | null = null;
-  constructor(private readonly h: SendPumpHandle) {}
+export class SendPump extends LentPump<SendPumpReport> {
+  constructor(private readonly h: SendPumpHandle) {
+    super();
+  }
 
   /**
    * Sends [start, end) without blocking, on the thread pool, until done,
    * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs).
    */
   run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean): Promise<SendPumpReport> {
-    const p = native().sendPumpRun(this.h, start, end, walEnd, budget, zeroCopy);
-    this.running = p;
-    return p;
+    return this.track(native().sendPumpRun(this.h, start, end, walEnd, budget, zeroCopy));
   }
 
   /** Makes a running run() return before its next message. */
@@ -174,10 +190,7 @@ export class SendPump {
     native().sendPumpStop(this.h);
   }
 
-  /** Closes the pump's duplicate of the socket, after the last run() settled. */
-  async close(): Promise<void> {
-    this.stop();
-    await this.running?.catch(() => undefined);
+  protected release(): void {
     native().sendPumpClose(this.h);
   }
 }

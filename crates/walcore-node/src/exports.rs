@@ -415,9 +415,8 @@ fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     spawn(
         env,
         move || {
-            let mut g = h.pump.try_lock().map_err(|_| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is already running"))?;
-            let pump = g.as_mut().ok_or_else(|| JsError::error("WALCORE_INVALID_ARGUMENT", "pumpRun: the pump is closed"))?;
-            Ok(pump.run(max, &h.stop))
+            h.run(|p, stop| p.run(max, stop))
+                .map_err(|why| JsError::error("WALCORE_INVALID_ARGUMENT", format!("pumpRun: the pump is {why}")))
         },
         |env, r| {
             let o = env.object()?;
@@ -505,9 +504,8 @@ fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     spawn(
         env,
         move || {
-            let mut g = h.pump.try_lock().map_err(|_| JsError::error("WALCORE_INVALID_ARGUMENT", "sendPumpRun: the pump is already running"))?;
-            let pump = g.as_mut().ok_or_else(|| JsError::error("WALCORE_INVALID_ARGUMENT", "sendPumpRun: the pump is closed"))?;
-            Ok(pump.run(&job, &h.stop))
+            h.run(|p, stop| p.run(&job, stop))
+                .map_err(|why| JsError::error("WALCORE_INVALID_ARGUMENT", format!("sendPumpRun: the pump is {why}")))
         },
         |env, r| {
             let o = env.object()?;

@@ -373,6 +373,14 @@ impl<P> PumpHandle<P> {
         PumpHandle { pump: std::sync::Mutex::new(Some(p)), stop: AtomicBool::new(false) }
     }
 
+    /// Runs `f` on the pump with the stop flag; Err names why it cannot:
+    /// "already running" (one run at a time) or "closed".
+    pub fn run<T>(&self, f: impl FnOnce(&mut P, &AtomicBool) -> T) -> std::result::Result<T, &'static str> {
+        let mut g = self.pump.try_lock().map_err(|_| "already running")?;
+        let p = g.as_mut().ok_or("closed")?;
+        Ok(f(p, &self.stop))
+    }
+
     /// Closes the pump (and its socket duplicate) unless a run holds it; then
     /// only asks that run to stop, and returns false.
     pub fn close(&self) -> bool {

@@ -297,6 +297,11 @@ mod tests {
         (Arc::new(s), wal)
     }
 
+    /// A job whose walEnd is its end, as for a client served up to commit_lsn.
+    fn job(start: Lsn, end: Lsn, budget: usize, zero_copy: bool) -> SendJob {
+        SendJob { start, end, wal_end: end, budget, zero_copy }
+    }
+
     /// (the pump's side, non-blocking; the client's side, blocking)
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -412,7 +417,7 @@ mod tests {
         let end = Lsn(2 * SEG);
         let reader = std::thread::spawn(move || read_stream(&mut c, Lsn(0), end, end));
         let stop = AtomicBool::new(false);
-        let r = p.run(&SendJob { start: Lsn(0), end, wal_end: end, budget: 100 * 1024, zero_copy: true }, &stop);
+        let r = p.run(&job(Lsn(0), end, 100 * 1024, true), &stop);
         // Two messages: the second begins before the budget is spent, none after.
         assert_eq!(r.messages, 2);
         let first = r.sent;
@@ -436,25 +441,13 @@ mod tests {
         let (s, c) = pair();
         let mut p = SendPump::new(s.as_raw_fd(), store.clone(), 1, 128 * 1024).unwrap();
         let stopped = AtomicBool::new(true);
-        let r = p.run(
-            &SendJob { start: Lsn(0), end: Lsn(SEG), wal_end: Lsn(SEG), budget: usize::MAX, zero_copy: true },
-            &stopped,
-        );
+        let r = p.run(&job(Lsn(0), Lsn(SEG), usize::MAX, true), &stopped);
         assert!(matches!(r.end, SendEnd::Stopped));
         assert_eq!((r.sent, r.messages), (Lsn(0), 0));
 
         // Past the flushed WAL: refused, nothing sent.
         let go = AtomicBool::new(false);
-        let r = p.run(
-            &SendJob {
-                start: Lsn(0),
-                end: Lsn(3 * SEG + 1),
-                wal_end: Lsn(3 * SEG + 1),
-                budget: usize::MAX,
-                zero_copy: true,
-            },
-            &go,
-        );
+        let r = p.run(&job(Lsn(0), Lsn(3 * SEG + 1), usize::MAX, true), &go);
         match r.end {
             SendEnd::Store(e) => assert_eq!(e.code, ErrorCode::NotYetWritten),
             e => panic!("{e:?}"),
@@ -463,10 +456,7 @@ mod tests {
 
         // A removed segment: the sender's "requested WAL segment … has already been removed".
         store.remove_below(1).unwrap();
-        let r = p.run(
-            &SendJob { start: Lsn(10), end: Lsn(SEG), wal_end: Lsn(SEG), budget: usize::MAX, zero_copy: true },
-            &go,
-        );
+        let r = p.run(&job(Lsn(10), Lsn(SEG), usize::MAX, true), &go);
         match r.end {
             SendEnd::Store(e) => {
                 assert_eq!(e.code, ErrorCode::Removed);
@@ -480,32 +470,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut saw_io = false;
         for _ in 0..50 {
-            let r = p.run(
-                &SendJob {
-                    start: Lsn(SEG),
-                    end: Lsn(3 * SEG),
-                    wal_end: Lsn(3 * SEG),
-                    budget: usize::MAX,
-                    zero_copy: true,
-                },
-                &go,
-            );
+            let r = p.run(&job(Lsn(SEG), Lsn(3 * SEG), usize::MAX, true), &go);
             if let SendEnd::Io(_) = r.end {
                 saw_io = true;
                 break;
             }
         }
         assert!(saw_io, "writing to a closed connection must fail");
-        let r = p.run(
-            &SendJob {
-                start: Lsn(SEG),
-                end: Lsn(3 * SEG),
-                wal_end: Lsn(3 * SEG),
-                budget: usize::MAX,
-                zero_copy: false,
-            },
-            &go,
-        );
+        let r = p.run(&job(Lsn(SEG), Lsn(3 * SEG), usize::MAX, false), &go);
         assert!(matches!(r.end, SendEnd::Io(_)), "copied sends fail the same way: {:?}", r.end);
     }
 }
