@@ -45,7 +45,13 @@ test.after.always(async () => {
 });
 
 interface ClusterStatus extends StreamStatus {
-  cluster: { members: number; quorum: number; peers: { peer: string; node_id: number | null; flush_lsn: string | null; error: string | null }[] };
+  cluster: {
+    members: number;
+    quorum: number;
+    follow_peers: 'flush' | 'heartbeat';
+    followed_by: { flush: number; heartbeat: number };
+    peers: { peer: string; node_id: number | null; flush_lsn: string | null; error: string | null }[];
+  };
 }
 
 async function primaryFlush(pg: PgCluster): Promise<Lsn> {
@@ -271,6 +277,64 @@ test('peer recovery: a node down during the load, then the primary stopped; rest
   t.deepEqual(await compareWalDirs(`${tmp.path}/recovery/n2/streams/main`, pg.walDir, { segSize: SEG, endLsn: last, segments: 'ours', partialTail: 'ignore' }), []);
 });
 
+test('peers push each flush only to a node where a client waits on commit_lsn; the others get a heartbeat', async (t) => {
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
+  t.teardown(() => pg.destroy());
+  const nodes = await threeNodes(`${tmp.path}/demand`, `host=127.0.0.1 port=${pg.port} user=postgres`);
+  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
+  await Promise.all(nodes.map((n) => n.start()));
+  const [n1, n2] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+  const follows = async () =>
+    (await Promise.all(nodes.map((n) => n.status() as Promise<ClusterStatus | null>))).map((s) =>
+      s ? `${s.cluster.follow_peers} (followed: ${s.cluster.followed_by.flush} flush, ${s.cluster.followed_by.heartbeat} heartbeat)` : 'no stream yet',
+    );
+  const idle = Array(3).fill('heartbeat (followed: 0 flush, 2 heartbeat)');
+  await until(async () => JSON.stringify(await follows()) === JSON.stringify(idle), 'no client anywhere: every node follows its peers by heartbeat', 30_000);
+
+  // A recovery client is served up to flush_lsn (and then ended): it does not wait on the quorum.
+  const rc = await ReplicationClient.connect({ host: '127.0.0.1', port: n2.pgPort, applicationName: 'walkeeper_recovery' });
+  const rsys = await rc.identifySystem();
+  const rcopy = rc.startReplication(`START_REPLICATION ${formatLsn(segmentStart(rsys.xlogpos, SEG))} TIMELINE 1`);
+  await rcopy.started;
+  await until(() => /"client":"walkeeper_recovery@[^"]*".*"msg":"replication ended"/.test(n2.output), 'the recovery client to be served');
+  t.notRegex(n2.output, /peers push every flush/, 'a recovery client changes nothing');
+  t.deepEqual(await follows(), idle);
+  rc.close();
+
+  // A regular client on node 1: its peers push every flush to it, and it gets all the primary flushes as they come.
+  const c = await ReplicationClient.connect({ host: '127.0.0.1', port: n1.pgPort, applicationName: 'a_standby' });
+  const sys = await c.identifySystem();
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(segmentStart(sys.xlogpos, SEG))} TIMELINE 1`);
+  let received = 0n;
+  copy.onXLogData = (m) => (received = m.start + BigInt(m.data.length));
+  copy.onKeepalive = (k) => {
+    if (k.replyRequested) copy.sendStatus({ write: received, flush: received, apply: 0n });
+  };
+  await copy.started;
+  const serving = ['flush (followed: 0 flush, 2 heartbeat)', 'heartbeat (followed: 1 flush, 1 heartbeat)', 'heartbeat (followed: 1 flush, 1 heartbeat)'];
+  t.is((await status(n1)).cluster.follow_peers, 'flush', 'node 1 asks for every flush as soon as the client starts');
+  await until(async () => JSON.stringify(await follows()) === JSON.stringify(serving), 'the peers to push every flush to node 1 (only)');
+  await pgbench(pg, ['-i', '-q', '-s', '1']);
+  await pgbench(pg, ['-c', '2', '-t', '200']);
+  const target = await primaryFlush(pg);
+  await until(() => received >= target, `the client to receive up to ${formatLsn(target)}`, 30_000);
+  t.deepEqual(await follows(), serving);
+
+  // Gone: after the grace (5 s) node 1 goes back to the heartbeat.
+  await copy.end().catch(() => undefined);
+  c.close();
+  t.is((await status(n1)).cluster.follow_peers, 'flush', 'still every flush right after the client left (it may come straight back)');
+  await until(async () => JSON.stringify(await follows()) === JSON.stringify(idle), 'every node back on the heartbeat', 20_000);
+  // And with nobody asking for every flush, commit_lsn still gets to the end everywhere.
+  await pgbench(pg, ['-c', '2', '-t', '100']);
+  const end = await primaryFlush(pg);
+  await until(async () => (await Promise.all(nodes.map(status))).every((s) => parseLsn(s.commit_lsn) >= end), `commit_lsn ≥ ${formatLsn(end)} on every node`, 30_000);
+
+  const bad = await fetch(`${n1.httpUrl}/v1/streams/main?watch=commit`);
+  t.is(bad.status, 400);
+  t.regex(((await bad.json()) as { error: string }).error, /watch must be flush or heartbeat, not "commit"/);
+});
+
 test('a peer reporting another system id, nonsense LSNs or malformed status is ignored with a logged error and cannot move commit_lsn', async (t) => {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
   t.teardown(() => pg.destroy());
@@ -301,6 +365,12 @@ test('a peer reporting another system id, nonsense LSNs or malformed status is i
   await until(() => node.logs.some((l) => l.msg === 'cannot get peer status' && /flush_lsn is not an LSN/.test(String(l.err))), 'the malformed status to be reported');
   body = '{ not json';
   await new Promise((r) => setTimeout(r, 600));
+  // A document over several lines (as a node answers without ?watch), and a broken one.
+  body = JSON.stringify({ ...valid(), system_id: '777' }, null, 2);
+  await until(() => errors(/peer status ignored: reports database system 777/) > 0, 'a multi-line document to be read whole');
+  body = '{\n  "node_id": 9,\n  not json\n}\n';
+  await new Promise((r) => setTimeout(r, 600));
+  t.true(node.node.streams.has('main'), 'the node is still up');
   t.is(s.commitLsn, start, 'none of them moved commit_lsn');
 
   // A sound report of a flush below ours: commit_lsn = that (two members, both must have it).

@@ -8,7 +8,7 @@ import test from 'ava';
 
 import { parseLsn, type Lsn } from '../ts/lsn.js';
 import { createLogger } from '../ts/node/log.js';
-import { Quorum, quorumCommitLsn, quorumSize } from '../ts/node/quorum.js';
+import { PeerDemand, Quorum, quorumCommitLsn, quorumSize } from '../ts/node/quorum.js';
 import { Stream } from '../ts/node/stream.js';
 import type { NodeStatus } from '../ts/receiver/sources.js';
 import { createTempDir, type TempDir } from './harness/index.js';
@@ -26,6 +26,34 @@ test.after.always(async () => {
 test('quorum size is a majority of the members, this node included', (t) => {
   t.deepEqual([1, 2, 3, 4, 5, 6, 7].map(quorumSize), [1, 2, 2, 3, 3, 4, 4]);
   t.throws(() => quorumSize(0));
+});
+
+test('peer demand: every flush while a client waits on commit_lsn, and for the grace after the last leaves; a heartbeat otherwise', (t) => {
+  const d = new PeerDemand(5000);
+  t.false(d.prompt(0), 'no client yet: a heartbeat is enough');
+  t.is(d.lapsesAt(0), null);
+  d.setClients(1, 1000);
+  t.true(d.prompt(1000));
+  t.is(d.lapsesAt(1000), null, 'no lapse while a client is here');
+  d.setClients(2, 2000);
+  d.setClients(1, 3000);
+  t.true(d.prompt(100_000), 'one client left of two: still prompt');
+  d.setClients(0, 10_000);
+  t.true(d.prompt(10_000));
+  t.true(d.prompt(14_999));
+  t.is(d.lapsesAt(12_000), 15_000);
+  t.false(d.prompt(15_000), 'the grace is over');
+  t.is(d.lapsesAt(15_000), null);
+  // A client back within the grace keeps it prompt throughout; the grace counts from the latest departure.
+  d.setClients(1, 20_000);
+  d.setClients(0, 21_000);
+  d.setClients(1, 23_000);
+  d.setClients(0, 24_000);
+  t.true(d.prompt(28_999));
+  t.false(d.prompt(29_000));
+  // Zero reported again (a recovery client came and went) does not restart the grace.
+  d.setClients(0, 40_000);
+  t.false(d.prompt(40_000));
 });
 
 test('commit_lsn = min(own flush, Q-th highest flush); unknown members count as 0/0', (t) => {

@@ -166,6 +166,7 @@ async function brokerLoad(tmpDir: string, seconds: number): Promise<string[]> {
               get flushLsn() {
                 return flush;
               },
+              follow: 'flush',
               status: () => ({ name, node_id: node, system_id: '1', pg_version: 15, tli: 1, segment_size: 16777216, flush_lsn: formatLsn(flush), commit_lsn: formatLsn(flush), pg_address: '127.0.0.1:1', http_address: `127.0.0.1:${node}`, updated_at: new Date().toISOString() }),
             },
             { members: () => undefined, status: () => undefined },

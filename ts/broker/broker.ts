@@ -5,7 +5,9 @@
  *   embedded (default, `--peers <http-url,…>`): each node follows its
  *     peers' HTTP `GET /v1/streams/<name>?watch=flush`, a held-open stream
  *     of status lines (one per flush, a heartbeat every 250 ms), so a flush
- *     reaches the other members in one one-way trip, not a polling period.
+ *     reaches the other members in one one-way trip, not a polling period —
+ *     while a client waits on commit_lsn there; otherwise `?watch=heartbeat`
+ *     (a line every 250 ms) is enough.
  *   etcd (`--broker <endpoints>`): each node puts its status under
  *     `walkeeper/<stream>/nodes/<node-id>` with a 10 s lease and watches the
  *     prefix; membership is `walkeeper/<stream>/members/<node-id>`, written
@@ -18,6 +20,8 @@ import type { NodeStatus } from '../receiver/sources.js';
 export interface BrokerStream {
   readonly name: string;
   readonly flushLsn: Lsn;
+  /** What this node wants of its peers' statuses: every flush, or a heartbeat (see PeerDemand in node/quorum.ts). */
+  readonly follow: 'flush' | 'heartbeat';
   /** This node's status as published (the HTTP member fields). */
   status(): Record<string, unknown>;
 }
@@ -37,6 +41,8 @@ export interface Broker {
   attach(stream: BrokerStream, listener: BrokerListener): () => void;
   /** This node's status for `stream` changed: publish it soon (coalesced). */
   changed(stream: string): void;
+  /** `stream.follow` changed (embedded: the peers are asked again with the new watch; etcd: every put is watched anyway). */
+  demandChanged(stream: string): void;
   close(): Promise<void>;
 }
 

@@ -196,6 +196,9 @@ export class EtcdBroker implements Broker {
     };
   }
 
+  /** Every put is watched anyway: nothing to ask differently. */
+  demandChanged(): void {}
+
   changed(stream: string): void {
     const s = this.streams.get(stream);
     if (!s) return;

@@ -94,10 +94,14 @@ export function memberStatusJson(node: Pick<HttpNodeView, 'nodeId' | 'pgAddress'
   };
 }
 
-function membersJson(q: Quorum | undefined) {
+function membersJson(q: Quorum | undefined, s: Stream) {
   if (!q) return null;
   return {
     members: q.memberCount,
+    // What this node asks of its peers' statuses (each flush while a client
+    // waits on commit_lsn here), and what its followers ask of it.
+    follow_peers: s.followPeers,
+    followed_by: { ...s.followedBy },
     quorum: q.size,
     peers: q.list().map((m) => ({
       peer: m.key,
@@ -117,7 +121,7 @@ export function streamJson(node: HttpNodeView, s: Stream) {
   return {
     ...memberStatusJson(node, s),
     storage_error: s.storageError,
-    cluster: membersJson(node.quorums.get(s.name)),
+    cluster: membersJson(node.quorums.get(s.name), s),
     upstream: upstreamJson(node.ingests.get(s.name), s),
     replicas: s.replicas.list().map(replicaJson),
     replica_aggregates: {
@@ -180,12 +184,16 @@ export function createHttpServer(node: HttpNodeView): http.Server {
         const s = node.streams.get(parts[2]!);
         if (!s) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
         if (parts.length === 3 && method === 'GET') {
-          if (url.searchParams.get('watch') !== 'flush') return send(res, 200, streamJson(node, s));
-          // A peer (the embedded broker) following our flush_lsn: one line
-          // of JSON (the member status) now, then one the moment flush_lsn
-          // moves, and at least every 250 ms as a heartbeat. A held-open
-          // response saves the peer a request per flush, which a
-          // synchronous commit waiting on the quorum would feel.
+          const watch = url.searchParams.get('watch');
+          if (watch === null) return send(res, 200, streamJson(node, s));
+          if (watch !== 'flush' && watch !== 'heartbeat') return send(res, 400, { error: `watch must be flush or heartbeat, not ${JSON.stringify(watch)}` });
+          // A peer (the embedded broker) following our status: one line of
+          // JSON (the member status) now, then one every 250 ms as a
+          // heartbeat, and with watch=flush also one the moment flush_lsn
+          // moves. A held-open response saves the peer a request per flush,
+          // which a synchronous commit waiting on the quorum would feel; a
+          // peer with no client waiting on commit_lsn asks for the heartbeat
+          // only.
           //
           // The line is written from inside the flush notification and
           // leaves at once (uncork), so that on a node whose ingest then
@@ -209,8 +217,10 @@ export function createHttpServer(node: HttpNodeView): http.Server {
             }
             res.socket?.uncork();
           };
-          const unlisten = s.flushWatch.listen(push);
+          const unlisten = watch === 'flush' ? s.flushWatch.listen(push) : () => undefined;
+          s.followedBy[watch]++;
           res.on('close', () => {
+            s.followedBy[watch]--;
             unlisten();
             clearTimeout(heartbeat);
           });

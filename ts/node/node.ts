@@ -23,7 +23,7 @@ import { lockDataDir } from './lockfile.js';
 import { createLogger, type Logger } from './log.js';
 import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from './send_wal.js';
 import { Stream } from './stream.js';
-import { Quorum } from './quorum.js';
+import { PeerDemand, PROMPT_GRACE_MS, Quorum } from './quorum.js';
 import type { Broker } from '../broker/broker.js';
 import { EmbeddedBroker } from '../broker/embedded.js';
 import { memberStatusJson } from './http.js';
@@ -66,6 +66,8 @@ export interface NodeOptions {
   retention?: Partial<RetentionConfig>;
   /** When to pull WAL from peers while the upstream is away. */
   recovery?: Partial<RecoveryConfig>;
+  /** How long peers keep pushing every flush after the last client waiting on commit_lsn left (ms; default 5000). */
+  promptGraceMs?: number;
 }
 
 export function parseHostPort(text: string, what: string): { host: string; port: number } {
@@ -283,6 +285,7 @@ export class WalkeeperNode {
     const h = new StreamHistory(s);
     h.sample();
     this.histories.set(s.name, h);
+    this.followDemand(s);
     if (this.httpAddress !== '') this.attachBroker(s);
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
@@ -314,13 +317,36 @@ export class WalkeeperNode {
     ingest.start();
   }
 
+  /** Asks the peers for every flush while a client here waits on commit_lsn (see PeerDemand). */
+  private followDemand(s: Stream): void {
+    const demand = new PeerDemand(this.opts.promptGraceMs ?? PROMPT_GRACE_MS);
+    let timer: NodeJS.Timeout | undefined;
+    const apply = (): void => {
+      clearTimeout(timer);
+      const now = Date.now();
+      const want = demand.prompt(now) ? 'flush' : 'heartbeat';
+      if (want !== s.followPeers) {
+        s.followPeers = want;
+        s.log.info({ follow_peers: want }, want === 'flush' ? 'a client waits on commit_lsn: peers push every flush' : 'no client waits on commit_lsn: peers send a heartbeat');
+        this.broker?.demandChanged(s.name);
+      }
+      const at = demand.lapsesAt(now);
+      if (at !== null) timer = setTimeout(apply, at - now).unref();
+    };
+    s.replicas.listen(() => {
+      demand.setClients(s.replicas.regular, Date.now());
+      apply();
+    });
+    s.once('end', () => clearTimeout(timer));
+  }
+
   private attachBroker(s: Stream): void {
     if (this.detach.has(s.name) || !this.broker) return;
     const quorum = this.quorums.get(s.name)!;
     this.detach.set(
       s.name,
       this.broker.attach(
-        { name: s.name, get flushLsn() { return s.flushLsn; }, status: () => memberStatusJson(this, s) },
+        { name: s.name, get flushLsn() { return s.flushLsn; }, get follow() { return s.followPeers; }, status: () => memberStatusJson(this, s) },
         { members: (keys) => quorum.setMembers(keys), status: (st) => quorum.onStatus(st) },
       ),
     );

@@ -35,6 +35,46 @@ export function quorumCommitLsn(own: Lsn, others: readonly Lsn[], members: numbe
   return qth < own ? qth : own;
 }
 
+/**
+ * How long peers keep pushing every flush after the last client waiting on
+ * commit_lsn left: a client that comes straight back (pg_receivewal
+ * restarting, a receiver switching back) finds commit_lsn current.
+ */
+export const PROMPT_GRACE_MS = 5000;
+
+/**
+ * Whether this node wants its peers' flushes the moment they happen
+ * (`?watch=flush`) or a status every 250 ms does (`?watch=heartbeat`).
+ * Only a client served up to commit_lsn waits on the quorum; without one,
+ * commit_lsn a heartbeat old is as good, and each peer is spared a write per
+ * flush and this node a wake-up per peer flush — on a machine where the
+ * nodes share cores with the primary, the wake-ups are what a commit
+ * through the node waits behind. Pure: the caller passes the time.
+ */
+export class PeerDemand {
+  private clients = 0;
+  private leftAt = -Infinity;
+
+  constructor(private readonly graceMs = PROMPT_GRACE_MS) {}
+
+  /** The number of connected clients served up to commit_lsn is now `n`. */
+  setClients(n: number, now: number): void {
+    if (n === 0 && this.clients > 0) this.leftAt = now;
+    this.clients = n;
+  }
+
+  prompt(now: number): boolean {
+    return this.clients > 0 || now - this.leftAt < this.graceMs;
+  }
+
+  /** When `prompt` turns false if no client comes; null if it will not (clients here) or already has. */
+  lapsesAt(now: number): number | null {
+    if (this.clients > 0) return null;
+    const at = this.leftAt + this.graceMs;
+    return at > now ? at : null;
+  }
+}
+
 export interface MemberView {
   /** How the broker names the member (peer URL, or etcd node id). */
   key: string;

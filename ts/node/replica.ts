@@ -105,9 +105,12 @@ export class ReplicaRegistry {
   /** By client name (application_name@host): a reconnect comes from another port. */
   private readonly departed = new Map<string, DepartedReplica>();
 
+  private readonly listeners = new Set<() => void>();
+
   register(info: ReplicaInfo): Replica {
     const r = new Replica(this.next++, info);
     this.replicas.set(r.id, r);
+    for (const fn of this.listeners) fn();
     return r;
   }
 
@@ -115,6 +118,20 @@ export class ReplicaRegistry {
     if (!this.replicas.delete(r.id)) return;
     const name = clientName(r);
     this.departed.set(name, { name, lsn: neededLsn(r), leftAt: now });
+    for (const fn of this.listeners) fn();
+  }
+
+  /** Calls `fn` after every register and unregister; returns the function that stops it. */
+  listen(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Connected clients that are served up to commit_lsn (all but recovery clients). */
+  get regular(): number {
+    let n = 0;
+    for (const r of this.replicas.values()) if (!r.info.recovery) n++;
+    return n;
   }
 
   /**

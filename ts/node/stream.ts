@@ -46,6 +46,10 @@ export class Stream extends EventEmitter {
   readonly flushWatch: LsnWatch;
   /** End of WAL known to be on a quorum; what regular clients may see. */
   readonly commitWatch: LsnWatch;
+  /** What this node asks its peers for: every flush (a client waits on commit_lsn here) or a heartbeat (see PeerDemand). */
+  followPeers: 'flush' | 'heartbeat' = 'heartbeat';
+  /** Peers following this node's status over HTTP, by what they asked for. */
+  readonly followedBy = { flush: 0, heartbeat: 0 };
   private _tli: number;
   private _history: TimelineEntry[];
   private _state: StreamState = 'active';
