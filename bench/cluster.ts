@@ -17,7 +17,7 @@
  *   the difference left is the software's own); --nodes N (default 3).
  *   BENCH_NODE1_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles node 1.
  *
- *   npm run bench:cluster [-- --commits 2000 --seconds 10]
+ *   npm run bench:cluster [-- --commits 5000 --seconds 10]
  */
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -33,7 +33,7 @@ import { createTempDir, freePort, lsnOf, NodeProcess, startPostgres } from '../_
 import { startEtcd } from '../__test__/harness/etcd.js';
 import { record } from './results.js';
 
-const { values } = parseArgs({ options: { commits: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' }, 'node-dir': { type: 'string' } } });
+const { values } = parseArgs({ options: { commits: { type: 'string', default: '5000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' }, 'node-dir': { type: 'string' } } });
 const log = (s: string) => process.stderr.write(`[cluster] ${s}\n`);
 
 const pct = (xs: number[], p: number): number => {
