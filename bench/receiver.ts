@@ -126,7 +126,8 @@ async function throughput(tmpDir: string): Promise<{ ours: number[]; theirs: num
   try {
     const dataDir = values.fixture ? path.resolve(values.fixture) : path.join(tmpDir, 'tnode');
     const imp = await fixture(dataDir, tmpDir);
-    node = await startNodeProcess({ dataDir, nodeId: 1, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
+    // (a keep size above the fixture's: retention, every 10 s, must not take segments a later round starts from)
+    node = await startNodeProcess({ dataDir, nodeId: 1, env: { WALKEEPER_LOG_LEVEL: 'warn' }, extraArgs: ['--wal-keep-size', '64GB'] });
     const firstSeg = Number(imp.firstLsn / BigInt(SEG));
     const start = imp.firstLsn + BigInt(SEG);
     const end = imp.endLsn;

@@ -96,7 +96,8 @@ async function main() {
     const total = Number(end - start);
     log(`${(total / 1048576).toFixed(0)} MiB of WAL from ${formatLsn(start)} to ${formatLsn(end)}`);
 
-    // A node serving the same WAL, imported from a copy of pg_wal.
+    // A node serving the same WAL, imported from a copy of pg_wal (all of it
+    // kept: retention, every 10 s, must not take segments a later round starts from).
     const archive = path.join(tmp.path, 'archive');
     await mkdir(archive);
     for (let s = firstSeg; s <= Number((end - 1n) / BigInt(SEG)); s++) await copyFile(path.join(pg.walDir, segName(s)), path.join(archive, segName(s)));
@@ -104,7 +105,7 @@ async function main() {
     await importWal({ dataDir, stream: 'main', walDir: archive });
     await rm(archive, { recursive: true });
     const [nodePort, httpPort] = [await freePort(), await freePort()];
-    nodeProc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'node', '--data-dir', dataDir, '--listen-pg', `127.0.0.1:${nodePort}`, '--listen-http', `127.0.0.1:${httpPort}`], {
+    nodeProc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'node', '--data-dir', dataDir, '--listen-pg', `127.0.0.1:${nodePort}`, '--listen-http', `127.0.0.1:${httpPort}`, '--wal-keep-size', '64GB'], {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, WALKEEPER_LOG_LEVEL: 'warn' },
     });
