@@ -139,7 +139,7 @@ async function main() {
         await rm(dir, { recursive: true, force: true });
         if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
         add(s.name, 'pg_receivewal (tmpfs)', total / 1048576 / secs);
-        log(`round ${r + 1}: ${s.name} done`);
+        log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s, pg_receivewal ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
       }
     }
     // Fan-out: N consumers at once, each server `rounds` times, alternating;
