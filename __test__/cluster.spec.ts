@@ -48,7 +48,7 @@ interface ClusterStatus extends StreamStatus {
   cluster: {
     members: number;
     quorum: number;
-    follow_peers: 'flush' | 'heartbeat';
+    follow_peers: 'flush' | 'heartbeat' | null;
     followed_by: { flush: number; heartbeat: number };
     peers: { peer: string; node_id: number | null; flush_lsn: string | null; error: string | null }[];
   };
@@ -140,6 +140,7 @@ async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<vo
   t.is(first.cluster.members, 3);
   t.is(first.cluster.quorum, 2);
   t.deepEqual(first.cluster.peers.map((p) => p.node_id).sort(), [2, 3]);
+  t.is(first.cluster.follow_peers, etcd ? null : 'heartbeat', 'no client yet: peers send a heartbeat (etcd: every put is watched, nothing to ask)');
 
   // Under load: at every sample, commit_lsn ≤ flush_lsn, and commit_lsn is
   // at most the second highest flush the node knows (its own and its peers').

@@ -285,7 +285,8 @@ export class WalkeeperNode {
     const h = new StreamHistory(s);
     h.sample();
     this.histories.set(s.name, h);
-    this.followDemand(s);
+    if (b.kind === 'embedded') this.followDemand(s);
+    else s.followPeers = null;
     if (this.httpAddress !== '') this.attachBroker(s);
     s.on('end', (why: string) => {
       for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
@@ -346,7 +347,7 @@ export class WalkeeperNode {
     this.detach.set(
       s.name,
       this.broker.attach(
-        { name: s.name, get flushLsn() { return s.flushLsn; }, get follow() { return s.followPeers; }, status: () => memberStatusJson(this, s) },
+        { name: s.name, get flushLsn() { return s.flushLsn; }, get follow() { return s.followPeers ?? 'flush'; }, status: () => memberStatusJson(this, s) },
         { members: (keys) => quorum.setMembers(keys), status: (st) => quorum.onStatus(st) },
       ),
     );

@@ -46,8 +46,12 @@ export class Stream extends EventEmitter {
   readonly flushWatch: LsnWatch;
   /** End of WAL known to be on a quorum; what regular clients may see. */
   readonly commitWatch: LsnWatch;
-  /** What this node asks its peers for: every flush (a client waits on commit_lsn here) or a heartbeat (see PeerDemand). */
-  followPeers: 'flush' | 'heartbeat' = 'heartbeat';
+  /**
+   * What this node asks its peers for: every flush (a client waits on
+   * commit_lsn here) or a heartbeat (see PeerDemand); null with etcd, whose
+   * watch carries every put anyway.
+   */
+  followPeers: 'flush' | 'heartbeat' | null = 'heartbeat';
   /** Peers following this node's status over HTTP, by what they asked for. */
   readonly followedBy = { flush: 0, heartbeat: 0 };
   private _tli: number;
