@@ -107,18 +107,24 @@ async function clientView(n: NodeProcess, applicationName: string, from: Lsn, ms
   }
 }
 
-async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<void> {
+/** A primary (1 MiB segments) and three started node processes, all stopped when the test ends. `extra(i)`: node i's own flags instead of --peers. */
+async function primaryAndThreeNodes(t: ExecutionContext, name: string, extra?: (i: number) => string[]): Promise<{ pg: PgCluster; nodes: [NodeProcess, NodeProcess, NodeProcess] }> {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
   t.teardown(() => pg.destroy());
+  const nodes = await threeNodes(`${tmp.path}/${name}`, `host=127.0.0.1 port=${pg.port} user=postgres`, extra);
+  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
+  await Promise.all(nodes.map((n) => n.start()));
+  return { pg, nodes: nodes as [NodeProcess, NodeProcess, NodeProcess] };
+}
+
+async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<void> {
   let etcd: EtcdServer | null = null;
   if (mode === 'etcd') {
     etcd = await startEtcd(`${tmp.path}/${mode}`);
     t.teardown(() => etcd!.stop());
   }
-  const nodes = await threeNodes(`${tmp.path}/${mode}`, `host=127.0.0.1 port=${pg.port} user=postgres`, () => (etcd ? ['--broker', etcd.endpoint] : []));
-  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
-  await Promise.all(nodes.map((n) => n.start()));
-  const [n1, n2, n3] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+  const { pg, nodes } = await primaryAndThreeNodes(t, mode, () => (etcd ? ['--broker', etcd.endpoint] : []));
+  const [n1, n2, n3] = nodes;
 
   await pgbench(pg, ['-i', '-q', '-s', '1']);
   const settled = async (which: NodeProcess[], what: string) => {
@@ -228,12 +234,8 @@ test('three nodes with --broker on a real etcd: the same, and an etcd restart in
 });
 
 test('peer recovery: a node down during the load, then the primary stopped; restarted, it catches up to the peers’ flush_lsn from them, byte-identical; with the primary back it follows the primary again', async (t) => {
-  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
-  t.teardown(() => pg.destroy());
-  const nodes = await threeNodes(`${tmp.path}/recovery`, `host=127.0.0.1 port=${pg.port} user=postgres`);
-  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
-  await Promise.all(nodes.map((n) => n.start()));
-  const [n1, n2, n3] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+  const { pg, nodes } = await primaryAndThreeNodes(t, 'recovery');
+  const [n1, n2, n3] = nodes;
   await pgbench(pg, ['-i', '-q', '-s', '1']);
   const caughtUp = async (which: NodeProcess[], target: Lsn) =>
     until(async () => (await Promise.all(which.map(status))).every((s) => parseLsn(s.flush_lsn) >= target), `flush ≥ ${formatLsn(target)}`, 60_000);
@@ -279,12 +281,8 @@ test('peer recovery: a node down during the load, then the primary stopped; rest
 });
 
 test('peers push each flush only to a node where a client waits on commit_lsn; the others get a heartbeat', async (t) => {
-  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
-  t.teardown(() => pg.destroy());
-  const nodes = await threeNodes(`${tmp.path}/demand`, `host=127.0.0.1 port=${pg.port} user=postgres`);
-  t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
-  await Promise.all(nodes.map((n) => n.start()));
-  const [n1, n2] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+  const { pg, nodes } = await primaryAndThreeNodes(t, 'demand');
+  const [n1, n2] = nodes;
   const follows = async () =>
     (await Promise.all(nodes.map((n) => n.status() as Promise<ClusterStatus | null>))).map((s) =>
       s ? `${s.cluster.follow_peers} (followed: ${s.cluster.followed_by.flush} flush, ${s.cluster.followed_by.heartbeat} heartbeat)` : 'no stream yet',

@@ -901,18 +901,13 @@ export class ReplicationClient {
   async close(): Promise<void> {
     if (!this._closed) {
       this.closeError ??= new Error('connection closed by the client');
-      if (!this.socket.destroyed && this.socket.writable && this.paused) {
-        // Not reading (the socket was lent to a pump, or the application
-        // paused it): the server's close would go unnoticed until a
-        // timeout. Say goodbye and close our end once it is written, as
-        // libpq's PQfinish does — `walkeeper receive --endpos` otherwise
-        // sat here after its last byte.
-        this.socket.end(frontend.terminate(), () => this.socket.destroy());
-        const t = setTimeout(() => this.socket.destroy(), 2000);
-        await this.closedPromise;
-        clearTimeout(t);
-      } else if (!this.socket.destroyed && this.socket.writable) {
-        this.socket.end(frontend.terminate());
+      if (!this.socket.destroyed && this.socket.writable) {
+        // A socket not being read (lent to a pump, or paused by the
+        // application) would not see the server's close until the timeout:
+        // then say goodbye and close our end once it is written, as libpq's
+        // PQfinish does — `walkeeper receive --endpos` otherwise sat here
+        // after its last byte.
+        this.socket.end(frontend.terminate(), this.paused ? () => this.socket.destroy() : undefined);
         const t = setTimeout(() => this.socket.destroy(), 2000);
         await this.closedPromise;
         clearTimeout(t);
