@@ -142,6 +142,8 @@ async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<vo
     );
   };
   await settled(nodes, 'all three');
+  // (a quorum of two needs only one peer heard: node 1 may still be waiting for the other's first status)
+  await until(async () => (await status(n1)).cluster.peers.every((p) => p.node_id !== null), 'node 1 to hear both peers', 30_000);
   const first = await status(n1);
   t.is(first.cluster.members, 3);
   t.is(first.cluster.quorum, 2);
