@@ -57,6 +57,9 @@ test('under pgbench, every complete segment on the node is byte-identical to the
   t.teardown(() => pg.destroy());
   const node = await startTestNode({ upstream: conninfoOf(pg), dataDir: path.join(tmp.path, 'a') });
   t.teardown(() => node.stop());
+  // A second node on the JavaScript path (what a TLS upstream gets: no descriptor for the Rust pump).
+  const js = await startTestNode({ upstream: conninfoOf(pg), dataDir: path.join(tmp.path, 'a-js'), nodeId: 2, ingest: { pump: false } });
+  t.teardown(() => js.stop());
   await pgbench(pg, ['-i', '-q', '-s', '2']);
   await pgbench(pg, ['-c', '2', '-T', '3']);
   await pg.query('SELECT pg_switch_wal()');
@@ -71,12 +74,16 @@ test('under pgbench, every complete segment on the node is byte-identical to the
   t.is(segs[0]!.start % BigInt(SEG), 0n);
   const diffs = await compareWalDirs(s.dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours' });
   t.deepEqual(diffs, []);
+  const streaming = (n: TestNode) => n.logs.find((l) => l.msg === 'streaming from the upstream');
+  t.is(streaming(node)?.pump, true, 'the node ingests through the Rust pump');
+  await waitFlushed(js, end, 'the JavaScript-path node to flush');
+  t.is(streaming(js)?.pump, false);
+  t.deepEqual(await compareWalDirs(js.node.stream('main').dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours' }), [], 'the JavaScript path stores the same WAL');
   // The upstream shows this node as a streaming standby with its slot.
-  const [rep] = await pg.query<{ application_name: string; state: string; flush_lsn: string }>("SELECT application_name, state, flush_lsn::text FROM pg_stat_replication");
-  t.is(rep?.application_name, 'walkeeper_1');
-  t.is(rep?.state, 'streaming');
-  const [slot] = await pg.query<{ slot_name: string; active: boolean }>("SELECT slot_name, active FROM pg_replication_slots");
-  t.like(slot, { slot_name: 'walkeeper_1', active: true });
+  const reps = await pg.query<{ application_name: string; state: string; flush_lsn: string }>("SELECT application_name, state, flush_lsn::text FROM pg_stat_replication ORDER BY application_name");
+  t.deepEqual(reps.map((r) => [r.application_name, r.state]), [['walkeeper_1', 'streaming'], ['walkeeper_2', 'streaming']]);
+  const slots = await pg.query<{ slot_name: string; active: boolean }>("SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name");
+  t.like(slots[0], { slot_name: 'walkeeper_1', active: true });
   // HTTP: upstream state and lag.
   const st = (await (await fetch(`${node.httpUrl}/v1/streams/main`)).json()) as { upstream: Record<string, unknown> };
   t.like(st.upstream, { state: 'streaming', flushed_lsn: formatLsn(s.flushLsn), connected_to: `127.0.0.1:${pg.port}` });

@@ -339,6 +339,11 @@ test('TLS: prefer falls back to plain, require fails without server SSL, then wo
   const pg = await withPostgres(t);
   const plain = await connect(t, pg, { ssl: 'prefer' });
   t.false(plain.encrypted);
+  // prefer against a server without SSL ends on a socket a pump can be lent (libpq's default sslmode; node ingest relies on it)
+  const lent = plain.lend();
+  t.is(typeof lent?.fd, 'number');
+  plain.giveBack(lent!.pending);
+  t.is((await plain.identifySystem()).timeline, 1, 'given back, the connection works as before');
   await plain.close();
   await t.throwsAsync(ReplicationClient.connect({ host: pg.host, port: pg.port, ssl: 'require' }), { message: /does not support SSL, but SSL was required/ });
 
@@ -355,6 +360,12 @@ test('TLS: prefer falls back to plain, require fails without server SSL, then wo
   await pg.query(`ALTER SYSTEM SET ssl = on`);
   await pg.query(`SELECT pg_reload_conf()`);
   await pollFor('ssl = on', async () => ((await pg.query<{ ssl: string }>('SHOW ssl'))[0]!.ssl === 'on' ? true : undefined));
+
+  const preferred = await connect(t, pg, { ssl: 'prefer' });
+  t.true(preferred.encrypted, 'prefer takes TLS when the server offers it');
+  t.is(preferred.lend(), null, 'a TLS connection has no descriptor to lend');
+  t.is((await preferred.identifySystem()).timeline, 1);
+  await preferred.close();
 
   const enc = await connect(t, pg, { ssl: 'require' });
   t.true(enc.encrypted);

@@ -98,13 +98,20 @@ export interface PumpReport {
   keepalives: number;
   /** A keepalive asked for a status update now. */
   replyRequested: boolean;
+  /** Seconds each fsync took. */
+  fsyncs: number[];
   /** Set when the pump stopped for good (see pump.rs `End`). */
-  end?: 'other' | 'eof' | 'io' | 'bad' | 'store' | 'endpos';
+  end?: 'other' | 'eof' | 'io' | 'bad' | 'store' | 'endpos' | 'stopped';
   message?: string;
   /** With end 'store': the store error's code (WALCORE_…). */
   code?: string;
   /** With end: bytes read and not consumed, the unhandled message first. */
   leftover?: Buffer;
+}
+
+/** Opaque handle to a Rust ingest pump (pump.rs `Live`: a receive pump on its own thread that answers for itself). */
+export interface IngestPumpHandle {
+  readonly __walcoreIngestPump: unique symbol;
 }
 
 /** Opaque handle to a Rust send pump (crates/walcore/src/send_pump.rs). */
@@ -163,6 +170,20 @@ export interface NativeBinding {
   pumpRun(p: PumpHandle, maxMs: number): Promise<PumpReport>;
   pumpStop(p: PumpHandle): void;
   pumpClose(p: PumpHandle): void;
+  ingestPumpStart(
+    fd: number,
+    pending: Buffer,
+    store: StoreHandle,
+    start: Lsn,
+    tli: number,
+    systemId: bigint,
+    pgVersion: number,
+    flushBytes: number,
+    statusIntervalMs: number,
+    onReport: (r: PumpReport | Error) => void,
+  ): IngestPumpHandle;
+  ingestPumpSend(p: IngestPumpHandle, message: Buffer): void;
+  ingestPumpStop(p: IngestPumpHandle): void;
   sendPumpOpen(fd: number, store: StoreHandle, tli: number, maxSend: number): SendPumpHandle;
   sendPumpRun(p: SendPumpHandle, start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy?: boolean): Promise<SendPumpReport>;
   sendPumpStop(p: SendPumpHandle): void;

@@ -9,6 +9,15 @@
  * acknowledged ('r' write/flush/apply, apply = flush), which is what lets the
  * primary count this node in synchronous_standby_names.
  *
+ * Once in COPY the socket is lent to a Rust pump on a thread of its own
+ * (WalStore.ingestPump), which appends, fsyncs and sends the 'r' itself, as
+ * PostgreSQL's walreceiver does from the one process: a primary waiting on
+ * this node for a synchronous commit waits for that 'r', and the way through
+ * JavaScript and the thread pool added ~0.5 ms to each. This module then only
+ * hears of flushes (to decide commit_lsn) and says what the pump cannot know
+ * (hot standby feedback). Where there is no descriptor to lend (TLS), or with
+ * `pump: false`, the WAL goes through the callbacks and the thread pool.
+ *
  * WAL is checked before anything of it is written: it must continue exactly
  * where the stream ends, and its page headers must belong to this stream
  * (magic, pageaddr, system id, segment size). An upstream that breaks these
@@ -19,11 +28,13 @@ import { ReplicationClient, type CopyBoth } from '../pgwire/client.js';
 import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../pgwire/conninfo.js';
 import { PgError } from '../pgwire/errors.js';
 import { hotStandbyFeedback } from '../pgwire/replication.js';
+import type { PumpReport } from '../native.js';
 import { Backoff } from './backoff.js';
 import type { Logger } from './log.js';
 import type { Stream } from './stream.js';
 import { nextTimeline, parseHistory, timelineEntry, timelineOfLsn, type TimelineEntry } from './timeline.js';
 import { PageHeaderCheck } from './wal_validate.js';
+import type { IngestPump } from './wal_storage.js';
 
 export type UpstreamState = 'connecting' | 'streaming' | 'waiting' | 'stopped' | 'failed';
 
@@ -41,12 +52,15 @@ export interface IngestConfig {
   flushBytes: number;
   /** Pause reading from the upstream above this many received-but-unwritten bytes. */
   maxQueuedBytes: number;
+  /** Lend the socket to the Rust ingest pump when it can be (false: always the JavaScript path). */
+  pump: boolean;
 }
 
 export const DEFAULT_INGEST: Omit<IngestConfig, 'conninfo' | 'applicationName' | 'slotName' | 'stream'> = {
   statusIntervalMs: 10_000,
   flushBytes: 2 * 1024 * 1024,
   maxQueuedBytes: 32 * 1024 * 1024,
+  pump: true,
 };
 
 /** What ingest needs from the node. */
@@ -97,6 +111,8 @@ export class Ingest {
   private reconnects = 0;
   private stopped = false;
   private client: ReplicationClient | null = null;
+  /** The running pump and its last report's promise. */
+  private pump: { pump: IngestPump; ended: Promise<PumpReport> } | null = null;
   private wakeLoop: (() => void) | null = null;
   private running: Promise<void> | null = null;
   private readonly backoff = new Backoff();
@@ -142,6 +158,11 @@ export class Ingest {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wakeLoop?.();
+    // The pump fsyncs, acknowledges and lets go of the socket before the connection ends.
+    if (this.pump) {
+      this.pump.pump.stop();
+      await this.pump.ended;
+    }
     await this.client?.close().catch(() => undefined);
     await this.running;
     if (this._state !== 'failed') this.setState('stopped');
@@ -318,6 +339,10 @@ export class Ingest {
   private async stream(client: ReplicationClient, stream: Stream, start: Lsn, tli: number): Promise<{ progressed: boolean; nextTimeline: number | null }> {
     const check = new PageHeaderCheck(stream.segmentSize, stream.systemId, stream.pgVersion, tli);
     const copy: CopyBoth = client.startReplication(`START_REPLICATION SLOT "${this.cfg.slotName}" PHYSICAL ${formatLsn(start)} TIMELINE ${tli}`);
+    let lent: { fd: number; pending: Buffer } | null = null;
+    if (this.cfg.pump) copy.onStart = () => (lent = copy.lend());
+    /** While set, the pump owns the socket's writing and answers the upstream itself. */
+    let pump: IngestPump | null = null;
     const queue: { start: Lsn; data: Buffer }[] = [];
     let queued = 0;
     let expected = start;
@@ -334,7 +359,7 @@ export class Ingest {
       w?.();
     };
     const sendStatus = (replyRequested = false) => {
-      if (!copy.canSend) return;
+      if (!copy.canSend || pump) return;
       const f = stream.flushLsn;
       copy.sendStatus({ write: written, flush: f, apply: f, replyRequested });
       sendFeedback(false);
@@ -348,7 +373,7 @@ export class Ingest {
         lastXmin = key;
         const xmin = a.minXmin ?? 0n;
         const cat = a.minCatalogXmin ?? 0n;
-        copy.send(
+        (pump ?? copy).send(
           hotStandbyFeedback({
             xmin: Number(xmin & 0xffffffffn),
             xminEpoch: Number(xmin >> 32n),
@@ -495,7 +520,50 @@ export class Ingest {
     try {
       if (await copy.started) {
         this.setState('streaming');
-        this.log.info({ start: formatLsn(start), tli, connected_to: this.connectedTo }, 'streaming from the upstream');
+        this.log.info({ start: formatLsn(start), tli, connected_to: this.connectedTo, pump: lent !== null }, 'streaming from the upstream');
+      }
+      if (lent && !this.stopped) {
+        const { fd, pending } = lent;
+        let last = start;
+        let ended!: (r: PumpReport) => void;
+        const p = stream.store.ingestPump(fd, pending, { start, tli, systemId: stream.systemId, pgVersion: stream.pgVersion, flushBytes: this.cfg.flushBytes, statusIntervalMs: this.cfg.statusIntervalMs }, (r) => {
+          try {
+            if (r.received > last) {
+              progressed = true;
+              this.received = expected = r.received;
+            }
+            if (this.upstreamEnd === null || r.walEnd > this.upstreamEnd) this.upstreamEnd = r.walEnd;
+            const before = stream.flushLsn;
+            stream.pumped(Number(r.received - last), r.flushed, r.fsyncs);
+            last = r.received;
+            written = r.flushed;
+            if (stream.flushLsn > before) this.host.flushed(stream);
+          } catch (err) {
+            this.log.error({ err: (err as Error).message }, 'ingest: handling a pump report failed');
+          }
+          if (r.end) ended(r);
+        });
+        pump = p;
+        this.pump = { pump: p, ended: new Promise<PumpReport>((resolve) => (ended = resolve)) };
+        const r = await this.pump.ended;
+        this.pump = null;
+        pump = null;
+        switch (r.end) {
+          case 'other':
+            // A message for the protocol code (CopyDone at a timeline's end, an ErrorResponse): from here on as without the pump.
+            copy.giveBack(r.leftover!);
+            break;
+          case 'bad':
+            fail(r.message!);
+            break;
+          case 'store':
+            storageFail(`cannot store received WAL: ${r.message!}`);
+            break;
+          case 'stopped':
+            break;
+          default:
+            client.destroy(new Error(r.message || `the upstream connection ended (${r.end})`));
+        }
       }
       result = await copy.done;
     } catch (err) {

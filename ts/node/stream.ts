@@ -245,6 +245,14 @@ export class Stream extends EventEmitter {
     return flushed;
   }
 
+  /** What ingest's Rust pump appended (`bytes`) and fsynced (up to `flushed`, taking `fsyncs` seconds each): it writes the store itself. */
+  pumped(bytes: number, flushed: Lsn, fsyncs: readonly number[]): void {
+    this.bytesReceived += bytes;
+    for (const s of fsyncs) this.onFsync?.(s);
+    if (this.flushWatch.set(flushed)) this.persistSoon();
+    this.stored();
+  }
+
   /** fsyncs what was appended and publishes the new flush_lsn. */
   async flushWal(): Promise<Lsn> {
     const t0 = process.hrtime.bigint();

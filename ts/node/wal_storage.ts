@@ -3,7 +3,7 @@
  * place in TypeScript that touches segment files; ingest appends and
  * flushes, senders frame, start-up scans and truncates.
  */
-import { native, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
+import { native, type IngestPumpHandle, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
 import type { Lsn } from '../lsn.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;
@@ -70,6 +70,36 @@ export class WalStore {
    */
   pump(fd: number, pending: Buffer, o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; endLsn?: Lsn; synchronous?: boolean }): ReceivePump {
     return new ReceivePump(native().pumpOpen(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.endLsn, o.synchronous ?? false));
+  }
+
+  /**
+   * Node ingest: lends a replication socket in COPY to a Rust pump on a
+   * thread of its own. It appends the XLogData here, fsyncs as soon as
+   * nothing more is readable, and sends the standby status updates itself
+   * right after each fsync (see pump.rs `Answer`). `onReport` runs on this
+   * thread after progress, with everything since the previous report; the
+   * one with `end` is the last.
+   */
+  ingestPump(
+    fd: number,
+    pending: Buffer,
+    o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; flushBytes: number; statusIntervalMs: number },
+    onReport: (r: PumpReport) => void,
+  ): IngestPump {
+    const onNative = (r: PumpReport | Error) => {
+      // (never throw back into the native call: Node would report it as uncaught)
+      try {
+        if (r instanceof Error) throw r;
+        onReport(r);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    };
+    return new IngestPump(
+      native().ingestPumpStart(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.flushBytes, o.statusIntervalMs, onNative),
+    );
   }
 
   /**
@@ -168,6 +198,21 @@ export class ReceivePump extends LentPump<PumpReport> {
 
   protected release(): void {
     native().pumpClose(this.h);
+  }
+}
+
+/** A running ingest pump (see WalStore.ingestPump). */
+export class IngestPump {
+  constructor(private readonly h: IngestPumpHandle) {}
+
+  /** Queues whole protocol messages (hot standby feedback): while the pump runs, only it writes to the socket. */
+  send(message: Buffer): void {
+    native().ingestPumpSend(this.h, message);
+  }
+
+  /** Asks the pump to fsync, acknowledge and end (its last report says "stopped"). */
+  stop(): void {
+    native().ingestPumpStop(this.h);
   }
 }
 

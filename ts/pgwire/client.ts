@@ -682,49 +682,62 @@ export class ReplicationClient {
       socket?.destroy(new Error(`timeout after ${timeoutMs} ms connecting to ${where}`));
     }, timeoutMs);
     try {
-      const ssl0 = opts.ssl ?? false;
-      // Plain TCP reads go into large slabs we hand out views of (instead of
-      // Node's fresh 64 KiB buffer per read): a 128 KiB XLogData then usually
-      // arrives in one piece and reaches the caller without being copied.
-      if (ssl0 === false) {
-        const slabs = new SlabReader();
-        socket = net.connect({ host: opts.host, port: opts.port, onread: { buffer: () => slabs.next(), callback: (n: number) => (slabs.read(n), true) } });
-        sink = slabs.sink;
-      } else {
-        socket = net.connect({ host: opts.host, port: opts.port });
-      }
-      socket.setNoDelay(true);
-      // Errors are handled by whoever is listening for the phase at hand (and
-      // by the TLS socket once upgraded); this keeps one between phases from
-      // becoming an uncaught exception.
-      socket.on('error', noop);
-      await new Promise<void>((resolve, reject) => {
-        const s = socket!;
-        const onErr = (e: Error): void => {
-          s.off('connect', onOk);
-          reject(e);
-        };
-        const onOk = (): void => {
-          s.off('error', onErr);
-          resolve();
-        };
-        s.once('error', onErr);
-        s.once('connect', onOk);
-      });
-      let encrypted = false;
       const ssl = opts.ssl ?? false;
+      const open = async (slabReads: boolean): Promise<void> => {
+        // Plain TCP reads go into large slabs we hand out views of (instead
+        // of Node's fresh 64 KiB buffer per read): a 128 KiB XLogData then
+        // usually arrives in one piece and reaches the caller without being
+        // copied. Only such a socket stops reading at once when paused,
+        // which is what lend() needs.
+        if (slabReads) {
+          const slabs = new SlabReader();
+          socket = net.connect({ host: opts.host, port: opts.port, onread: { buffer: () => slabs.next(), callback: (n: number) => (slabs.read(n), true) } });
+          sink = slabs.sink;
+        } else {
+          socket = net.connect({ host: opts.host, port: opts.port });
+          sink = null;
+        }
+        socket.setNoDelay(true);
+        // Errors are handled by whoever is listening for the phase at hand (and
+        // by the TLS socket once upgraded); this keeps one between phases from
+        // becoming an uncaught exception.
+        socket.on('error', noop);
+        await new Promise<void>((resolve, reject) => {
+          const s = socket!;
+          const onErr = (e: Error): void => {
+            s.off('connect', onOk);
+            reject(e);
+          };
+          const onOk = (): void => {
+            s.off('error', onErr);
+            resolve();
+          };
+          s.once('error', onErr);
+          s.once('connect', onOk);
+        });
+      };
+      // sslmode=prefer (libpq's default) mostly meets servers without SSL:
+      // ask on a plain-read socket, and only if the server says yes, ask
+      // again on one TLS can take over.
+      await open(ssl === false || ssl === 'prefer');
+      let encrypted = false;
       if (ssl !== false) {
-        const answer = await sslHandshakeByte(socket);
+        let answer = await sslHandshakeByte(socket!, sink);
+        if (answer === 'S' && sink) {
+          socket!.destroy();
+          await open(false);
+          answer = await sslHandshakeByte(socket!, null);
+        }
         if (answer === 'S') {
           const tlsOpts: tls.ConnectionOptions = typeof ssl === 'object' ? { ...ssl } : { rejectUnauthorized: false };
           if (tlsOpts.servername === undefined && net.isIP(opts.host) === 0) tlsOpts.servername = opts.host;
-          socket = await upgradeToTls(socket, tlsOpts);
+          socket = await upgradeToTls(socket!, tlsOpts);
           encrypted = true;
         } else if (ssl !== 'prefer') {
           throw new Error(`server ${where} does not support SSL, but SSL was required`);
         }
       }
-      const client = new ReplicationClient(socket, encrypted, encrypted ? null : sink);
+      const client = new ReplicationClient(socket!, encrypted, encrypted ? null : sink);
       await client.startup(opts);
       return client;
     } catch (e) {
@@ -933,7 +946,9 @@ export class ReplicationClient {
 
   /** @internal see CopyBoth.lend() */
   lend(): { fd: number; pending: Buffer } | null {
-    if (this.encrypted || this._closed || this.socket.destroyed) return null;
+    // Only a socket read with `onread` stops reading the moment it is paused;
+    // any other would go on taking bytes the other reader needs.
+    if (this.encrypted || !this.framer.slabReads || this._closed || this.socket.destroyed) return null;
     const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) return null;
     // Sockets read with `onread` stop reading (uv_read_stop) on pause.
@@ -1040,9 +1055,11 @@ export class ReplicationClient {
 }
 
 /** Sends SSLRequest and reads the one-byte answer. */
-function sslHandshakeByte(socket: net.Socket): Promise<'S' | 'N'> {
+/** Sends SSLRequest and reads the answer byte (from `sink` for a socket read with `onread`). */
+function sslHandshakeByte(socket: net.Socket, sink: ReadSink | null): Promise<'S' | 'N'> {
   return new Promise((resolve, reject) => {
     const cleanup = (): void => {
+      if (sink) sink.fn = () => undefined;
       socket.off('data', onData);
       socket.off('error', onError);
       socket.off('close', onClose);
@@ -1069,7 +1086,8 @@ function sslHandshakeByte(socket: net.Socket): Promise<'S' | 'N'> {
       cleanup();
       reject(new Error('server closed the connection during SSL negotiation'));
     };
-    socket.on('data', onData);
+    if (sink) sink.fn = onData;
+    else socket.on('data', onData);
     socket.once('error', onError);
     socket.once('close', onClose);
     socket.write(frontend.sslRequest());

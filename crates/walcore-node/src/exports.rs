@@ -21,6 +21,8 @@ use crate::napi::{napi_type_tag, napi_value, spawn, spawn_with_buffers, BufferRe
 
 /// Tag of receive pump handles.
 static PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7270_756d_7000_0001 };
+/// Tag of ingest pump handles (a receive pump on its own thread, answering for itself).
+static INGEST_PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x6970_756d_7000_0001 };
 /// Tag of send pump handles.
 static SEND_PUMP_TAG: napi_type_tag = napi_type_tag { lower: 0x7761_6c6b_6565_7065, upper: 0x7370_756d_7000_0001 };
 
@@ -36,7 +38,7 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 27] = [
+    let fns: [(&str, crate::napi::Callback); 30] = [
         ("version", version),
         ("crc32cImplementation", crc32c_implementation),
         ("findEndOfWal", find_end),
@@ -60,6 +62,9 @@ pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
         ("pumpRun", pump_run),
         ("pumpStop", pump_stop),
         ("pumpClose", pump_close),
+        ("ingestPumpStart", ingest_pump_start),
+        ("ingestPumpSend", ingest_pump_send),
+        ("ingestPumpStop", ingest_pump_stop),
         ("sendPumpOpen", send_pump_open),
         ("sendPumpRun", send_pump_run),
         ("sendPumpStop", send_pump_stop),
@@ -401,6 +406,8 @@ fn pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         pg_version: args.u32(6, "pgVersion")?,
         end_lsn: args.opt_bigint_u64(7, "endLsn")?.map(Lsn),
         synchronous: args.opt_bool(8, "synchronous")?.unwrap_or(false),
+        peer: "the node",
+        answer: None,
     };
     let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
     env.external(Arc::new(PumpHandle::new(pump)), &PUMP_TAG)
@@ -418,33 +425,107 @@ fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
             h.run(|p, stop| p.run(max, stop))
                 .map_err(|why| JsError::error("WALCORE_INVALID_ARGUMENT", format!("pumpRun: the pump is {why}")))
         },
-        |env, r| {
-            let o = env.object()?;
-            env.set(o, "received", env.bigint(r.received.0)?)?;
-            env.set(o, "flushed", env.bigint(r.flushed.0)?)?;
-            env.set(o, "walEnd", env.bigint(r.wal_end.0)?)?;
-            env.set(o, "messages", env.number(r.messages as f64)?)?;
-            env.set(o, "keepalives", env.number(r.keepalives as f64)?)?;
-            env.set(o, "replyRequested", env.boolean(r.reply_requested)?)?;
-            if let Some(end) = &r.end {
-                let (kind, message, code) = match end {
-                    End::Other => ("other", String::new(), None),
-                    End::Eof => ("eof", "the node closed the connection".to_string(), None),
-                    End::Io(e) => ("io", e.to_string(), None),
-                    End::Bad(m) => ("bad", m.clone(), None),
-                    End::Store(e) => ("store", e.message.clone(), Some(e.code.as_str())),
-                    End::EndPos => ("endpos", String::new(), None),
-                };
-                env.set(o, "end", env.string(kind)?)?;
-                env.set(o, "message", env.string(&message)?)?;
-                if let Some(c) = code {
-                    env.set(o, "code", env.string(c)?)?;
-                }
-                env.set(o, "leftover", env.buffer(&r.leftover)?)?;
-            }
-            Ok(o)
-        },
+        |env, r| report_object(env, &r, "the node"),
     )
+}
+
+/// A pump report as JS sees it (`PumpReport` in ts/native.ts).
+#[cfg(unix)]
+fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<napi_value> {
+    let o = env.object()?;
+    env.set(o, "received", env.bigint(r.received.0)?)?;
+    env.set(o, "flushed", env.bigint(r.flushed.0)?)?;
+    env.set(o, "walEnd", env.bigint(r.wal_end.0)?)?;
+    env.set(o, "messages", env.number(r.messages as f64)?)?;
+    env.set(o, "keepalives", env.number(r.keepalives as f64)?)?;
+    env.set(o, "replyRequested", env.boolean(r.reply_requested)?)?;
+    let fsyncs: Vec<napi_value> = r.fsyncs.iter().map(|d| env.number(d.as_secs_f64())).collect::<JsResult<_>>()?;
+    env.set(o, "fsyncs", env.array(&fsyncs)?)?;
+    if let Some(end) = &r.end {
+        let (kind, message, code) = match end {
+            End::Other => ("other", String::new(), None),
+            End::Eof => ("eof", format!("{peer} closed the connection"), None),
+            End::Io(e) => ("io", e.to_string(), None),
+            End::Bad(m) => ("bad", m.clone(), None),
+            End::Store(e) => ("store", e.message.clone(), Some(e.code.as_str())),
+            End::EndPos => ("endpos", String::new(), None),
+            End::Stopped => ("stopped", String::new(), None),
+        };
+        env.set(o, "end", env.string(kind)?)?;
+        env.set(o, "message", env.string(&message)?)?;
+        if let Some(c) = code {
+            env.set(o, "code", env.string(c)?)?;
+        }
+        env.set(o, "leftover", env.buffer(&r.leftover)?)?;
+    }
+    Ok(o)
+}
+
+/// `ingestPumpStart(fd, pending, store, start, tli, systemId, pgVersion,
+/// flushBytes, statusIntervalMs, onReport): IngestPumpHandle` — node ingest:
+/// a receive pump on a thread of its own that fsyncs as soon as the socket
+/// is drained and sends the status updates itself (walcore::pump::Answer).
+/// `onReport(report)` runs on the JS thread after progress, with everything
+/// since the previous call; the report with `end` is the last.
+#[cfg(unix)]
+fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    use std::sync::OnceLock;
+    use walcore::pump::{Answer, Live};
+    let fd = args.u32(0, "fd")? as i32;
+    let pending = args.buffer(1, "pending")?.to_vec();
+    let store = args.external::<Store>(2, "store", &STORE_TAG)?;
+    let flush_bytes = args.u32(7, "flushBytes")?.max(8192) as u64;
+    let interval = std::time::Duration::from_millis(args.u32(8, "statusIntervalMs")?.max(1) as u64);
+    let cfg = PumpConfig {
+        start: lsn_arg(args, 3, "start")?,
+        tli: tli_arg(args, 4)?,
+        system_id: args.bigint_u64(5, "systemId")?,
+        pg_version: args.u32(6, "pgVersion")?,
+        end_lsn: None,
+        synchronous: false,
+        peer: "the upstream",
+        answer: Some(Answer { status_interval: interval, flush_bytes }),
+    };
+    let on_report = args.get(9).ok_or_else(|| JsError::type_error("onReport must be a function"))?;
+    if args.type_of(9)? != crate::napi_sys::napi_function {
+        return Err(JsError::type_error("onReport must be a function").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
+    }
+    let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
+    let cell: Arc<OnceLock<Arc<Live>>> = Arc::new(OnceLock::new());
+    let c = cell.clone();
+    let call = crate::napi::ThreadsafeCall::new(env, on_report, "walkeeper-ingest", move |env| match c.get() {
+        Some(live) => report_object(env, &live.take(), "the upstream"),
+        None => env.undefined(),
+    })?;
+    let live = Live::spawn(pump, move || {
+        call.call();
+    })
+    .map_err(|e| JsError::error("WALCORE_IO", format!("cannot start the ingest pump thread: {e}")))?;
+    let _ = cell.set(live.clone());
+    env.external(live, &INGEST_PUMP_TAG)
+}
+
+#[cfg(unix)]
+fn ingest_pump_arg(args: &CallArgs) -> JsResult<Arc<walcore::pump::Live>> {
+    args.external::<walcore::pump::Live>(0, "pump", &INGEST_PUMP_TAG)
+}
+
+/// `ingestPumpSend(pump, message)`: queues whole protocol messages for the
+/// pump to write (it owns the socket's writing while it runs).
+#[cfg(unix)]
+fn ingest_pump_send(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let live = ingest_pump_arg(args)?;
+    let m = args.buffer(1, "message")?;
+    live.outbox.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(m);
+    env.undefined()
+}
+
+/// `ingestPumpStop(pump)`: the pump fsyncs what it appended, acknowledges
+/// it, and ends (its last report has end "stopped") within ~20 ms.
+#[cfg(unix)]
+fn ingest_pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    ingest_pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    env.undefined()
 }
 
 /// `pumpStop(pump)`: a running `pumpRun` returns within ~20 ms.
@@ -561,6 +642,12 @@ use pump_unsupported as pump_run;
 use pump_unsupported as pump_stop;
 #[cfg(not(unix))]
 use pump_unsupported as pump_close;
+#[cfg(not(unix))]
+use pump_unsupported as ingest_pump_start;
+#[cfg(not(unix))]
+use pump_unsupported as ingest_pump_send;
+#[cfg(not(unix))]
+use pump_unsupported as ingest_pump_stop;
 #[cfg(not(unix))]
 use pump_unsupported as send_pump_open;
 #[cfg(not(unix))]

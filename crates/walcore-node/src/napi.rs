@@ -1069,3 +1069,104 @@ fn settle(env: &Env, deferred: sys::napi_deferred, result: JsResult<napi_value>)
     // Never leave an exception pending in an async completion.
     let _ = env.take_exception();
 }
+
+// ---------------------------------------------------------------------------
+// Calls into JS from another thread
+// ---------------------------------------------------------------------------
+
+type BuildArg = Box<dyn Fn(&Env) -> JsResult<napi_value> + Send + 'static>;
+
+/// A JS function that any thread may ask to have called on the JS thread
+/// (a `napi_threadsafe_function`). Each call runs `build` there to make the
+/// function's one argument — so the argument is read from shared state when
+/// the JS thread gets to it, not when the call was asked for. While a
+/// `ThreadsafeCall` exists it keeps the event loop alive; dropping it (on
+/// any thread) releases the function once the calls already asked for ran.
+///
+/// The JS function must not throw: an exception there is reported by Node
+/// as uncaught.
+pub struct ThreadsafeCall {
+    tsfn: sys::napi_threadsafe_function,
+}
+
+// SAFETY: Node-API documents napi_call_threadsafe_function and
+// napi_release_threadsafe_function as callable from any thread.
+unsafe impl Send for ThreadsafeCall {}
+unsafe impl Sync for ThreadsafeCall {}
+
+impl ThreadsafeCall {
+    pub fn new<F>(env: &Env, func: napi_value, name: &str, build: F) -> JsResult<ThreadsafeCall>
+    where
+        F: Fn(&Env) -> JsResult<napi_value> + Send + 'static,
+    {
+        let name = env.string(name)?;
+        let ctx: *mut BuildArg = Box::into_raw(Box::new(Box::new(build)));
+        let mut tsfn = ptr::null_mut();
+        // SAFETY: func is a JS value of this env; ctx is owned by the
+        // threadsafe function from here on and freed by finalize_build_arg.
+        let status = unsafe {
+            sys::napi_create_threadsafe_function(
+                env.0,
+                func,
+                ptr::null_mut(),
+                name,
+                0,
+                1,
+                ctx.cast::<c_void>(),
+                Some(finalize_build_arg),
+                ctx.cast::<c_void>(),
+                Some(call_js_with_built_arg),
+                &mut tsfn,
+            )
+        };
+        if status != sys::napi_ok {
+            let err = env.status_error(status);
+            // SAFETY: creation failed, so ctx is still ours.
+            drop(unsafe { Box::from_raw(ctx) });
+            return Err(err);
+        }
+        Ok(ThreadsafeCall { tsfn })
+    }
+
+    /// Asks for a call (never blocks); false if Node no longer takes calls
+    /// (the environment is shutting down).
+    pub fn call(&self) -> bool {
+        // SAFETY: tsfn is alive until this is dropped.
+        unsafe { sys::napi_call_threadsafe_function(self.tsfn, ptr::null_mut(), sys::napi_tsfn_nonblocking) == sys::napi_ok }
+    }
+}
+
+impl Drop for ThreadsafeCall {
+    fn drop(&mut self) {
+        // SAFETY: this thread's one acquisition, released once.
+        unsafe {
+            sys::napi_release_threadsafe_function(self.tsfn, sys::napi_tsfn_release);
+        }
+    }
+}
+
+unsafe extern "C" fn call_js_with_built_arg(raw_env: napi_env, js_cb: napi_value, context: *mut c_void, _data: *mut c_void) {
+    // A null env: the function is being torn down with calls still queued.
+    if raw_env.is_null() || js_cb.is_null() {
+        return;
+    }
+    let env = Env(raw_env);
+    // SAFETY: context is the BuildArg, alive until finalize_build_arg.
+    let build = unsafe { &*context.cast::<BuildArg>() };
+    let arg = match catch_unwind(AssertUnwindSafe(|| build(&env))) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => env.create_error(&e),
+        Err(payload) => env.create_error(&JsError::from_panic(&*payload)),
+    };
+    let (Ok(recv), false) = (env.undefined(), arg.is_null()) else { return };
+    let mut result = ptr::null_mut();
+    // SAFETY: handles of this env, one argument.
+    unsafe {
+        sys::napi_call_function(raw_env, recv, js_cb, 1, &arg, &mut result);
+    }
+}
+
+unsafe extern "C" fn finalize_build_arg(_env: napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: data is the BuildArg leaked in ThreadsafeCall::new; finalized once.
+    drop(unsafe { Box::from_raw(data.cast::<BuildArg>()) });
+}

@@ -42,6 +42,10 @@ pub struct napi_deferred__ {
     _private: [u8; 0],
 }
 #[repr(C)]
+pub struct napi_threadsafe_function__ {
+    _private: [u8; 0],
+}
+#[repr(C)]
 pub struct napi_async_work__ {
     _private: [u8; 0],
 }
@@ -52,6 +56,7 @@ pub type napi_ref = *mut napi_ref__;
 pub type napi_callback_info = *mut napi_callback_info__;
 pub type napi_deferred = *mut napi_deferred__;
 pub type napi_async_work = *mut napi_async_work__;
+pub type napi_threadsafe_function = *mut napi_threadsafe_function__;
 
 /// `napi_status` (C enum).
 pub type napi_status = c_int;
@@ -131,6 +136,13 @@ pub type napi_finalize = Option<
 >;
 pub type napi_async_execute_callback =
     Option<unsafe extern "C" fn(env: napi_env, data: *mut c_void)>;
+pub type napi_threadsafe_function_call_js = Option<
+    unsafe extern "C" fn(env: napi_env, js_callback: napi_value, context: *mut c_void, data: *mut c_void),
+>;
+/// napi_threadsafe_function_call_mode
+pub const napi_tsfn_nonblocking: c_int = 0;
+/// napi_threadsafe_function_release_mode
+pub const napi_tsfn_release: c_int = 0;
 pub type napi_async_complete_callback =
     Option<unsafe extern "C" fn(env: napi_env, status: napi_status, data: *mut c_void)>;
 
@@ -321,4 +333,33 @@ extern "C" {
     ) -> napi_status;
     pub fn napi_delete_async_work(env: napi_env, work: napi_async_work) -> napi_status;
     pub fn napi_queue_async_work(env: napi_env, work: napi_async_work) -> napi_status;
+
+    // --- calling JS, and threadsafe functions (other threads asking for a call) ---
+    pub fn napi_call_function(
+        env: napi_env,
+        recv: napi_value,
+        func: napi_value,
+        argc: usize,
+        argv: *const napi_value,
+        result: *mut napi_value,
+    ) -> napi_status;
+    pub fn napi_create_threadsafe_function(
+        env: napi_env,
+        func: napi_value,
+        async_resource: napi_value,
+        async_resource_name: napi_value,
+        max_queue_size: usize,
+        initial_thread_count: usize,
+        thread_finalize_data: *mut c_void,
+        thread_finalize_cb: napi_finalize,
+        context: *mut c_void,
+        call_js_cb: napi_threadsafe_function_call_js,
+        result: *mut napi_threadsafe_function,
+    ) -> napi_status;
+    pub fn napi_call_threadsafe_function(
+        func: napi_threadsafe_function,
+        data: *mut c_void,
+        is_blocking: c_int,
+    ) -> napi_status;
+    pub fn napi_release_threadsafe_function(func: napi_threadsafe_function, mode: c_int) -> napi_status;
 }

@@ -18,10 +18,19 @@
 //! and everything after it unread in [`Report::leftover`], at the first
 //! message it does not handle (CopyDone, ErrorResponse, …): the caller's
 //! protocol code takes over from there.
+//!
+//! Node ingest runs the same pump with [`Answer`]: it then also writes the
+//! standby status updates itself, right after each fsync, and fsyncs as soon
+//! as the socket has nothing more to read. A primary counting the node in
+//! synchronous_standby_names waits for that 'r' on every commit, and
+//! PostgreSQL's own walreceiver sends it from the process that fsynced;
+//! going through JavaScript and the thread pool cost ~0.5 ms per commit.
+//! The caller then writes nothing on the socket itself: what it has to say
+//! (hot standby feedback) goes through [`Pump::outbox`].
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::lsn::Lsn;
@@ -52,6 +61,19 @@ pub struct PumpConfig {
     pub end_lsn: Option<Lsn>,
     /// fsync after every message (pg_receivewal --synchronous).
     pub synchronous: bool,
+    /// Who sends the stream, for errors ("the node", "the upstream").
+    pub peer: &'static str,
+    /// Set: the pump answers the sender itself (node ingest).
+    pub answer: Option<Answer>,
+}
+
+/// How a pump that answers for itself does it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    /// Send a status update at least this often (wal_receiver_status_interval).
+    pub status_interval: Duration,
+    /// fsync once this much was appended unflushed, even while data keeps coming.
+    pub flush_bytes: u64,
 }
 
 /// Why a pump stopped for good.
@@ -69,6 +91,8 @@ pub enum End {
     Store(Error),
     /// WAL past `end_lsn` was received (and flushed).
     EndPos,
+    /// The caller asked it to stop (see [`Pump::finish`]).
+    Stopped,
 }
 
 #[derive(Debug, Default)]
@@ -83,8 +107,10 @@ pub struct Report {
     pub messages: u64,
     /// Keepalives in this run.
     pub keepalives: u64,
-    /// A keepalive asked for a status update now.
+    /// A keepalive asked for a status update now (never with `answer`: the pump replied).
     pub reply_requested: bool,
+    /// Duration of each fsync in this run.
+    pub fsyncs: Vec<Duration>,
     pub end: Option<End>,
     /// With `end`: the bytes read and not consumed (the unhandled message first).
     pub leftover: Vec<u8>,
@@ -105,6 +131,16 @@ pub struct Pump {
     last_flush: Instant,
     last_data: Instant,
     ended: bool,
+    /// Appended since the last fsync (for `Answer::flush_bytes`).
+    unflushed_bytes: u64,
+    /// With `answer`: a keepalive asked for a reply.
+    reply_due: bool,
+    last_status: Instant,
+    /// Bytes to write to the socket, in order (status updates, the outbox).
+    out: Vec<u8>,
+    fsyncs: Vec<Duration>,
+    /// Whole protocol messages the caller wants sent (with `answer`).
+    pub outbox: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Pump {
@@ -131,7 +167,9 @@ impl Pump {
             sock,
             check,
             expected: cfg.start,
-            flushed: store.flush_lsn(),
+            // An answering pump reports its start as flushed before any WAL
+            // arrives: the WAL before it is held (or was never asked for).
+            flushed: if cfg.answer.is_some() { store.flush_lsn().max(cfg.start) } else { store.flush_lsn() },
             store,
             cfg,
             buf,
@@ -142,6 +180,12 @@ impl Pump {
             last_flush: now,
             last_data: now,
             ended: false,
+            unflushed_bytes: 0,
+            reply_due: false,
+            last_status: now,
+            out: Vec::new(),
+            fsyncs: Vec::new(),
+            outbox: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -150,10 +194,75 @@ impl Pump {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
+        let t = Instant::now();
         self.flushed = self.store.flush()?;
+        self.fsyncs.push(t.elapsed());
         self.unflushed = false;
+        self.unflushed_bytes = 0;
         self.last_flush = Instant::now();
+        if self.cfg.answer.is_some() {
+            self.queue_status();
+        }
         Ok(())
+    }
+
+    /// A standby status update ('r'): written = received, flush = apply =
+    /// fsynced — what a walkeeper node applies is what it holds.
+    fn queue_status(&mut self) {
+        let mut m = [0u8; 39];
+        m[0] = b'd';
+        m[1..5].copy_from_slice(&38u32.to_be_bytes());
+        m[5] = b'r';
+        m[6..14].copy_from_slice(&self.expected.0.to_be_bytes());
+        m[14..22].copy_from_slice(&self.flushed.0.to_be_bytes());
+        m[22..30].copy_from_slice(&self.flushed.0.to_be_bytes());
+        m[30..38].copy_from_slice(&crate::xlogdata::pg_now().to_be_bytes());
+        self.out.extend_from_slice(&m);
+        self.reply_due = false;
+        self.last_status = Instant::now();
+    }
+
+    /// Writes what is queued for the socket, as far as it takes it now.
+    fn write_out(&mut self) -> io::Result<()> {
+        if let Ok(mut o) = self.outbox.try_lock() {
+            if !o.is_empty() {
+                self.out.append(&mut o);
+            }
+        }
+        while !self.out.is_empty() {
+            match crate::sys::send_some(&self.sock, &self.out, false) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a pump the caller stops: what was appended is fsynced (and
+    /// acknowledged), queued status updates go out as far as the socket
+    /// takes them now. The report's end is `Stopped`.
+    pub fn finish(&mut self) -> Report {
+        let mut r = self.report();
+        let mut end = End::Stopped;
+        if !self.ended {
+            if self.unflushed {
+                if let Err(e) = self.flush() {
+                    end = End::Store(e);
+                }
+            }
+            let _ = self.write_out();
+            self.ended = true;
+        }
+        r.received = self.expected;
+        r.flushed = self.flushed;
+        r.fsyncs = std::mem::take(&mut self.fsyncs);
+        r.leftover = self.buf[self.head..self.tail].to_vec();
+        r.end = Some(end);
+        r
     }
 
     /// Works until an event the caller must act on, `stop` is set, or `max`
@@ -170,6 +279,14 @@ impl Pump {
             if let Err(e) = self.consume(&mut r, &mut flush_now) {
                 break Some(e);
             }
+            if let Some(a) = self.cfg.answer {
+                if self.reply_due || self.last_status.elapsed() >= a.status_interval {
+                    self.queue_status();
+                }
+                if let Err(e) = self.write_out() {
+                    break Some(End::Io(e));
+                }
+            }
             if flush_now || (self.unflushed && self.last_flush.elapsed() >= MAX_UNFLUSHED) {
                 if let Err(e) = self.flush() {
                     break Some(End::Store(e));
@@ -178,6 +295,9 @@ impl Pump {
                     if self.expected > endpos {
                         break Some(End::EndPos);
                     }
+                }
+                if let Err(e) = self.write_out() {
+                    break Some(End::Io(e));
                 }
                 // The caller reports the flush to the node now.
                 break None;
@@ -189,10 +309,14 @@ impl Pump {
                 Ok(true) => {}
                 Ok(false) => break Some(End::Eof),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Nothing arrived for IDLE_FLUSH: make what we have durable.
+                    // Nothing arrived for IDLE_FLUSH (with `answer`: nothing
+                    // more is readable): make what we have durable.
                     if self.unflushed {
                         if let Err(e) = self.flush() {
                             break Some(End::Store(e));
+                        }
+                        if let Err(e) = self.write_out() {
+                            break Some(End::Io(e));
                         }
                         break None;
                     }
@@ -209,6 +333,10 @@ impl Pump {
                     Err(fe) => End::Store(fe),
                 },
             };
+            // Status updates still queued go before the caller writes again.
+            if self.cfg.answer.is_some() && !self.out.is_empty() {
+                let _ = self.write_out();
+            }
             self.ended = true;
             r.leftover = self.buf[self.head..self.tail].to_vec();
             r.end = Some(e);
@@ -216,6 +344,7 @@ impl Pump {
         r.received = self.expected;
         r.flushed = self.flushed;
         r.wal_end = self.wal_end;
+        r.fsyncs = std::mem::take(&mut self.fsyncs);
         r
     }
 
@@ -230,7 +359,7 @@ impl Pump {
             let code = b[0];
             let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
             if len < 4 || len > MAX_MESSAGE {
-                return Err(End::Bad(format!("malformed message from the node: message length {len}")));
+                return Err(End::Bad(format!("malformed message from {}: message length {len}", self.cfg.peer)));
             }
             let total = 1 + len;
             if avail < total {
@@ -255,27 +384,34 @@ impl Pump {
                 b'w' => {
                     let p = &self.buf[payload_at..payload_end];
                     if p.len() < XLOG_DATA_HEADER {
-                        return Err(End::Bad("malformed message from the node: XLogData shorter than its header".into()));
+                        return Err(End::Bad(format!(
+                            "malformed message from {}: XLogData shorter than its header",
+                            self.cfg.peer
+                        )));
                     }
                     let start = Lsn(u64::from_be_bytes(p[1..9].try_into().unwrap()));
                     let wal_end = Lsn(u64::from_be_bytes(p[9..17].try_into().unwrap()));
                     let data = &p[XLOG_DATA_HEADER..];
                     if start != self.expected {
                         return Err(End::Bad(format!(
-                            "node sent WAL at {start}, expected {} (not contiguous)",
-                            self.expected
+                            "{} sent WAL at {start}, expected {} (not contiguous)",
+                            self.cfg.peer, self.expected
                         )));
                     }
                     let end = Lsn(start.0 + data.len() as u64);
                     if end > wal_end {
                         return Err(End::Bad(format!(
-                            "node sent WAL up to {end} beyond the end it announces, {wal_end}"
+                            "{} sent WAL up to {end} beyond the end it announces, {wal_end}",
+                            self.cfg.peer
                         )));
                     }
-                    self.check.check(start, data).map_err(|why| End::Bad(format!("node sent invalid WAL: {why}")))?;
+                    let peer = self.cfg.peer;
+                    self.check.check(start, data).map_err(|why| End::Bad(format!("{peer} sent invalid WAL: {why}")))?;
                     self.store.append(start, data).map_err(End::Store)?;
                     let seg = self.store.seg_size();
+                    self.unflushed_bytes += data.len() as u64;
                     if self.cfg.synchronous
+                        || self.cfg.answer.is_some_and(|a| self.unflushed_bytes >= a.flush_bytes)
                         || (end.0 - 1) / seg != start.0 / seg
                         || end.segment_offset(seg) == 0
                         || self.cfg.end_lsn.is_some_and(|e| end > e)
@@ -295,7 +431,8 @@ impl Pump {
                     let p = &self.buf[payload_at..payload_end];
                     if p.len() != KEEPALIVE_LEN {
                         return Err(End::Bad(format!(
-                            "malformed message from the node: keepalive of {} bytes",
+                            "malformed message from {}: keepalive of {} bytes",
+                            self.cfg.peer,
                             p.len()
                         )));
                     }
@@ -303,14 +440,20 @@ impl Pump {
                     r.keepalives += 1;
                     self.head += total;
                     if p[17] != 0 {
+                        // The sender's wal_sender_timeout is running out: answer
+                        // now, not at the next flush.
+                        if self.cfg.answer.is_some() {
+                            self.reply_due = true;
+                            continue;
+                        }
                         r.reply_requested = true;
                         return Ok(());
                     }
                 }
                 t => {
                     return Err(End::Bad(format!(
-                        "malformed message from the node: CopyData of unknown type {:?}",
-                        t as char
+                        "malformed message from {}: CopyData of unknown type {:?}",
+                        self.cfg.peer, t as char
                     )))
                 }
             }
@@ -342,7 +485,7 @@ impl Pump {
                     let mut wait = deadline.saturating_duration_since(now).min(STOP_CHECK);
                     if self.unflushed {
                         let idle = now.duration_since(self.last_data);
-                        if idle >= IDLE_FLUSH {
+                        if idle >= IDLE_FLUSH || self.cfg.answer.is_some() {
                             return Err(e);
                         }
                         wait = wait.min(IDLE_FLUSH - idle);
@@ -357,6 +500,87 @@ impl Pump {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A pump on a thread of its own, for a stream that never stops flowing
+/// (node ingest): a run on the thread pool per flush would hold a pool
+/// thread for good and put a round trip through it between the flush and
+/// the next read. The thread runs the pump until it ends or is stopped, and
+/// calls `notify` after each run that moved something — at most one call
+/// outstanding: the caller's [`Live::take`] collects everything since.
+pub struct Live {
+    pub stop: AtomicBool,
+    /// Whole protocol messages for the pump to send (see [`Pump::outbox`]).
+    pub outbox: Arc<Mutex<Vec<u8>>>,
+    state: Mutex<Report>,
+    notified: AtomicBool,
+}
+
+impl Live {
+    /// Progress since the last call (fsync times, counters), the latest
+    /// positions, and the end once, with its leftover.
+    pub fn take(&self) -> Report {
+        self.notified.store(false, Ordering::SeqCst);
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Report {
+            received: g.received,
+            flushed: g.flushed,
+            wal_end: g.wal_end,
+            messages: std::mem::take(&mut g.messages),
+            keepalives: std::mem::take(&mut g.keepalives),
+            reply_requested: false,
+            fsyncs: std::mem::take(&mut g.fsyncs),
+            end: g.end.take(),
+            leftover: std::mem::take(&mut g.leftover),
+        }
+    }
+
+    /// Runs `pump` on a new thread (see [`Live`]); the pump, and its socket
+    /// duplicate, are dropped when it ends, after the last `notify`.
+    pub fn spawn(mut pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<Arc<Live>> {
+        let live = Arc::new(Live {
+            stop: AtomicBool::new(false),
+            outbox: pump.outbox.clone(),
+            state: Mutex::new(Report { received: pump.expected, flushed: pump.flushed, ..Default::default() }),
+            notified: AtomicBool::new(false),
+        });
+        let l = live.clone();
+        std::thread::Builder::new().name("walkeeper-pump".into()).spawn(move || loop {
+            let mut r = pump.run(Duration::from_secs(1), &l.stop);
+            if r.end.is_none() && l.stop.load(Ordering::Relaxed) {
+                let mut f = pump.finish();
+                f.messages = r.messages;
+                f.keepalives = r.keepalives;
+                f.fsyncs.splice(0..0, r.fsyncs);
+                f.wal_end = r.wal_end;
+                r = f;
+            }
+            let ended = r.end.is_some();
+            let moved = {
+                let mut g = l.state.lock().unwrap_or_else(|p| p.into_inner());
+                let moved = ended || r.received != g.received || r.flushed != g.flushed || !r.fsyncs.is_empty();
+                g.received = r.received;
+                g.flushed = r.flushed;
+                g.wal_end = r.wal_end;
+                g.messages += r.messages;
+                g.keepalives += r.keepalives;
+                g.fsyncs.append(&mut r.fsyncs);
+                if ended {
+                    g.end = r.end.take();
+                    g.leftover = std::mem::take(&mut r.leftover);
+                }
+                moved
+            };
+            if moved && !l.notified.swap(true, Ordering::SeqCst) {
+                notify();
+            }
+            if ended {
+                drop(pump);
+                return;
+            }
+        })?;
+        Ok(live)
     }
 }
 
@@ -428,6 +652,14 @@ mod tests {
 
     /// A pump reading one end of a loopback connection; the other end to write to.
     fn setup(tag: &str, end_lsn: Option<Lsn>) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
+        setup_with(tag, end_lsn, None)
+    }
+
+    fn setup_with(
+        tag: &str,
+        end_lsn: Option<Lsn>,
+        answer: Option<Answer>,
+    ) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
         let mut b = WalBuilder::new(SEG, Lsn(SEG));
         for i in 0..120 {
             b.record(10, 0, [10, 9000, 300, 70_000, 5][i % 5]);
@@ -438,7 +670,16 @@ mod tests {
         let writer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (reader, _) = l.accept().unwrap();
         reader.set_nonblocking(true).unwrap();
-        let cfg = PumpConfig { start: b.start, tli: 1, system_id: SYSID, pg_version: 15, end_lsn, synchronous: false };
+        let cfg = PumpConfig {
+            start: b.start,
+            tli: 1,
+            system_id: SYSID,
+            pg_version: 15,
+            end_lsn,
+            synchronous: false,
+            peer: "the node",
+            answer,
+        };
         let pump = Pump::new(reader.as_raw_fd(), b"", store.clone(), cfg).unwrap();
         // The pump reads its own duplicate: closing ours must not matter.
         drop(reader);
@@ -563,5 +804,112 @@ mod tests {
         let r = p.run(Duration::from_secs(10), &stop);
         assert!(r.end.is_none());
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    /// Reads the standby status updates ('r') the pump wrote, as (write, flush, apply), until `until` says stop.
+    fn read_statuses(w: &mut TcpStream, until: impl Fn(&[(u64, u64, u64)]) -> bool) -> Vec<(u64, u64, u64)> {
+        use std::io::Read;
+        w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while !until(&got) {
+            let mut chunk = [0u8; 4096];
+            let n = w.read(&mut chunk).expect("a status update within 5 s");
+            assert!(n > 0, "the pump closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+                if buf.len() < 1 + len {
+                    break;
+                }
+                let m: Vec<u8> = buf.drain(..1 + len).collect();
+                if m[0] == b'd' && m[5] == b'r' {
+                    assert_eq!(m.len(), 39);
+                    let at = |i: usize| u64::from_be_bytes(m[i..i + 8].try_into().unwrap());
+                    got.push((at(6), at(14), at(22)));
+                } else {
+                    got.push((u64::MAX, m[0] as u64, m[5] as u64));
+                }
+            }
+        }
+        got
+    }
+
+    /// Waits for notifications and takes reports until `pred` holds (5 s at most).
+    fn take_until(live: &Live, rx: &std::sync::mpsc::Receiver<()>, mut pred: impl FnMut(&Report) -> bool) -> Report {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let _ = rx.recv_timeout(Duration::from_millis(100));
+            let r = live.take();
+            if pred(&r) || Instant::now() > deadline {
+                return r;
+            }
+        }
+    }
+
+    const ANSWER: Answer = Answer { status_interval: Duration::from_secs(10), flush_bytes: 2 << 20 };
+
+    #[test]
+    fn answering_it_fsyncs_when_drained_and_acknowledges_each_flush_itself() {
+        let (_d, store, p, mut w, b) = setup_with("pump-answer", None, Some(ANSWER));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let live = Live::spawn(p, move || tx.send(()).unwrap()).unwrap();
+        // One "commit" at a time, as a primary waiting on a synchronous standby sends them.
+        let mut at = 0usize;
+        for size in [100usize, 8192, 300, 20_000] {
+            let start = Lsn(b.start.0 + at as u64);
+            w.write_all(&xlogdata(start, b.end(), &b.bytes[at..at + size])).unwrap();
+            at += size;
+            let end = b.start.0 + at as u64;
+            let st = read_statuses(&mut w, |g| g.iter().any(|s| s.1 >= end));
+            assert_eq!(*st.last().unwrap(), (end, end, end), "write = flush = apply = what arrived, without being asked");
+            assert_eq!(store.flush_lsn(), Lsn(end));
+        }
+        // (the 'r' leaves before the thread records the flush: wait for it)
+        let mut fsyncs = Vec::new();
+        let r = take_until(&live, &rx, |r| {
+            fsyncs.extend(r.fsyncs.iter().copied());
+            r.flushed == Lsn(b.start.0 + at as u64)
+        });
+        assert_eq!(r.flushed, Lsn(b.start.0 + at as u64));
+        assert!(!fsyncs.is_empty() && fsyncs.len() <= 4, "{fsyncs:?}");
+        // A keepalive asking for a reply gets one at once, with nothing new to flush.
+        w.write_all(&keepalive(b.end(), true)).unwrap();
+        let end = b.start.0 + at as u64;
+        assert_eq!(read_statuses(&mut w, |g| !g.is_empty()), vec![(end, end, end)]);
+        // The caller's messages go out through the outbox, in order, whole.
+        live.outbox.lock().unwrap().extend_from_slice(&[b'd', 0, 0, 0, 5, b'h']);
+        assert_eq!(read_statuses(&mut w, |g| !g.is_empty()), vec![(u64::MAX, b'd' as u64, b'h' as u64)]);
+        // Stopping: the end arrives once, Stopped, with the positions.
+        live.stop.store(true, Ordering::Relaxed);
+        let r = take_until(&live, &rx, |r| r.end.is_some());
+        assert!(matches!(r.end, Some(End::Stopped)), "{:?}", r.end);
+        assert_eq!(r.flushed, Lsn(end));
+        assert!(live.take().end.is_none(), "the end is reported once");
+    }
+
+    #[test]
+    fn answering_it_sends_a_status_update_every_interval_and_bounds_unflushed_bytes() {
+        let a = Answer { status_interval: Duration::from_millis(100), flush_bytes: 64 * 1024 };
+        let (_d, _s, mut p, mut w, b) = setup_with("pump-interval", None, Some(a));
+        let stop = AtomicBool::new(false);
+        let t = std::thread::spawn(move || {
+            for _ in 0..40 {
+                p.run(Duration::from_millis(20), &stop);
+            }
+            p
+        });
+        let st = read_statuses(&mut w, |g| g.len() >= 2);
+        assert_eq!(st[0], (b.start.0, b.start.0, b.start.0), "an idle stream still says where it is");
+        let mut p = t.join().unwrap();
+        // A burst larger than flush_bytes, all readable at once: flushed within it, not only at its end.
+        let mut msgs = Vec::new();
+        for (i, c) in b.bytes[..256 * 1024].chunks(8192).enumerate() {
+            msgs.extend(xlogdata(Lsn(b.start.0 + (i * 8192) as u64), b.end(), c));
+        }
+        w.write_all(&msgs).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let r = p.run(Duration::from_millis(500), &AtomicBool::new(false));
+        assert!(r.flushed.0 >= b.start.0 + 64 * 1024 && r.flushed.0 < b.start.0 + 256 * 1024, "{} flushed", r.flushed);
     }
 }
