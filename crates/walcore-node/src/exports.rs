@@ -469,7 +469,6 @@ fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<n
 /// since the previous call; the report with `end` is the last.
 #[cfg(unix)]
 fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    use std::sync::OnceLock;
     use walcore::pump::{Answer, Live};
     let fd = args.u32(0, "fd")? as i32;
     let pending = args.buffer(1, "pending")?.to_vec();
@@ -491,17 +490,15 @@ fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         return Err(JsError::type_error("onReport must be a function").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
     }
     let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
-    let cell: Arc<OnceLock<Arc<Live>>> = Arc::new(OnceLock::new());
-    let c = cell.clone();
-    let call = crate::napi::ThreadsafeCall::new(env, on_report, "walkeeper-ingest", move |env| match c.get() {
-        Some(live) => report_object(env, &live.take(), "the upstream"),
-        None => env.undefined(),
+    let live = Live::new(&pump);
+    let l = live.clone();
+    let call = crate::napi::ThreadsafeCall::new(env, on_report, "walkeeper-ingest", move |env| {
+        report_object(env, &l.take(), "the upstream")
     })?;
-    let live = Live::spawn(pump, move || {
+    live.start(pump, move || {
         call.call();
     })
     .map_err(|e| JsError::error("WALCORE_IO", format!("cannot start the ingest pump thread: {e}")))?;
-    let _ = cell.set(live.clone());
     env.external(live, &INGEST_PUMP_TAG)
 }
 

@@ -536,16 +536,27 @@ impl Live {
         }
     }
 
-    /// Runs `pump` on a new thread (see [`Live`]); the pump, and its socket
-    /// duplicate, are dropped when it ends, after the last `notify`.
-    pub fn spawn(mut pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<Arc<Live>> {
-        let live = Arc::new(Live {
+    /// The shared state for running `pump` with [`Live::start`].
+    pub fn new(pump: &Pump) -> Arc<Live> {
+        Arc::new(Live {
             stop: AtomicBool::new(false),
             outbox: pump.outbox.clone(),
             state: Mutex::new(Report { received: pump.expected, flushed: pump.flushed, ..Default::default() }),
             notified: AtomicBool::new(false),
-        });
-        let l = live.clone();
+        })
+    }
+
+    /// [`Live::new`] and [`Live::start`] in one.
+    pub fn spawn(pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<Arc<Live>> {
+        let live = Live::new(&pump);
+        live.start(pump, notify)?;
+        Ok(live)
+    }
+
+    /// Runs `pump` on a new thread (see [`Live`]); the pump, and its socket
+    /// duplicate, are dropped when it ends, after the last `notify`.
+    pub fn start(self: &Arc<Live>, mut pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<()> {
+        let l = self.clone();
         std::thread::Builder::new().name("walkeeper-pump".into()).spawn(move || loop {
             let mut r = pump.run(Duration::from_secs(1), &l.stop);
             if r.end.is_none() && l.stop.load(Ordering::Relaxed) {
@@ -580,7 +591,7 @@ impl Live {
                 return;
             }
         })?;
-        Ok(live)
+        Ok(())
     }
 }
 
