@@ -60,7 +60,8 @@ export const DEFAULT_INGEST: Omit<IngestConfig, 'conninfo' | 'applicationName' |
   statusIntervalMs: 10_000,
   flushBytes: 2 * 1024 * 1024,
   maxQueuedBytes: 32 * 1024 * 1024,
-  pump: true,
+  // Off: WALKEEPER_INGEST_PUMP=0 (for comparing the two paths).
+  pump: process.env.WALKEEPER_INGEST_PUMP !== '0',
 };
 
 /** What ingest needs from the node. */
