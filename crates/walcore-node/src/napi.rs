@@ -1132,7 +1132,13 @@ impl ThreadsafeCall {
     /// (the environment is shutting down).
     pub fn call(&self) -> bool {
         // SAFETY: tsfn is alive until this is dropped.
-        unsafe { sys::napi_call_threadsafe_function(self.tsfn, ptr::null_mut(), sys::napi_tsfn_nonblocking) == sys::napi_ok }
+        unsafe {
+            sys::napi_call_threadsafe_function(
+                self.tsfn,
+                ptr::null_mut(),
+                sys::napi_tsfn_nonblocking,
+            ) == sys::napi_ok
+        }
     }
 }
 
@@ -1145,7 +1151,12 @@ impl Drop for ThreadsafeCall {
     }
 }
 
-unsafe extern "C" fn call_js_with_built_arg(raw_env: napi_env, js_cb: napi_value, context: *mut c_void, _data: *mut c_void) {
+unsafe extern "C" fn call_js_with_built_arg(
+    raw_env: napi_env,
+    js_cb: napi_value,
+    context: *mut c_void,
+    _data: *mut c_void,
+) {
     // A null env: the function is being torn down with calls still queued.
     if raw_env.is_null() || js_cb.is_null() {
         return;
@@ -1158,7 +1169,9 @@ unsafe extern "C" fn call_js_with_built_arg(raw_env: napi_env, js_cb: napi_value
         Ok(Err(e)) => env.create_error(&e),
         Err(payload) => env.create_error(&JsError::from_panic(&*payload)),
     };
-    let (Ok(recv), false) = (env.undefined(), arg.is_null()) else { return };
+    let (Ok(recv), false) = (env.undefined(), arg.is_null()) else {
+        return;
+    };
     let mut result = ptr::null_mut();
     // SAFETY: handles of this env, one argument.
     unsafe {

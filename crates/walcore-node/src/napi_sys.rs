@@ -137,7 +137,12 @@ pub type napi_finalize = Option<
 pub type napi_async_execute_callback =
     Option<unsafe extern "C" fn(env: napi_env, data: *mut c_void)>;
 pub type napi_threadsafe_function_call_js = Option<
-    unsafe extern "C" fn(env: napi_env, js_callback: napi_value, context: *mut c_void, data: *mut c_void),
+    unsafe extern "C" fn(
+        env: napi_env,
+        js_callback: napi_value,
+        context: *mut c_void,
+        data: *mut c_void,
+    ),
 >;
 /// napi_threadsafe_function_call_mode
 pub const napi_tsfn_nonblocking: c_int = 0;
@@ -361,5 +366,8 @@ extern "C" {
         data: *mut c_void,
         is_blocking: c_int,
     ) -> napi_status;
-    pub fn napi_release_threadsafe_function(func: napi_threadsafe_function, mode: c_int) -> napi_status;
+    pub fn napi_release_threadsafe_function(
+        func: napi_threadsafe_function,
+        mode: c_int,
+    ) -> napi_status;
 }

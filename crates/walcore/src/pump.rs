@@ -873,7 +873,11 @@ mod tests {
             at += size;
             let end = b.start.0 + at as u64;
             let st = read_statuses(&mut w, |g| g.iter().any(|s| s.1 >= end));
-            assert_eq!(*st.last().unwrap(), (end, end, end), "write = flush = apply = what arrived, without being asked");
+            assert_eq!(
+                *st.last().unwrap(),
+                (end, end, end),
+                "write = flush = apply = what arrived, without being asked"
+            );
             assert_eq!(store.flush_lsn(), Lsn(end));
         }
         // (the 'r' leaves before the thread records the flush: wait for it)
