@@ -11,6 +11,7 @@
  * The node runs as its own process (dist/: run `npm run build` first).
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -122,6 +123,13 @@ async function main() {
     // Warm the page cache for both, with one discarded pass each.
     for (const s of servers) await runConsumer(s.port, start, end, 'warmup');
 
+    // pg_receivewal runs on the last CPU, for both servers alike. Left to the
+    // scheduler it sometimes shares a core with the server it reads from
+    // (loopback wakes the receiver where the sender runs), and a round then
+    // takes twice as long whichever server it is: unpinned rounds ranged
+    // 338–838 MiB/s against one PostgreSQL, pinned ones 814–1001 but one.
+    const receivewalCpus = os.cpus().length >= 2 && existsSync('/usr/bin/taskset') ? String(os.cpus().length - 1) : undefined;
+    if (receivewalCpus) log(`pg_receivewal runs on CPU ${receivewalCpus} (taskset)`);
     const res: Record<string, Record<string, number[]>> = {};
     const add = (server: string, what: string, mibs: number) => ((res[what] ??= {})[server] ??= []).push(mibs);
     for (let r = 0; r < rounds; r++) {
@@ -133,7 +141,7 @@ async function main() {
         await mkdir(dir);
         await copyFile(path.join(pg.walDir, segName(firstSeg)), path.join(dir, segName(firstSeg)));
         const t0 = process.hrtime.bigint();
-        const rw = startReceivewal({ host: '127.0.0.1', port: s.port, dir, endpos: end - 1n, noLoop: true });
+        const rw = startReceivewal({ host: '127.0.0.1', port: s.port, dir, endpos: end - 1n, noLoop: true, cpus: receivewalCpus });
         const out = await rw.wait(600_000);
         const secs = Number(process.hrtime.bigint() - t0) / 1e9;
         await rm(dir, { recursive: true, force: true });

@@ -48,6 +48,8 @@ export interface ReceivewalOptions extends ReceivewalConnOptions {
   statusInterval?: number;
   /** More pg_receivewal arguments (e.g. ['--no-sync'], ['--compress=gzip:1']). */
   extraArgs?: string[];
+  /** Run it on these CPUs only (`taskset -c`), e.g. to keep a benchmark's client off the server's core. */
+  cpus?: string;
 }
 
 export interface ReceivewalResult {
@@ -113,9 +115,10 @@ function childEnv(o: ReceivewalConnOptions): NodeJS.ProcessEnv {
   return env;
 }
 
-function argv(o: ReceivewalConnOptions, args: string[]): [string, string[]] {
+function argv(o: ReceivewalConnOptions & { cpus?: string }, args: string[]): [string, string[]] {
   const tool = pgToolPath('pg_receivewal');
-  return o.asPostgres ? asServerUser(tool, args) : [tool, args];
+  const [cmd, a] = o.asPostgres ? asServerUser(tool, args) : [tool, args];
+  return o.cpus === undefined ? [cmd, a] : ['taskset', ['-c', o.cpus, cmd, ...a]];
 }
 
 class Receivewal implements ReceivewalProcess {
