@@ -242,6 +242,21 @@ impl Pump {
         Ok(())
     }
 
+    /// Writes everything queued, waiting for the socket up to a second.
+    fn drain_out(&mut self) -> io::Result<()> {
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.write_out()?;
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the sender does not read its status updates"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Ends a pump the caller stops: what was appended is fsynced (and
     /// acknowledged), queued status updates go out as far as the socket
     /// takes them now. The report's end is `Stopped`.
@@ -254,7 +269,7 @@ impl Pump {
                     end = End::Store(e);
                 }
             }
-            let _ = self.write_out();
+            let _ = self.drain_out();
             self.ended = true;
         }
         r.received = self.expected;
@@ -333,10 +348,12 @@ impl Pump {
                     Err(fe) => End::Store(fe),
                 },
             };
-            // Status updates still queued go before the caller writes again.
-            if self.cfg.answer.is_some() && !self.out.is_empty() {
-                let _ = self.write_out();
-            }
+            // Status updates still queued go before the caller writes again:
+            // a message cut short would run into the caller's next one.
+            let e = match self.drain_out() {
+                Err(io) if matches!(e, End::Other) => End::Io(io),
+                _ => e,
+            };
             self.ended = true;
             r.leftover = self.buf[self.head..self.tail].to_vec();
             r.end = Some(e);
