@@ -166,3 +166,19 @@ test('a stalled or vanishing upstream is retried, and the stream continues where
   await until(() => up.log.status.some((s) => s.flush === end), 'the end to be acknowledged');
   t.pass();
 });
+
+test("an idle upstream's keepalives that ask for a reply are answered at once with the flushed position (its wal_sender_timeout never fires)", async (t) => {
+  const up = await startFakeUpstream({ wal, walStart: fx.firstLsn, segmentSize: 1024 * 1024, systemId: fx.systemId, chunk: CHUNK, stopAfter: 3, keepaliveMs: 150 });
+  t.teardown(() => up.close());
+  const node = await startTestNode({ dataDir: path.join(tmp.path, `n${n++}`), upstream: up.conninfo });
+  t.teardown(() => node.stop());
+  const held = fx.firstLsn + BigInt(3 * CHUNK);
+  await until(() => (node.node.streams.get('main')?.flushLsn ?? 0n) >= held, 'the first WAL');
+  const before = up.log.status.length;
+  // The node's own status interval is 10 s: within 1.5 s only the keepalives (every 150 ms) can draw replies.
+  await new Promise((r) => setTimeout(r, 1500));
+  const replies = up.log.status.slice(before);
+  t.true(replies.length >= 5, `${replies.length} status updates in 1.5 s`);
+  for (const s of replies) t.like(s, { write: held, flush: held, apply: held, replyRequested: false });
+  t.is(node.logs.find((l) => l.msg === 'streaming from the upstream')?.pump, true);
+});
