@@ -535,7 +535,7 @@ export class Ingest {
             }
             if (this.upstreamEnd === null || r.walEnd > this.upstreamEnd) this.upstreamEnd = r.walEnd;
             const before = stream.flushLsn;
-            stream.pumped(Number(r.received - last), r.flushed, r.fsyncs);
+            stream.ingested(Number(r.received - last), r.flushed, r.fsyncs);
             last = r.received;
             written = r.flushed;
             if (stream.flushLsn > before) this.host.flushed(stream);

@@ -238,29 +238,29 @@ export class Stream extends EventEmitter {
   async appendAndFlushWal(lsn: Lsn, data: Buffer): Promise<Lsn> {
     const t0 = process.hrtime.bigint();
     const flushed = await this.store.appendFlush(lsn, data);
-    this.bytesReceived += data.length;
-    this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
-    if (this.flushWatch.set(flushed)) this.persistSoon();
-    this.stored();
+    this.ingested(data.length, flushed, [Number(process.hrtime.bigint() - t0) / 1e9]);
     return flushed;
-  }
-
-  /** What ingest's Rust pump appended (`bytes`) and fsynced (up to `flushed`, taking `fsyncs` seconds each): it writes the store itself. */
-  pumped(bytes: number, flushed: Lsn, fsyncs: readonly number[]): void {
-    this.bytesReceived += bytes;
-    for (const s of fsyncs) this.onFsync?.(s);
-    if (this.flushWatch.set(flushed)) this.persistSoon();
-    this.stored();
   }
 
   /** fsyncs what was appended and publishes the new flush_lsn. */
   async flushWal(): Promise<Lsn> {
     const t0 = process.hrtime.bigint();
     const flushed = await this.store.flush();
-    this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9);
+    this.ingested(0, flushed, [Number(process.hrtime.bigint() - t0) / 1e9]);
+    return flushed;
+  }
+
+  /**
+   * Publishes what ingest stored: `bytes` more received, fsynced up to
+   * `flushed` by fsyncs that took `fsyncs` seconds each. Ingest's Rust pump
+   * writes the store itself and reports here; the JavaScript path through
+   * appendAndFlushWal / flushWal.
+   */
+  ingested(bytes: number, flushed: Lsn, fsyncs: readonly number[]): void {
+    this.bytesReceived += bytes;
+    for (const s of fsyncs) this.onFsync?.(s);
     if (this.flushWatch.set(flushed)) this.persistSoon();
     this.stored();
-    return flushed;
   }
 
   /** Where timeline `tli` ends (its switch point), null for the current one, undefined if not ours. */

@@ -76,8 +76,8 @@ export class WalStore {
    * Node ingest: lends a replication socket in COPY to a Rust pump on a
    * thread of its own. It appends the XLogData here, fsyncs as soon as
    * nothing more is readable, and sends the standby status updates itself
-   * right after each fsync (see pump.rs `Answer`). `onReport` runs on this
-   * thread after progress, with everything since the previous report; the
+   * right after each fsync (see pump.rs `Answer`). `onReport` runs on the
+   * JS thread after progress, with everything since the previous report; the
    * one with `end` is the last.
    */
   ingestPump(

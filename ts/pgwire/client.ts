@@ -1054,7 +1054,6 @@ export class ReplicationClient {
   }
 }
 
-/** Sends SSLRequest and reads the one-byte answer. */
 /** Sends SSLRequest and reads the answer byte (from `sink` for a socket read with `onread`). */
 function sslHandshakeByte(socket: net.Socket, sink: ReadSink | null): Promise<'S' | 'N'> {
   return new Promise((resolve, reject) => {

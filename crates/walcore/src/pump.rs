@@ -563,13 +563,6 @@ impl Live {
         })
     }
 
-    /// [`Live::new`] and [`Live::start`] in one.
-    pub fn spawn(pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<Arc<Live>> {
-        let live = Live::new(&pump);
-        live.start(pump, notify)?;
-        Ok(live)
-    }
-
     /// Runs `pump` on a new thread (see [`Live`]); the pump, and its socket
     /// duplicate, are dropped when it ends, after the last `notify`.
     pub fn start(self: &Arc<Live>, mut pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<()> {
@@ -881,7 +874,8 @@ mod tests {
     fn answering_it_fsyncs_when_drained_and_acknowledges_each_flush_itself() {
         let (_d, store, p, mut w, b) = setup_with("pump-answer", None, Some(ANSWER));
         let (tx, rx) = std::sync::mpsc::channel();
-        let live = Live::spawn(p, move || tx.send(()).unwrap()).unwrap();
+        let live = Live::new(&p);
+        live.start(p, move || tx.send(()).unwrap()).unwrap();
         // One "commit" at a time, as a primary waiting on a synchronous standby sends them.
         let mut at = 0usize;
         for size in [100usize, 8192, 300, 20_000] {
