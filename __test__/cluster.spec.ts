@@ -14,8 +14,8 @@ import type { AddressInfo } from 'node:net';
 import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, parseLsn, segmentStart, type Lsn } from '../ts/lsn.js';
-import { memberStatusJson } from '../ts/node/http.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { memberStatusJson } from '../ts/http/api.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import {
   compareWalDirs,
   createTempDir,

@@ -1,8 +1,8 @@
 import test, { type ExecutionContext } from 'ava';
 import pg from 'pg';
 
-import { parseReplicationCommand, type ReplicationCommand } from '../ts/pgwire/commands.js';
-import { PgError } from '../ts/pgwire/errors.js';
+import { parseReplicationCommand, type ReplicationCommand } from '../ts/protocol/commands.js';
+import { PgError } from '../ts/protocol/errors.js';
 import { registerCleanupHooks, withPostgres } from './harness/index.js';
 
 registerCleanupHooks(test);

@@ -96,7 +96,7 @@ test('a bad setting: non-zero exit and one line naming the setting and where it 
 });
 
 test('logs: JSON lines by default, readable lines on a terminal', async (t) => {
-  const { readableLine, createLogger } = await import('../ts/node/log.js');
+  const { readableLine, createLogger } = await import('../ts/log.js');
   t.is(
     readableLine({ level: 'warn', time: '2026-11-26T01:02:03.456Z', pid: 1, node_id: 2, stream: 'main', client: 'standby1@127.0.0.1:5000', msg: 'terminating walsender', timeout_ms: 60000, reason: 'no reply' }),
     '01:02:03.456 WARN  [node 2 stream main client standby1@127.0.0.1:5000] terminating walsender  timeout_ms=60000 reason="no reply"\n',

@@ -12,7 +12,7 @@ import tls from 'node:tls';
 
 import test from 'ava';
 
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import {
   ConnInfoError,
   parseConnInfo,
@@ -20,7 +20,7 @@ import {
   redactConnInfo,
   toConnectOptions,
   type ConnInfo,
-} from '../ts/pgwire/conninfo.js';
+} from '../ts/client/conninfo.js';
 
 import { chownToServerUserSync, registerCleanupHooks, withPostgres } from './harness/index.js';
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 
 import { formatLsn, parseLsn } from '../ts/lsn.js';
-import { readControlFile } from '../ts/node/control_file.js';
+import { readControlFile } from '../ts/wal/control_file.js';
 import {
   compareWalDirs,
   createTempDir,

@@ -5,8 +5,8 @@
 import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn } from '../ts/lsn.js';
-import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
-import { neonFeedback, pgNow, type Keepalive } from '../ts/pgwire/replication.js';
+import { ReplicationClient, type CopyBoth } from '../ts/client/client.js';
+import { neonFeedback, pgNow, type Keepalive } from '../ts/protocol/replication.js';
 import {
   FAKE_NODE_OMIT,
   FIXTURE_SEG as SEG,

@@ -8,9 +8,9 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, segmentFileName, segmentNumber } from '../ts/lsn.js';
-import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
-import { hotStandbyFeedback, keepalive, type Keepalive } from '../ts/pgwire/replication.js';
+import { ReplicationClient, type CopyBoth } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
+import { hotStandbyFeedback, keepalive, type Keepalive } from '../ts/protocol/replication.js';
 import {
   compareWalDirs,
   createTempDir,

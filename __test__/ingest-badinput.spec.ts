@@ -9,7 +9,7 @@ import path from 'node:path';
 import test from 'ava';
 
 import { formatLsn, importWal } from '../ts/index.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import {
   createTempDir,
   makeWalFixture,

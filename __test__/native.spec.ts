@@ -18,7 +18,7 @@ import {
   XLOGDATA_HEADER_SIZE,
   type ControlData,
 } from '../ts/index.js';
-import { loadBinding, platformTriple } from '../ts/native.js';
+import { loadBinding, platformTriple } from '../ts/native/binding.js';
 import { createTempDir, type TempDir } from './harness/index.js';
 
 const SEG = 1024 * 1024;

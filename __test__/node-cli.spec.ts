@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 
 import { formatLsn, importWal, startNode } from '../ts/index.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import { createTempDir, freePort, makeWalFixture, startReceivewal, startTestNode, type TempDir, type WalFixture } from './harness/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -169,7 +169,7 @@ test('a stream whose WAL ends below its commit_lsn is refused at start-up', asyn
   const dir = path.join(data, 'streams', 'main');
   const last = (await readdir(dir)).filter((f) => /^[0-9A-F]{24}/.test(f)).sort().at(-1)!;
   await rm(path.join(dir, last));
-  const e = await t.throwsAsync(startNode({ dataDir: data, listenPg: '127.0.0.1:0', listenHttp: '127.0.0.1:0', logger: (await import('../ts/node/log.js')).silentLogger() }));
+  const e = await t.throwsAsync(startNode({ dataDir: data, listenPg: '127.0.0.1:0', listenHttp: '127.0.0.1:0', logger: (await import('../ts/log.js')).silentLogger() }));
   t.regex(e!.message, /stream main: valid WAL ends at .*, below commit_lsn .*; WAL that clients may have received is missing, refusing to start/);
 });
 

@@ -11,12 +11,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, parseLsn, segmentFileName, segmentNumber, segmentStart } from '../ts/lsn.js';
-import { ReplicationClient, type ConnectOptions, type CopyBoth } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
-import type { FrontendMessage } from '../ts/pgwire/messages.js';
-import { ServerFramer } from '../ts/pgwire/parser.js';
-import { decodeStandbyStatus, xlogData, type Keepalive, type XLogData } from '../ts/pgwire/replication.js';
-import { backend } from '../ts/pgwire/serializer.js';
+import { ReplicationClient, type ConnectOptions, type CopyBoth } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
+import type { FrontendMessage } from '../ts/protocol/messages.js';
+import { ServerFramer } from '../ts/protocol/parser.js';
+import { decodeStandbyStatus, xlogData, type Keepalive, type XLogData } from '../ts/protocol/replication.js';
+import { backend } from '../ts/protocol/serializer.js';
 
 import { chownToServerUserSync, freePort, registerCleanupHooks, withPostgres, type PgCluster } from './harness/index.js';
 

@@ -3,10 +3,10 @@
 
 import test, { type ExecutionContext } from 'ava';
 
-import { Reader } from '../ts/pgwire/buffer-reader.js';
-import { Writer } from '../ts/pgwire/buffer-writer.js';
-import { PgError, ProtocolError } from '../ts/pgwire/errors.js';
-import type { BackendMessage, FrontendMessage, StartupPacket } from '../ts/pgwire/messages.js';
+import { Reader } from '../ts/protocol/buffer_reader.js';
+import { Writer } from '../ts/protocol/buffer_writer.js';
+import { PgError, ProtocolError } from '../ts/protocol/errors.js';
+import type { BackendMessage, FrontendMessage, StartupPacket } from '../ts/protocol/messages.js';
 import {
   ClientFramer,
   errorFromNotice,
@@ -15,7 +15,7 @@ import {
   parseSASLInitialResponse,
   parseStartupPacket,
   ServerFramer,
-} from '../ts/pgwire/parser.js';
+} from '../ts/protocol/parser.js';
 import {
   dateToPgTime,
   decodeHotStandbyFeedback,
@@ -31,8 +31,8 @@ import {
   standbyStatus,
   xlogData,
   xlogDataHeader,
-} from '../ts/pgwire/replication.js';
-import { backend, frontend } from '../ts/pgwire/serializer.js';
+} from '../ts/protocol/replication.js';
+import { backend, frontend } from '../ts/protocol/serializer.js';
 
 /** Bytes from hex with any spacing, plus 'text' segments in single quotes: h`5a 00 'ab' 00`. */
 function h(strings: TemplateStringsArray, ...values: unknown[]): Buffer {

@@ -7,10 +7,10 @@ import path from 'node:path';
 import test from 'ava';
 
 import { parseLsn, type Lsn } from '../ts/lsn.js';
-import { createLogger } from '../ts/node/log.js';
-import { PeerDemand, Quorum, quorumCommitLsn, quorumSize } from '../ts/node/quorum.js';
-import { Stream } from '../ts/node/stream.js';
-import type { NodeStatus } from '../ts/receiver/sources.js';
+import { createLogger } from '../ts/log.js';
+import { PeerDemand, Quorum, quorumCommitLsn, quorumSize } from '../ts/cluster/quorum.js';
+import { Stream } from '../ts/stream/stream.js';
+import type { NodeStatus } from '../ts/member_status.js';
 import { createTempDir, type TempDir } from './harness/index.js';
 
 const L = parseLsn;

@@ -9,8 +9,8 @@ import path from 'node:path';
 import test from 'ava';
 
 import { formatLsn, segmentStart, type Lsn } from '../ts/lsn.js';
-import { retentionHorizon, parseSize } from '../ts/node/retention.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { retentionHorizon, parseSize } from '../ts/cluster/retention.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import {
   compareWalDirs,
   createTempDir,

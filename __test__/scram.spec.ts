@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test, { type ExecutionContext } from 'ava';
 import pg from 'pg';
 
-import { PgError } from '../ts/pgwire/errors.js';
+import { PgError } from '../ts/protocol/errors.js';
 import {
   formatVerifier,
   makeVerifier,
@@ -16,7 +16,7 @@ import {
   ScramClientSession,
   ScramServerSession,
   type ScramVerifier,
-} from '../ts/pgwire/scram.js';
+} from '../ts/protocol/scram.js';
 import { registerCleanupHooks, runPgTool, withPostgres, type PgCluster } from './harness/index.js';
 
 registerCleanupHooks(test);

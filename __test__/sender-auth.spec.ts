@@ -8,10 +8,10 @@ import path from 'node:path';
 import test from 'ava';
 
 import { formatLsn } from '../ts/index.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
-import { formatVerifier, makeVerifier } from '../ts/pgwire/scram.js';
-import { isLoopback } from '../ts/pgwire/server.js';
+import { ReplicationClient } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
+import { formatVerifier, makeVerifier } from '../ts/protocol/scram.js';
+import { isLoopback } from '../ts/server/connection.js';
 import { createTempDir, makeWalFixture, startReceivewal, startTestNode, type TempDir, type TestNode, type WalFixture } from './harness/index.js';
 
 let fx: WalFixture;

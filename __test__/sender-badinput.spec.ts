@@ -9,11 +9,11 @@ import net from 'node:net';
 import test from 'ava';
 
 import { formatLsn } from '../ts/index.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
-import { ClientFramer } from '../ts/pgwire/parser.js';
-import { frontend } from '../ts/pgwire/serializer.js';
-import { standbyStatus } from '../ts/pgwire/replication.js';
+import { ReplicationClient } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
+import { ClientFramer } from '../ts/protocol/parser.js';
+import { frontend } from '../ts/protocol/serializer.js';
+import { standbyStatus } from '../ts/protocol/replication.js';
 import { makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
 
 let fx: WalFixture;

@@ -5,9 +5,9 @@
 import test from 'ava';
 
 import { formatLsn, type Stream } from '../ts/index.js';
-import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
-import { hotStandbyFeedback, neonFeedback, pgNow } from '../ts/pgwire/replication.js';
+import { ReplicationClient, type CopyBoth } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
+import { hotStandbyFeedback, neonFeedback, pgNow } from '../ts/protocol/replication.js';
 import { FIXTURE_SEG as SEG, makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
 
 let fx: WalFixture;

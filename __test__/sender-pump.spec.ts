@@ -6,8 +6,8 @@
 import test from 'ava';
 
 import { formatLsn } from '../ts/index.js';
-import { ReplicationClient, type CopyBoth } from '../ts/pgwire/client.js';
-import { PgError } from '../ts/pgwire/errors.js';
+import { ReplicationClient, type CopyBoth } from '../ts/client/client.js';
+import { PgError } from '../ts/protocol/errors.js';
 import { FIXTURE_SEG as SEG, makeWalFixture, startTestNode, type TestNode, type WalFixture, until } from './harness/index.js';
 
 let fx: WalFixture;

@@ -25,10 +25,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { EtcdBroker } from '../ts/broker/etcd.js';
+import { EtcdBroker } from '../ts/cluster/broker/etcd.js';
 import { formatLsn, type Lsn } from '../ts/lsn.js';
-import { createLogger } from '../ts/node/log.js';
-import { ReplicationClient } from '../ts/pgwire/client.js';
+import { createLogger } from '../ts/log.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import { createTempDir, freePort, lsnOf, NodeProcess, startPostgres } from '../__test__/harness/index.js';
 import { startEtcd } from '../__test__/harness/etcd.js';
 import { record } from './results.js';

@@ -11,8 +11,8 @@
 import net from 'node:net';
 
 import { formatLsn, parseLsn } from '../ts/lsn.js';
-import { frontend } from '../ts/pgwire/serializer.js';
-import { standbyStatus } from '../ts/pgwire/replication.js';
+import { frontend } from '../ts/protocol/serializer.js';
+import { standbyStatus } from '../ts/protocol/replication.js';
 
 export interface ConsumeResult {
   bytes: number;

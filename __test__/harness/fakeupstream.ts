@@ -12,9 +12,9 @@
 import net from 'node:net';
 
 import { formatLsn, historyFileName, segmentFileName, segmentNumber } from '../../ts/lsn.js';
-import { parseReplicationCommand, type ReplicationCommand } from '../../ts/pgwire/commands.js';
-import { PgError, ProtocolError, SQLSTATE } from '../../ts/pgwire/errors.js';
-import type { FrontendMessage } from '../../ts/pgwire/messages.js';
+import { parseReplicationCommand, type ReplicationCommand } from '../../ts/protocol/commands.js';
+import { PgError, ProtocolError, SQLSTATE } from '../../ts/protocol/errors.js';
+import type { FrontendMessage } from '../../ts/protocol/messages.js';
 import {
   decodeHotStandbyFeedback,
   decodeNeonFeedback,
@@ -23,9 +23,9 @@ import {
   pgNow,
   xlogData,
   type NeonFeedback,
-} from '../../ts/pgwire/replication.js';
-import { backend } from '../../ts/pgwire/serializer.js';
-import { ServerConnection, type StartupInfo } from '../../ts/pgwire/server.js';
+} from '../../ts/protocol/replication.js';
+import { backend } from '../../ts/protocol/serializer.js';
+import { ServerConnection, type StartupInfo } from '../../ts/server/connection.js';
 import {
   createReplicationSlotResult,
   identifySystemResult,
@@ -35,7 +35,7 @@ import {
   showResult,
   timelineHistoryResult,
   walsenderParameters,
-} from '../../ts/pgwire/walsender.js';
+} from '../../ts/server/walsender.js';
 
 /** What `mutate` may answer for one XLogData message. */
 export type FakeUpstreamMutation =

@@ -3,7 +3,7 @@
  * (offline: the node must not be running on that data directory).
  */
 import { formatLsn } from '../lsn.js';
-import { importWal } from '../node/import.js';
+import { importWal } from '../wal/import.js';
 import { parse, UsageError } from './args.js';
 
 export const IMPORT_USAGE = `Usage: walkeeper import --data-dir DIR [--stream NAME] <wal-dir>

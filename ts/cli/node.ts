@@ -2,11 +2,11 @@
  * `walkeeper node`: run a node on a data directory — serve its streams to
  * replication clients and its state over HTTP — until SIGINT or SIGTERM.
  */
-import { parseEtcdEndpoints, parsePeerUrls } from '../broker/broker.js';
-import { createLogger } from '../node/log.js';
+import { parseEtcdEndpoints, parsePeerUrls } from '../cluster/broker/broker.js';
+import { createLogger } from '../log.js';
 import { parseHostPort, startNode } from '../node/node.js';
-import { parseSize } from '../node/retention.js';
-import type { AuthMethod } from '../pgwire/server.js';
+import { parseSize } from '../cluster/retention.js';
+import type { AuthMethod } from '../server/connection.js';
 import { parse, UsageError } from './args.js';
 import { resolveSettings, SettingsReader, type SettingDef } from './settings.js';
 

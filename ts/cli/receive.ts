@@ -10,10 +10,11 @@ import { mkdir, open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 
 import { formatLsn, parseLsn, type Lsn } from '../lsn.js';
-import { MAX_APPENDV, WalStore } from '../node/wal_storage.js';
+import { MAX_APPENDV, WalStore } from '../wal/wal_storage.js';
 import { WalReceiver, type WalChunk } from '../receiver/receiver.js';
-import { parseEtcdEndpoints } from '../broker/broker.js';
-import { HttpStatusSource, type CandidateSource, type NodeStatus } from '../receiver/sources.js';
+import { parseEtcdEndpoints } from '../cluster/broker/broker.js';
+import type { NodeStatus } from '../member_status.js';
+import { HttpStatusSource, type CandidateSource } from '../receiver/sources.js';
 import { parse, UsageError } from './args.js';
 
 export const RECEIVE_USAGE = `Usage: walkeeper receive (--nodes URL[,URL…] | --broker ENDPOINTS) -D DIR [options]
@@ -110,7 +111,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
   const endpos = str('endpos') !== undefined ? parseLsn(str('endpos')!) : undefined;
   const stream = str('stream') ?? 'main';
   // The etcd client (gRPC) is loaded only when asked for: it costs start-up time.
-  const etcd = brokerHosts ? await import('../broker/etcd.js') : null;
+  const etcd = brokerHosts ? await import('../cluster/broker/etcd.js') : null;
   const makeSource = (): CandidateSource => (etcd && brokerHosts ? new etcd.EtcdCandidateSource(brokerHosts, stream) : new HttpStatusSource(nodes, stream));
   const password = str('password-file') ? (await (await import('node:fs/promises')).readFile(str('password-file')!, 'utf8')).trim() : process.env.PGPASSWORD;
   const noLoop = values['no-loop'] === true;

@@ -6,7 +6,7 @@
 import { open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 
-import { findEndOfWal } from '../node/wal_storage.js';
+import { findEndOfWal } from '../wal/wal_storage.js';
 import { formatLsn, parseLsn } from '../lsn.js';
 import { intOption, parse, UsageError } from './args.js';
 

@@ -11,26 +11,26 @@ import path from 'node:path';
 import tls from 'node:tls';
 import type http from 'node:http';
 
-import { parseConnInfo } from '../pgwire/conninfo.js';
-import { PgError, SQLSTATE } from '../pgwire/errors.js';
-import { makeVerifier, parseVerifier, type ScramVerifier } from '../pgwire/scram.js';
-import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../pgwire/server.js';
-import { walsenderParameters } from '../pgwire/walsender.js';
-import { ReplicationSession } from './handler.js';
-import { DEFAULT_INGEST, Ingest } from './ingest.js';
-import { createHttpServer } from './http.js';
-import { lockDataDir } from './lockfile.js';
-import { createLogger, type Logger } from './log.js';
-import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from './send_wal.js';
-import { Stream } from './stream.js';
-import { PeerDemand, PROMPT_GRACE_MS, Quorum } from './quorum.js';
-import type { Broker } from '../broker/broker.js';
-import { EmbeddedBroker } from '../broker/embedded.js';
-import { memberStatusJson } from './http.js';
-import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from './retention.js';
-import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from './recovery.js';
-import { NodeMetrics } from './metrics.js';
-import { StreamHistory } from './history.js';
+import { parseConnInfo } from '../client/conninfo.js';
+import { PgError, SQLSTATE } from '../protocol/errors.js';
+import { makeVerifier, parseVerifier, type ScramVerifier } from '../protocol/scram.js';
+import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../server/connection.js';
+import { walsenderParameters } from '../server/walsender.js';
+import { ReplicationSession } from '../sender/session.js';
+import { DEFAULT_INGEST, Ingest } from '../ingest/ingest.js';
+import { createHttpServer } from '../http/api.js';
+import { lockDataDir } from '../wal/lockfile.js';
+import { createLogger, type Logger } from '../log.js';
+import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from '../sender/send_wal.js';
+import { Stream } from '../stream/stream.js';
+import { PeerDemand, PROMPT_GRACE_MS, Quorum } from '../cluster/quorum.js';
+import type { Broker } from '../cluster/broker/broker.js';
+import { EmbeddedBroker } from '../cluster/broker/embedded.js';
+import { memberStatusJson } from '../http/api.js';
+import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from '../cluster/retention.js';
+import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from '../cluster/recovery.js';
+import { NodeMetrics } from '../http/metrics.js';
+import { StreamHistory } from '../http/history.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -215,7 +215,7 @@ export class WalkeeperNode {
     // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
     if (o.upstream !== undefined) parseConnInfo(o.upstream);
     if (o.peers?.length && o.broker?.length) throw new Error('--peers and --broker exclude each other');
-    this.broker = o.broker?.length ? new (await import('../broker/etcd.js')).EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
+    this.broker = o.broker?.length ? new (await import('../cluster/broker/etcd.js')).EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
     const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
     const httpAt = parseHostPort(o.listenHttp ?? '127.0.0.1:7676', '--listen-http');
 

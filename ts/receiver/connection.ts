@@ -9,13 +9,13 @@
  * goes on with the others; nothing of that WAL is handed on.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
-import { ReplicationClient, type CopyBoth } from '../pgwire/client.js';
-import { PgError, ProtocolError } from '../pgwire/errors.js';
-import { neonFeedback, pgNow } from '../pgwire/replication.js';
-import { PageHeaderCheck } from '../node/wal_validate.js';
-import type { ReceivePump, WalStore } from '../node/wal_storage.js';
-import type { PumpReport } from '../native.js';
-import type { NodeStatus } from './sources.js';
+import { ReplicationClient, type CopyBoth } from '../client/client.js';
+import { PgError, ProtocolError } from '../protocol/errors.js';
+import { neonFeedback, pgNow } from '../protocol/replication.js';
+import { PageHeaderCheck } from '../wal/page_check.js';
+import type { ReceivePump, WalStore } from '../wal/wal_storage.js';
+import type { PumpReport } from '../native/binding.js';
+import type { NodeStatus } from '../member_status.js';
 
 /** The node did something a correct node never does. */
 export class BadNode extends Error {}

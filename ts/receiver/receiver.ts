@@ -11,10 +11,11 @@
 import { EventEmitter } from 'node:events';
 
 import { formatLsn, type Lsn } from '../lsn.js';
-import type { WalStore } from '../node/wal_storage.js';
+import type { WalStore } from '../wal/wal_storage.js';
 import { BadNode, ReceiverConnection, type ConnectionEnd } from './connection.js';
 import { ConnectionPolicy, describeReason, type PolicyConfig, type SwitchReason } from './policy.js';
-import { HttpStatusSource, type CandidateSource, type NodeStatus } from './sources.js';
+import type { NodeStatus } from '../member_status.js';
+import { HttpStatusSource, type CandidateSource } from './sources.js';
 
 const FEEDBACK_MIN_MS = 50;
 

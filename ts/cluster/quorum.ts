@@ -10,9 +10,9 @@
  * stops with them; it never moves on a guess.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
-import type { NodeStatus } from '../receiver/sources.js';
-import type { Logger } from './log.js';
-import type { Stream } from './stream.js';
+import type { NodeStatus } from '../member_status.js';
+import type { Logger } from '../log.js';
+import type { Stream } from '../stream/stream.js';
 
 /** Majority of `members` (this node included). */
 export function quorumSize(members: number): number {

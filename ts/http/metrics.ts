@@ -6,8 +6,8 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-import { neededLsn } from './replica.js';
-import type { Stream } from './stream.js';
+import { neededLsn } from '../stream/replica.js';
+import type { Stream } from '../stream/stream.js';
 
 export interface MetricsNodeView {
   readonly nodeId: number;

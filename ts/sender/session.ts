@@ -8,10 +8,10 @@
  * the same connection).
  */
 import { formatLsn, historyFileName, segmentFileName, segmentNumber, type Lsn } from '../lsn.js';
-import { parseReplicationCommand, type ReplicationCommand } from '../pgwire/commands.js';
-import { PgError, ProtocolError, SQLSTATE } from '../pgwire/errors.js';
-import { backend } from '../pgwire/serializer.js';
-import type { ServerConnection, StartupInfo } from '../pgwire/server.js';
+import { parseReplicationCommand, type ReplicationCommand } from '../protocol/commands.js';
+import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
+import { backend } from '../protocol/serializer.js';
+import type { ServerConnection, StartupInfo } from '../server/connection.js';
 import {
   createReplicationSlotResult,
   identifySystemResult,
@@ -20,10 +20,10 @@ import {
   segmentSizeText,
   showResult,
   timelineHistoryResult,
-} from '../pgwire/walsender.js';
-import type { Logger } from './log.js';
+} from '../server/walsender.js';
+import type { Logger } from '../log.js';
 import { WalSender, type SenderConfig } from './send_wal.js';
-import { SLOT_NAME_RE, type Slot, type Stream } from './stream.js';
+import { SLOT_NAME_RE, type Slot, type Stream } from '../stream/stream.js';
 
 export const RECOVERY_APPLICATION_NAMES = ['walkeeper_recovery', 'wal_proposer_recovery'];
 

@@ -14,8 +14,8 @@
  *     without a lease, so a member that dies still counts towards the
  *     quorum size.
  */
-import type { Lsn } from '../lsn.js';
-import type { NodeStatus } from '../receiver/sources.js';
+import type { Lsn } from '../../lsn.js';
+import type { NodeStatus } from '../../member_status.js';
 
 export interface BrokerStream {
   readonly name: string;

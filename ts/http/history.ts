@@ -4,8 +4,8 @@
  * things have been the moment it opens, not only from then on.
  */
 import type { Lsn } from '../lsn.js';
-import { neededLsn } from './replica.js';
-import type { Stream } from './stream.js';
+import { neededLsn } from '../stream/replica.js';
+import type { Stream } from '../stream/stream.js';
 
 export interface Sample {
   /** ms since the epoch. */

@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 
-import { native } from '../native.js';
+import { native } from '../native/binding.js';
 import { formatLsn, isLsn, parseLsn, type Lsn } from '../lsn.js';
 
 export const CONTROL_FILE_NAME = 'walkeeper.control';

@@ -24,17 +24,17 @@
  * stops ingest for the stream with a logged error; the node keeps serving.
  */
 import { formatLsn, segmentStart, type Lsn } from '../lsn.js';
-import { ReplicationClient, type CopyBoth } from '../pgwire/client.js';
-import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../pgwire/conninfo.js';
-import { PgError } from '../pgwire/errors.js';
-import { hotStandbyFeedback } from '../pgwire/replication.js';
-import type { PumpReport } from '../native.js';
+import { ReplicationClient, type CopyBoth } from '../client/client.js';
+import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../client/conninfo.js';
+import { PgError } from '../protocol/errors.js';
+import { hotStandbyFeedback } from '../protocol/replication.js';
+import type { PumpReport } from '../native/binding.js';
 import { Backoff } from './backoff.js';
-import type { Logger } from './log.js';
-import type { Stream } from './stream.js';
-import { nextTimeline, parseHistory, timelineEntry, timelineOfLsn, type TimelineEntry } from './timeline.js';
-import { PageHeaderCheck } from './wal_validate.js';
-import type { IngestPump } from './wal_storage.js';
+import type { Logger } from '../log.js';
+import type { Stream } from '../stream/stream.js';
+import { nextTimeline, parseHistory, timelineEntry, timelineOfLsn, type TimelineEntry } from '../wal/timeline.js';
+import { PageHeaderCheck } from '../wal/page_check.js';
+import type { IngestPump } from '../wal/wal_storage.js';
 
 export type UpstreamState = 'connecting' | 'streaming' | 'waiting' | 'stopped' | 'failed';
 

@@ -21,10 +21,10 @@ import net from 'node:net';
 import tls from 'node:tls';
 
 import { parseLsn } from '../lsn.js';
-import { Reader } from './buffer-reader.js';
-import { PgError, ProtocolError, SQLSTATE } from './errors.js';
-import type { FieldDescription, NoticeFields } from './messages.js';
-import { ClientFramer, errorFromNotice, parseBackendMessage, parseNoticeFields } from './parser.js';
+import { Reader } from '../protocol/buffer_reader.js';
+import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
+import type { FieldDescription, NoticeFields } from '../protocol/messages.js';
+import { ClientFramer, errorFromNotice, parseBackendMessage, parseNoticeFields } from '../protocol/parser.js';
 import {
   decodeKeepalive,
   decodeXLogData,
@@ -35,9 +35,9 @@ import {
   type Keepalive,
   type StandbyStatusInit,
   type XLogData,
-} from './replication.js';
-import { ScramClientSession } from './scram.js';
-import { frontend } from './serializer.js';
+} from '../protocol/replication.js';
+import { ScramClientSession } from '../protocol/scram.js';
+import { frontend } from '../protocol/serializer.js';
 
 export interface ConnectOptions {
   host: string;

@@ -3,7 +3,7 @@
  * place in TypeScript that touches segment files; ingest appends and
  * flushes, senders frame, start-up scans and truncates.
  */
-import { native, type IngestPumpHandle, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native.js';
+import { native, type IngestPumpHandle, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native/binding.js';
 import type { Lsn } from '../lsn.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;

@@ -17,8 +17,9 @@
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
 import { noop } from 'cockatiel';
 
-import { parseNodeStatus, type CandidateSource, type NodeStatus } from '../receiver/sources.js';
-import type { Logger } from '../node/log.js';
+import { parseNodeStatus, type NodeStatus } from '../../member_status.js';
+import type { CandidateSource } from '../../receiver/sources.js';
+import type { Logger } from '../../log.js';
 import type { Broker, BrokerListener, BrokerStream } from './broker.js';
 
 export const LEASE_TTL_S = 10;

@@ -12,10 +12,11 @@
  */
 import { formatLsn, type Lsn } from '../lsn.js';
 import { WalReceiver } from '../receiver/receiver.js';
-import type { CandidateSource, NodeStatus } from '../receiver/sources.js';
-import type { Logger } from './log.js';
+import type { NodeStatus } from '../member_status.js';
+import type { CandidateSource } from '../receiver/sources.js';
+import type { Logger } from '../log.js';
 import type { Quorum } from './quorum.js';
-import type { Stream } from './stream.js';
+import type { Stream } from '../stream/stream.js';
 
 export const RECOVERY_APPLICATION_NAME = 'walkeeper_recovery';
 

@@ -6,7 +6,7 @@
  * suite's fake upstream.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
-import { backend, type FieldSpec } from './serializer.js';
+import { backend, type FieldSpec } from '../protocol/serializer.js';
 
 const TEXT = { typeOid: 25, typeLen: -1, typeMod: -1 };
 const INT4 = { typeOid: 23, typeLen: 4, typeMod: -1 };

@@ -18,22 +18,22 @@
  *   while PostgreSQL's eight walsenders use every core.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
-import { PgError, ProtocolError, SQLSTATE } from '../pgwire/errors.js';
-import type { FrontendMessage } from '../pgwire/messages.js';
+import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
+import type { FrontendMessage } from '../protocol/messages.js';
 import {
   decodeHotStandbyFeedback,
   decodeNeonFeedback,
   decodeStandbyStatus,
   keepalive,
   pgNow,
-} from '../pgwire/replication.js';
-import { backend } from '../pgwire/serializer.js';
-import type { ServerConnection } from '../pgwire/server.js';
-import { nextTimelineRows } from '../pgwire/walsender.js';
-import type { Logger } from './log.js';
-import type { Replica } from './replica.js';
-import type { Slot, Stream } from './stream.js';
-import { type SendPump, XLOGDATA_HEADER_SIZE } from './wal_storage.js';
+} from '../protocol/replication.js';
+import { backend } from '../protocol/serializer.js';
+import type { ServerConnection } from '../server/connection.js';
+import { nextTimelineRows } from '../server/walsender.js';
+import type { Logger } from '../log.js';
+import type { Replica } from '../stream/replica.js';
+import type { Slot, Stream } from '../stream/stream.js';
+import { type SendPump, XLOGDATA_HEADER_SIZE } from '../wal/wal_storage.js';
 
 export interface SenderConfig {
   /** Idle time after which a keepalive (reply requested) is sent. Neon: POLL_STATE_TIMEOUT 1 s. */

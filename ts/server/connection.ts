@@ -13,12 +13,12 @@ import { randomInt } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 
-import { PgError, ProtocolError, SQLSTATE } from './errors.js';
-import type { FrontendMessage, StartupPacket } from './messages.js';
-import { parseSASLInitialResponse, ServerFramer } from './parser.js';
-import { ScramServerSession, type ScramVerifier } from './scram.js';
-import { backend } from './serializer.js';
-import { Writer } from './buffer-writer.js';
+import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
+import type { FrontendMessage, StartupPacket } from '../protocol/messages.js';
+import { parseSASLInitialResponse, ServerFramer } from '../protocol/parser.js';
+import { ScramServerSession, type ScramVerifier } from '../protocol/scram.js';
+import { backend } from '../protocol/serializer.js';
+import { Writer } from '../protocol/buffer_writer.js';
 
 export type AuthMethod = 'trust' | 'scram' | 'loopback-trust';
 

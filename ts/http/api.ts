@@ -6,12 +6,12 @@
 import http from 'node:http';
 
 import { formatLsn, type Lsn } from '../lsn.js';
-import type { Quorum } from './quorum.js';
+import type { Quorum } from '../cluster/quorum.js';
 import type { StreamHistory } from './history.js';
 import { STATUS_PAGE } from './status_page.js';
-import type { Replica } from './replica.js';
-import type { Ingest } from './ingest.js';
-import type { Stream } from './stream.js';
+import type { Replica } from '../stream/replica.js';
+import type { Ingest } from '../ingest/ingest.js';
+import type { Stream } from '../stream/stream.js';
 
 export interface HttpNodeView {
   nodeId: number;

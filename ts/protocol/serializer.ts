@@ -6,7 +6,7 @@
  *   socket.write(frontend.query('IDENTIFY_SYSTEM'))
  */
 
-import { Writer } from './buffer-writer.js';
+import { Writer } from './buffer_writer.js';
 import type { PgError } from './errors.js';
 import { CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE } from './messages.js';
 

@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
-import type { Lsn } from './lsn.js';
+import type { Lsn } from '../lsn.js';
 
 /** The platform part of the binary's name, as `napi build --platform` writes it. */
 export function platformTriple(platform: string = process.platform, arch: string = process.arch): string {
@@ -34,7 +34,7 @@ function isMusl(): boolean {
   return !report?.header?.glibcVersionRuntime;
 }
 
-const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const require = createRequire(import.meta.url);
 
 export interface ScanResult {

@@ -9,11 +9,11 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { formatLsn, historyFileName, segmentStart, type Lsn } from '../lsn.js';
-import { readControlFile, writeControlFile, type ControlData } from './control_file.js';
-import type { Logger } from './log.js';
+import { readControlFile, writeControlFile, type ControlData } from '../wal/control_file.js';
+import type { Logger } from '../log.js';
 import { ReplicaRegistry, type Replica } from './replica.js';
-import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from './timeline.js';
-import { findEndOfWal, WalStore } from './wal_storage.js';
+import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from '../wal/timeline.js';
+import { findEndOfWal, WalStore } from '../wal/wal_storage.js';
 import { LsnWatch } from './watch.js';
 
 export type StreamState = 'active' | 'suspended' | 'removed';

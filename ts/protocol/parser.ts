@@ -10,7 +10,7 @@
  *   ClientFramer: what a client reads: typed backend messages.
  */
 
-import { Reader } from './buffer-reader.js';
+import { Reader } from './buffer_reader.js';
 import { PgError, ProtocolError, type Severity } from './errors.js';
 import {
   CANCEL_REQUEST_CODE,

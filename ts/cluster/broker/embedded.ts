@@ -10,8 +10,8 @@
  */
 import http from 'node:http';
 
-import { parseNodeStatus, type NodeStatus } from '../receiver/sources.js';
-import type { Logger } from '../node/log.js';
+import { parseNodeStatus, type NodeStatus } from '../../member_status.js';
+import type { Logger } from '../../log.js';
 import { PEER_RETRY_MS, type Broker, type BrokerListener, type BrokerStream } from './broker.js';
 
 export class EmbeddedBroker implements Broker {

@@ -9,7 +9,7 @@
  * int64 microseconds since 2000-01-01 00:00:00 UTC.
  */
 
-import { Reader } from './buffer-reader.js';
+import { Reader } from './buffer_reader.js';
 import { ProtocolError } from './errors.js';
 
 /** 2000-01-01T00:00:00Z in Unix milliseconds. */
