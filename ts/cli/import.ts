@@ -5,6 +5,7 @@
 import { formatLsn } from '../lsn.js';
 import { importWal } from '../wal/import.js';
 import { parse, UsageError } from './args.js';
+import { DEFAULT_STREAM } from '../defaults.js';
 
 export const IMPORT_USAGE = `Usage: walkeeper import --data-dir DIR [--stream NAME] <wal-dir>
 
@@ -22,7 +23,7 @@ export async function importCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { 'data-dir': { type: 'string' }, stream: { type: 'string' } }, IMPORT_USAGE);
   if (positionals.length !== 1) throw new UsageError(`import takes one WAL directory\n${IMPORT_USAGE}`);
   const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
-  const r = await importWal({ dataDir: str('data-dir') ?? './walkeeper-data', stream: str('stream') ?? 'main', walDir: positionals[0]! });
+  const r = await importWal({ dataDir: str('data-dir') ?? './walkeeper-data', stream: str('stream') ?? DEFAULT_STREAM, walDir: positionals[0]! });
   process.stdout.write(
     `imported ${r.segments} segment${r.segments === 1 ? '' : 's'}${r.historyFiles ? ` and ${r.historyFiles} history file${r.historyFiles === 1 ? '' : 's'}` : ''} into stream ${r.stream} (${r.dir})\n` +
       `WAL from ${formatLsn(r.firstLsn)} to ${formatLsn(r.endLsn)} on timeline ${r.tli}; system id ${r.systemId}, PostgreSQL ${r.pgVersion}, ${r.segmentSize / (1 << 20)} MB segments\n` +

@@ -91,6 +91,9 @@ export async function nodeCommand(args: string[]): Promise<number> {
       ...(windowS !== undefined ? { replicaWindowMs: windowS * 1000 } : {}),
     },
     ...(logLevel !== undefined ? { logger: createLogger({ level: logLevel }) } : {}),
+    // Comparison switches for benchmarks, not settings: the JavaScript paths the pumps replace.
+    ingest: { pump: process.env.WALKEEPER_INGEST_PUMP !== '0' },
+    sender: { sendPump: process.env.WALKEEPER_SEND_PUMP !== '0' },
   });
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {

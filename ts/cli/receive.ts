@@ -16,6 +16,7 @@ import { parseEtcdEndpoints } from '../cluster/broker/broker.js';
 import type { NodeStatus } from '../member_status.js';
 import { HttpStatusSource, type CandidateSource } from '../receiver/sources.js';
 import { parse, UsageError } from './args.js';
+import { DEFAULT_STREAM } from '../defaults.js';
 
 export const RECEIVE_USAGE = `Usage: walkeeper receive (--nodes URL[,URL…] | --broker ENDPOINTS) -D DIR [options]
 
@@ -109,7 +110,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
   const dir = str('directory');
   if (!dir) throw new UsageError(`-D DIR is required\n${RECEIVE_USAGE}`);
   const endpos = str('endpos') !== undefined ? parseLsn(str('endpos')!) : undefined;
-  const stream = str('stream') ?? 'main';
+  const stream = str('stream') ?? DEFAULT_STREAM;
   // The etcd client (gRPC) is loaded only when asked for: it costs start-up time.
   const etcd = brokerHosts ? await import('../cluster/broker/etcd.js') : null;
   const makeSource = (): CandidateSource => (etcd && brokerHosts ? new etcd.EtcdCandidateSource(brokerHosts, stream) : new HttpStatusSource(nodes, stream));

@@ -28,7 +28,7 @@ import { ReplicationClient, type CopyBoth } from '../client/client.js';
 import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../client/conninfo.js';
 import { PgError } from '../protocol/errors.js';
 import { hotStandbyFeedback } from '../protocol/replication.js';
-import type { PumpReport } from '../native/binding.js';
+import type { PumpReport } from '../wal/wal_storage.js';
 import { Backoff } from './backoff.js';
 import type { Logger } from '../log.js';
 import type { Stream } from '../stream/stream.js';
@@ -60,8 +60,8 @@ export const DEFAULT_INGEST: Omit<IngestConfig, 'conninfo' | 'applicationName' |
   statusIntervalMs: 10_000,
   flushBytes: 2 * 1024 * 1024,
   maxQueuedBytes: 32 * 1024 * 1024,
-  // Off: WALKEEPER_INGEST_PUMP=0 (for comparing the two paths).
-  pump: process.env.WALKEEPER_INGEST_PUMP !== '0',
+  // Off: WALKEEPER_INGEST_PUMP=0, read by `walkeeper node` (for comparing the two paths).
+  pump: true,
 };
 
 /** What ingest needs from the node. */

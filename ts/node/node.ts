@@ -28,6 +28,7 @@ import type { Broker } from '../cluster/broker/broker.js';
 import { EmbeddedBroker } from '../cluster/broker/embedded.js';
 import { memberStatusJson } from '../http/api.js';
 import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from '../cluster/retention.js';
+import { DEFAULT_STREAM } from '../defaults.js';
 import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from '../cluster/recovery.js';
 import { NodeMetrics } from '../http/metrics.js';
 import { StreamHistory } from '../http/history.js';
@@ -192,7 +193,7 @@ export class WalkeeperNode {
   /** The stream a client gets without `-c stream=`: the only one, else the node's `--stream`. */
   defaultStreamName(): string {
     if (this.streams.size === 1) return [...this.streams.keys()][0]!;
-    return this.opts.stream ?? 'main';
+    return this.opts.stream ?? DEFAULT_STREAM;
   }
 
   stream(name = this.defaultStreamName()): Stream {
@@ -298,7 +299,7 @@ export class WalkeeperNode {
   }
 
   private startIngest(conninfo: string): void {
-    const name = this.opts.stream ?? 'main';
+    const name = this.opts.stream ?? DEFAULT_STREAM;
     const appName = this.opts.applicationName ?? `walkeeper_${this.nodeId}`;
     const ingest = new Ingest(
       {

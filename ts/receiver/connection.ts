@@ -14,7 +14,7 @@ import { PgError, ProtocolError } from '../protocol/errors.js';
 import { neonFeedback, pgNow } from '../protocol/replication.js';
 import { PageHeaderCheck } from '../wal/page_check.js';
 import type { ReceivePump, WalStore } from '../wal/wal_storage.js';
-import type { PumpReport } from '../native/binding.js';
+import type { PumpReport } from '../wal/wal_storage.js';
 import type { NodeStatus } from '../member_status.js';
 
 /** The node did something a correct node never does. */

@@ -16,6 +16,7 @@ import { BadNode, ReceiverConnection, type ConnectionEnd } from './connection.js
 import { ConnectionPolicy, describeReason, type PolicyConfig, type SwitchReason } from './policy.js';
 import type { NodeStatus } from '../member_status.js';
 import { HttpStatusSource, type CandidateSource } from './sources.js';
+import { DEFAULT_STREAM } from '../defaults.js';
 
 const FEEDBACK_MIN_MS = 50;
 
@@ -106,7 +107,7 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
     super();
     if (!opts.source && !(opts.nodes && opts.nodes.length)) throw new Error('WalReceiver needs nodes (HTTP URLs) or a source');
     this.policy = new ConnectionPolicy(opts.policy);
-    this.source = opts.source ?? new HttpStatusSource(opts.nodes!, opts.stream ?? 'main', opts.statusIntervalMs ?? 250);
+    this.source = opts.source ?? new HttpStatusSource(opts.nodes!, opts.stream ?? DEFAULT_STREAM, opts.statusIntervalMs ?? 250);
     this.systemId = opts.systemId ?? null;
     this.tli = opts.tli ?? null;
     this.next = opts.startLsn ?? null;
@@ -302,7 +303,7 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
     const conn = new ReceiverConnection(
       status,
       {
-        stream: this.opts.stream ?? 'main',
+        stream: this.opts.stream ?? DEFAULT_STREAM,
         startLsn: this.next,
         tli: this.tli,
         systemId: this.systemId,

@@ -32,6 +32,7 @@ import type { ServerConnection } from '../server/connection.js';
 import { nextTimelineRows } from '../server/walsender.js';
 import type { Logger } from '../log.js';
 import type { Replica } from '../stream/replica.js';
+import { MAX_SEND_SIZE } from '../defaults.js';
 import type { Slot, Stream } from '../stream/stream.js';
 import { type SendPump, XLOGDATA_HEADER_SIZE } from '../wal/wal_storage.js';
 
@@ -42,15 +43,15 @@ export interface SenderConfig {
   senderTimeoutMs: number;
   /** Largest XLogData payload (MAX_SEND_SIZE). */
   maxSendSize: number;
-  /** Catch clients up through the Rust send pump where the platform can (Unix, no TLS). Off: WALKEEPER_SEND_PUMP=0. */
+  /** Catch clients up through the Rust send pump where the platform can (Unix, no TLS). Off: WALKEEPER_SEND_PUMP=0 (read by `walkeeper node`). */
   sendPump: boolean;
 }
 
 export const DEFAULT_SENDER_CONFIG: SenderConfig = {
   keepaliveIntervalMs: 1000,
   senderTimeoutMs: 60_000,
-  maxSendSize: 128 * 1024,
-  sendPump: process.env.WALKEEPER_SEND_PUMP !== '0',
+  maxSendSize: MAX_SEND_SIZE,
+  sendPump: true,
 };
 
 /**

@@ -5,9 +5,12 @@
  */
 import { native, type IngestPumpHandle, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native/binding.js';
 import type { Lsn } from '../lsn.js';
+import { MAX_SEND_SIZE } from '../defaults.js';
+
+export { MAX_SEND_SIZE };
+export type { PumpReport };
 
 export const XLOGDATA_HEADER_SIZE = 30;
-export const MAX_SEND_SIZE = 128 * 1024;
 /** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
 export const MAX_APPENDV = 10;
 
