@@ -51,7 +51,7 @@ async function scenario(t: import('ava').ExecutionContext, mutate: FakeUpstreamO
   await importWal({ dataDir, stream: 'other', walDir: other.walDir });
   const node = await startTestNode({ dataDir, upstream: up.conninfo, stream: 'main' });
   t.teardown(() => node.stop());
-  const ingest = node.node.ingests.get('main')!;
+  const ingest = node.node.ingest('main')!;
   await until(() => ingest.state === 'failed', 'ingest to stop');
   const err = ingest.status().lastError ?? '';
   t.regex(err, expectError);
@@ -67,7 +67,7 @@ async function scenario(t: import('ava').ExecutionContext, mutate: FakeUpstreamO
 
 /** Nothing past `goodEnd` is on disk, flushed, or acknowledged to the upstream. */
 async function nothingPast(t: import('ava').ExecutionContext, s: { up: Awaited<ReturnType<typeof startFakeUpstream>>; node: Awaited<ReturnType<typeof startTestNode>> }, goodEnd: bigint) {
-  const stream = s.node.node.streams.get('main');
+  const stream = s.node.node.streams.get('main')?.stream;
   if (stream) {
     t.true(stream.flushLsn <= goodEnd, `flush ${formatLsn(stream.flushLsn)} ≤ ${formatLsn(goodEnd)}`);
     t.true((stream.store.state.writeLsn ?? 0n) <= goodEnd, `written ${formatLsn(stream.store.state.writeLsn ?? 0n)}`);
@@ -137,13 +137,13 @@ test('an upstream of another database system than the stream holds: refused befo
   t.teardown(() => up.close());
   const dataDir = path.join(tmp.path, `n${n++}`);
   let node = await startTestNode({ dataDir, upstream: up.conninfo });
-  await until(() => (node.node.streams.get('main')?.flushLsn ?? 0n) >= fx.firstLsn + BigInt(3 * CHUNK), 'the first WAL');
+  await until(() => (node.node.streams.get('main')?.stream.flushLsn ?? 0n) >= fx.firstLsn + BigInt(3 * CHUNK), 'the first WAL');
   await node.stop();
   const impostor = await startFakeUpstream({ wal, walStart: fx.firstLsn, segmentSize: 1024 * 1024, systemId: other.systemId, chunk: CHUNK });
   t.teardown(() => impostor.close());
   node = await startTestNode({ dataDir, upstream: impostor.conninfo });
   t.teardown(() => node.stop());
-  const ingest = node.node.ingests.get('main')!;
+  const ingest = node.node.ingest('main')!;
   await until(() => ingest.state === 'failed', 'ingest to stop');
   t.regex(ingest.status().lastError!, new RegExp(`stream main holds WAL of database system ${fx.systemId}; the upstream is system ${other.systemId}; refusing its WAL`));
   t.false(impostor.log.commands.some((c) => c.startsWith('START_REPLICATION')), 'no WAL was even asked for');
@@ -158,7 +158,7 @@ test('a stalled or vanishing upstream is retried, and the stream continues where
   await until(() => up.log.connections >= 2, 'a reconnect');
   up.setOptions({ closeAfter: undefined });
   const end = fx.firstLsn + BigInt(wal.length);
-  await until(() => (node.node.streams.get('main')?.flushLsn ?? 0n) >= end, 'all WAL', 60_000);
+  await until(() => (node.node.streams.get('main')?.stream.flushLsn ?? 0n) >= end, 'all WAL', 60_000);
   const back = Buffer.alloc(wal.length);
   await node.node.stream().store.read(1, fx.firstLsn, back);
   t.true(back.equals(wal));
@@ -173,7 +173,7 @@ test("an idle upstream's keepalives that ask for a reply are answered at once wi
   const node = await startTestNode({ dataDir: path.join(tmp.path, `n${n++}`), upstream: up.conninfo });
   t.teardown(() => node.stop());
   const held = fx.firstLsn + BigInt(3 * CHUNK);
-  await until(() => (node.node.streams.get('main')?.flushLsn ?? 0n) >= held, 'the first WAL');
+  await until(() => (node.node.streams.get('main')?.stream.flushLsn ?? 0n) >= held, 'the first WAL');
   const before = up.log.status.length;
   // The node's own status interval is 10 s: within 1.5 s only the keepalives (every 150 ms) can draw replies.
   await new Promise((r) => setTimeout(r, 1500));

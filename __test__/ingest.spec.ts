@@ -138,12 +138,12 @@ test('the primary restarted: the node reconnects and continues', async (t) => {
   await pg.query('CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g');
   await waitFlushed(node, await flushLsn(pg));
   await pg.stop();
-  await until(() => node.node.ingests.get('main')!.state !== 'streaming', 'the node to notice');
+  await until(() => node.node.ingest('main')!.state !== 'streaming', 'the node to notice');
   await pg.start();
   await pg.query('INSERT INTO t SELECT g FROM generate_series(1, 10000) g');
   const end = await flushLsn(pg);
   await waitFlushed(node, end, 'the node to continue to');
-  t.true(node.node.ingests.get('main')!.status().reconnects >= 1);
+  t.true(node.node.ingest('main')!.status().reconnects >= 1);
   t.deepEqual(await compareWalDirs(node.node.stream().dir, pg.walDir, { segSize: SEG, endLsn: end, segments: 'ours' }), []);
 });
 
@@ -224,7 +224,7 @@ test('--upstream with a host list and a SCRAM password: the node skips the dead 
   t.teardown(() => node.stop());
   await pg.query('CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g');
   await waitFlushed(node, await flushLsn(pg));
-  const st = node.node.ingests.get('main')!.status();
+  const st = node.node.ingest('main')!.status();
   t.is(st.connectedTo, `127.0.0.1:${pg.port}`);
   t.notRegex(st.conninfo, /s3cr3t/, 'the password is not shown');
   const [r] = await pg.query<{ usename: string; application_name: string }>('SELECT usename, application_name FROM pg_stat_replication');

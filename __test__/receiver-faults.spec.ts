@@ -136,7 +136,7 @@ async function cluster(t: import('ava').ExecutionContext, name: string): Promise
   t.teardown(() => rxA.close());
   await pg.query('CREATE TABLE t (id int, v text)');
   const f = await flushLsn(pg);
-  await until(() => [a, b].every((n) => (n.node.streams.get('main')?.commitLsn ?? 0n) >= f), 'both nodes to follow');
+  await until(() => [a, b].every((n) => (n.node.streams.get('main')?.stream.commitLsn ?? 0n) >= f), 'both nodes to follow');
   return { pg, a, b, upA, rxA };
 }
 

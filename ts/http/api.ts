@@ -13,16 +13,21 @@ import type { Replica } from '../stream/replica.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Stream } from '../stream/stream.js';
 
+/** What the API reads of one stream's services (the node's StreamServices). */
+export interface StreamView {
+  readonly stream: Stream;
+  readonly quorum: Quorum;
+  readonly ingest: Ingest | null;
+  readonly history: StreamHistory;
+}
+
 export interface HttpNodeView {
   nodeId: number;
-  ingests: ReadonlyMap<string, Ingest>;
   pgAddress: string;
   httpAddress: string;
   availabilityZone: string | null;
-  streams: ReadonlyMap<string, Stream>;
-  quorums: ReadonlyMap<string, Quorum>;
+  streams: ReadonlyMap<string, StreamView>;
   metrics: { text(): Promise<string>; readonly contentType: string };
-  histories: ReadonlyMap<string, StreamHistory>;
 }
 
 const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
@@ -52,7 +57,7 @@ export function replicaJson(r: Replica) {
   };
 }
 
-function upstreamJson(i: Ingest | undefined, s: Stream) {
+function upstreamJson(i: Ingest | null, s: Stream) {
   if (!i) return null;
   const u = i.status();
   return {
@@ -94,8 +99,7 @@ export function memberStatusJson(node: Pick<HttpNodeView, 'nodeId' | 'pgAddress'
   };
 }
 
-function membersJson(q: Quorum | undefined, s: Stream) {
-  if (!q) return null;
+function membersJson(q: Quorum, s: Stream) {
   return {
     members: q.memberCount,
     // What this node asks of its peers' statuses (each flush while a client
@@ -116,13 +120,14 @@ function membersJson(q: Quorum | undefined, s: Stream) {
   };
 }
 
-export function streamJson(node: HttpNodeView, s: Stream) {
+export function streamJson(node: HttpNodeView, sv: StreamView) {
+  const s = sv.stream;
   const a = s.replicas.aggregates();
   return {
     ...memberStatusJson(node, s),
     storage_error: s.storageError,
-    cluster: membersJson(node.quorums.get(s.name), s),
-    upstream: upstreamJson(node.ingests.get(s.name), s),
+    cluster: membersJson(sv.quorum, s),
+    upstream: upstreamJson(sv.ingest, s),
     replicas: s.replicas.list().map(replicaJson),
     replica_aggregates: {
       count: a.count,
@@ -179,13 +184,14 @@ export function createHttpServer(node: HttpNodeView): http.Server {
       if (parts[0] === 'v1' && parts[1] === 'streams') {
         if (parts.length === 2) {
           if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
-          return send(res, 200, [...node.streams.values()].map((s) => streamJson(node, s)));
+          return send(res, 200, [...node.streams.values()].map((sv) => streamJson(node, sv)));
         }
-        const s = node.streams.get(parts[2]!);
-        if (!s) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
+        const sv = node.streams.get(parts[2]!);
+        if (!sv) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
+        const s = sv.stream;
         if (parts.length === 3 && method === 'GET') {
           const watch = url.searchParams.get('watch');
-          if (watch === null) return send(res, 200, streamJson(node, s));
+          if (watch === null) return send(res, 200, streamJson(node, sv));
           if (watch !== 'flush' && watch !== 'heartbeat') return send(res, 400, { error: `watch must be flush or heartbeat, not ${JSON.stringify(watch)}` });
           // A peer (the embedded broker) following our status: one line of
           // JSON (the member status) now, then one every 250 ms as a
@@ -228,15 +234,15 @@ export function createHttpServer(node: HttpNodeView): http.Server {
           return;
         }
         if (parts.length === 4 && method === 'GET' && parts[3] === 'history') {
-          return send(res, 200, (node.histories.get(s.name)?.list() ?? []).map((x) => ({ ...x, flushLsn: formatLsn(x.flushLsn), commitLsn: formatLsn(x.commitLsn) })));
+          return send(res, 200, sv.history.list().map((x) => ({ ...x, flushLsn: formatLsn(x.flushLsn), commitLsn: formatLsn(x.commitLsn) })));
         }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {
           s.suspend('suspended over HTTP');
-          return send(res, 200, streamJson(node, s));
+          return send(res, 200, streamJson(node, sv));
         }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'resume') {
           s.resume();
-          return send(res, 200, streamJson(node, s));
+          return send(res, 200, streamJson(node, sv));
         }
         return send(res, parts.length <= 4 ? 405 : 404, { error: `${method} ${url.pathname} is not supported` });
       }

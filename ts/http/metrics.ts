@@ -11,7 +11,7 @@ import type { Stream } from '../stream/stream.js';
 
 export interface MetricsNodeView {
   readonly nodeId: number;
-  readonly streams: ReadonlyMap<string, Stream>;
+  readonly streams: ReadonlyMap<string, { readonly stream: Stream }>;
 }
 
 export class NodeMetrics {
@@ -24,7 +24,7 @@ export class NodeMetrics {
     r.setDefaultLabels({ node_id: String(node.nodeId) });
     collectDefaultMetrics({ register: r, prefix: 'walkeeper_process_' });
     const each = (fn: (s: Stream) => void) => () => {
-      for (const s of node.streams.values()) fn(s);
+      for (const sv of node.streams.values()) fn(sv.stream);
     };
     const lsnGauge = (name: string, help: string, get: (s: Stream) => bigint) =>
       new Gauge({

@@ -127,6 +127,11 @@ export class Ingest {
     this.log = log.child({ stream: cfg.stream, upstream: redactConnInfo(cfg.conninfo) });
   }
 
+  /** The stream this ingest fills. */
+  get streamName(): string {
+    return this.cfg.stream;
+  }
+
   get state(): UpstreamState {
     return this._state;
   }

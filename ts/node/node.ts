@@ -23,15 +23,15 @@ import { lockDataDir } from '../wal/lockfile.js';
 import { createLogger, type Logger } from '../log.js';
 import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from '../sender/send_wal.js';
 import { Stream } from '../stream/stream.js';
-import { PeerDemand, PROMPT_GRACE_MS, Quorum } from '../cluster/quorum.js';
+import { PROMPT_GRACE_MS } from '../cluster/quorum.js';
 import type { Broker } from '../cluster/broker/broker.js';
 import { EmbeddedBroker } from '../cluster/broker/embedded.js';
 import { memberStatusJson } from '../http/api.js';
-import { DEFAULT_RETENTION, retentionHorizon, type RetentionConfig } from '../cluster/retention.js';
+import { DEFAULT_RETENTION, type RetentionConfig } from '../cluster/retention.js';
 import { DEFAULT_STREAM } from '../defaults.js';
-import { DEFAULT_RECOVERY, PeerRecovery, WriterLock, type RecoveryConfig } from '../cluster/recovery.js';
+import { DEFAULT_RECOVERY, type RecoveryConfig } from '../cluster/recovery.js';
 import { NodeMetrics } from '../http/metrics.js';
-import { StreamHistory } from '../http/history.js';
+import { StreamServices } from './stream_services.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -139,7 +139,8 @@ interface Conn {
 
 export class WalkeeperNode {
   readonly nodeId: number;
-  readonly streams = new Map<string, Stream>();
+  /** Each stream with the services it owns (see stream_services.ts). */
+  readonly streams = new Map<string, StreamServices>();
   readonly log: Logger;
   pgAddress = '';
   httpAddress = '';
@@ -147,26 +148,21 @@ export class WalkeeperNode {
   private pgServer: net.Server | null = null;
   private httpServer: http.Server | null = null;
   private readonly conns = new Map<number, Conn>();
-  private readonly senders = new Map<WalSender, Stream>();
   private readonly sessions = new Set<Promise<void>>();
   private releaseLock: (() => Promise<void>) | null = null;
   private stopping: Promise<void> | null = null;
   private readonly senderConfig: SenderConfig;
   private tlsContext: tls.SecureContext | null = null;
   private users = new Map<string, ScramVerifier>();
-  /** Ingest per stream (one: the node's --stream, when --upstream is given). */
-  readonly ingests = new Map<string, Ingest>();
-  /** commit_lsn per stream, from the members' flush positions. */
-  readonly quorums = new Map<string, Quorum>();
+  /**
+   * The upstream's ingest while the stream it fills does not exist yet (the
+   * first connection learns its system id and creates it); the stream's
+   * services own it from then on.
+   */
+  private bootstrapIngest: Ingest | null = null;
   private broker: Broker | null = null;
-  private readonly detach = new Map<string, () => void>();
   readonly retention: RetentionConfig;
-  /** One writer per stream: ingest or peer recovery. */
-  private readonly writers = new Map<string, WriterLock>();
-  readonly recoveries = new Map<string, PeerRecovery>();
   readonly metrics: NodeMetrics;
-  /** The last minutes of each stream, for the status page. */
-  readonly histories = new Map<string, StreamHistory>();
   private historyTimer: NodeJS.Timeout | null = null;
   private retentionTimer: NodeJS.Timeout | null = null;
   private retaining: Promise<void> = Promise.resolve();
@@ -183,7 +179,12 @@ export class WalkeeperNode {
 
   /** The senders streaming right now (for tests and diagnostics). */
   activeSenders(): WalSender[] {
-    return [...this.senders.keys()];
+    return [...this.streams.values()].flatMap((sv) => [...sv.senders]);
+  }
+
+  /** The ingest that follows the upstream into `name` (null: the node follows no upstream into it). */
+  ingest(name = this.defaultStreamName()): Ingest | null {
+    return this.streams.get(name)?.ingest ?? (this.bootstrapIngest?.streamName === name ? this.bootstrapIngest : null);
   }
 
   get auth(): AuthMethod {
@@ -197,9 +198,9 @@ export class WalkeeperNode {
   }
 
   stream(name = this.defaultStreamName()): Stream {
-    const s = this.streams.get(name);
-    if (!s) throw new Error(`stream "${name}" does not exist on node ${this.nodeId}`);
-    return s;
+    const sv = this.streams.get(name);
+    if (!sv) throw new Error(`stream "${name}" does not exist on node ${this.nodeId}`);
+    return sv.stream;
   }
 
   async start(): Promise<void> {
@@ -231,11 +232,11 @@ export class WalkeeperNode {
       const httpPort = await listen(this.httpServer, httpAt.host, httpAt.port);
       this.httpAddress = formatAddress(httpAt.host, httpPort);
       // Status exchange starts once our addresses are known (they are part of it).
-      for (const s of this.streams.values()) this.attachBroker(s);
+      for (const sv of this.streams.values()) sv.attachBroker();
       if (o.upstream) this.startIngest(o.upstream);
       this.retentionTimer = setInterval(() => void this.removeOldWal(), this.retention.intervalMs);
       this.historyTimer = setInterval(() => {
-        for (const h of this.histories.values()) h.sample();
+        for (const sv of this.streams.values()) sv.history.sample();
       }, 1000);
     } catch (err) {
       await this.stop();
@@ -259,43 +260,19 @@ export class WalkeeperNode {
     }
   }
 
-  private addStream(s: Stream): void {
-    this.streams.set(s.name, s);
-    const b = this.broker!;
-    const peers = b.initialMembers;
-    const quorum = new Quorum(s, { nodeId: this.nodeId }, { peers: peers ?? [], membershipKnown: peers !== null });
-    this.quorums.set(s.name, quorum);
-    // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
-    s.commitWatch.listen(() => b.changed(s.name));
-    s.onFsync = (secs) => this.metrics.fsync(s.name, secs);
-    const lock = new WriterLock();
-    this.writers.set(s.name, lock);
-    const recovery = new PeerRecovery(
-      s,
-      quorum,
-      lock,
-      {
-        upstreamStreaming: () => this.ingests.get(s.name)?.status().state === 'streaming',
-        flushed: () => this.flushed(s),
-        switched: (reason) => this.metrics.receiverSwitch(s.name, reason),
-      },
-      { ...DEFAULT_RECOVERY, ...this.opts.recovery },
-    );
-    this.recoveries.set(s.name, recovery);
-    recovery.start();
-    const h = new StreamHistory(s);
-    h.sample();
-    this.histories.set(s.name, h);
-    if (b.kind === 'embedded') this.followDemand(s);
-    else s.followPeers = null;
-    if (this.httpAddress !== '') this.attachBroker(s);
-    s.on('end', (why: string) => {
-      for (const [sender, st] of this.senders) if (st === s) sender.endStreaming(why);
+  private addStream(s: Stream): StreamServices {
+    const services = new StreamServices(s, {
+      nodeId: this.nodeId,
+      broker: this.broker!,
+      metrics: this.metrics,
+      recovery: { ...DEFAULT_RECOVERY, ...this.opts.recovery },
+      promptGraceMs: this.opts.promptGraceMs ?? PROMPT_GRACE_MS,
+      memberStatus: (st) => memberStatusJson(this, st),
     });
-    // Local WAL cut back (a diverged timeline): clients past that point were sent WAL that is gone.
-    s.on('rewind', (lsn: bigint, why: string) => {
-      for (const [sender, st] of this.senders) if (st === s && sender.sentLsn > lsn) sender.endStreaming(why);
-    });
+    this.streams.set(s.name, services);
+    services.start();
+    if (this.httpAddress !== '') services.attachBroker();
+    return services;
   }
 
   private startIngest(conninfo: string): void {
@@ -303,55 +280,26 @@ export class WalkeeperNode {
     const appName = this.opts.applicationName ?? `walkeeper_${this.nodeId}`;
     const ingest = new Ingest(
       {
-        stream: (n) => this.streams.get(n),
+        stream: (n) => this.streams.get(n)?.stream,
         createStream: async (n, init) => {
           const s = await Stream.create(path.join(this.opts.dataDir, 'streams', n), this.log, init);
-          this.addStream(s);
+          const services = this.addStream(s);
+          if (ingest.streamName === n) {
+            services.ingest = ingest;
+            this.bootstrapIngest = null;
+          }
           return s;
         },
-        flushed: (s) => this.flushed(s),
-        acquireWriter: (s) => this.writers.get(s.name)!.acquire('ingest'),
+        flushed: (s) => this.streams.get(s.name)?.flushed(),
+        acquireWriter: (s) => this.streams.get(s.name)!.writer.acquire('ingest'),
       },
       { ...DEFAULT_INGEST, ...this.opts.ingest, conninfo, applicationName: appName, slotName: this.opts.slotName ?? `walkeeper_${this.nodeId}`, stream: name },
       this.log,
     );
-    this.ingests.set(name, ingest);
+    const services = this.streams.get(name);
+    if (services) services.ingest = ingest;
+    else this.bootstrapIngest = ingest;
     ingest.start();
-  }
-
-  /** Asks the peers for every flush while a client here waits on commit_lsn (see PeerDemand). */
-  private followDemand(s: Stream): void {
-    const demand = new PeerDemand(this.opts.promptGraceMs ?? PROMPT_GRACE_MS);
-    let timer: NodeJS.Timeout | undefined;
-    const apply = (): void => {
-      clearTimeout(timer);
-      const now = Date.now();
-      const want = demand.prompt(now) ? 'flush' : 'heartbeat';
-      if (want !== s.followPeers) {
-        s.followPeers = want;
-        s.log.info({ follow_peers: want }, want === 'flush' ? 'a client waits on commit_lsn: peers push every flush' : 'no client waits on commit_lsn: peers send a heartbeat');
-        this.broker?.demandChanged(s.name);
-      }
-      const at = demand.lapsesAt(now);
-      if (at !== null) timer = setTimeout(apply, at - now).unref();
-    };
-    s.replicas.listen(() => {
-      demand.setClients(s.replicas.regular, Date.now());
-      apply();
-    });
-    s.once('end', () => clearTimeout(timer));
-  }
-
-  private attachBroker(s: Stream): void {
-    if (this.detach.has(s.name) || !this.broker) return;
-    const quorum = this.quorums.get(s.name)!;
-    this.detach.set(
-      s.name,
-      this.broker.attach(
-        { name: s.name, get flushLsn() { return s.flushLsn; }, get follow() { return s.followPeers ?? 'flush'; }, status: () => memberStatusJson(this, s) },
-        { members: (keys) => quorum.setMembers(keys), status: (st) => quorum.onStatus(st) },
-      ),
-    );
   }
 
   /**
@@ -361,29 +309,9 @@ export class WalkeeperNode {
    */
   removeOldWal(): Promise<void> {
     this.retaining = this.retaining.then(async () => {
-      for (const s of this.streams.values()) {
-        if (s.state !== 'active') continue;
-        const h = retentionHorizon({
-          commitLsn: s.commitLsn,
-          flushLsn: s.flushLsn,
-          slots: [...s.slots.values()].map((sl) => ({ name: sl.name, restartLsn: sl.restartLsn })),
-          replicas: s.replicas.retention(Date.now(), this.retention.replicaWindowMs),
-          keepBytes: this.retention.keepBytes,
-        });
-        try {
-          await s.removeWalBelow(h.lsn, h.heldBy);
-        } catch (err) {
-          s.log.error({ err: (err as Error).message }, 'cannot remove old WAL');
-        }
-      }
+      for (const sv of this.streams.values()) await sv.removeOldWal(this.retention);
     });
     return this.retaining;
-  }
-
-  /** After ingest flushed: commit_lsn is what a quorum of members (just us, without peers) has flushed. */
-  private flushed(s: Stream): void {
-    this.quorums.get(s.name)?.update();
-    this.broker?.changed(s.name);
   }
 
   private onConnection(socket: net.Socket): void {
@@ -430,8 +358,8 @@ export class WalkeeperNode {
       `${entry.stream.pgVersion}.0 (walkeeper ${VERSION})`,
       this.senderConfig,
       {
-        senderStarted: (s) => this.senders.set(s, entry.stream!),
-        senderEnded: (s) => this.senders.delete(s),
+        senderStarted: (s) => this.streams.get(entry.stream!.name)?.senders.add(s),
+        senderEnded: (s) => this.streams.get(entry.stream!.name)?.senders.delete(s),
       },
       log,
     );
@@ -457,7 +385,7 @@ export class WalkeeperNode {
       });
     }
     const name = startup.options.stream ?? this.defaultStreamName();
-    const stream = this.streams.get(name);
+    const stream = this.streams.get(name)?.stream;
     if (!stream) {
       throw new PgError(SQLSTATE.INVALID_CATALOG_NAME, `stream "${name}" does not exist`, {
         severity: 'FATAL',
@@ -479,25 +407,32 @@ export class WalkeeperNode {
    * Stops like PostgreSQL's smart shutdown of walsenders: no new
    * connections; senders send what is left, wait for their clients to
    * confirm it and end with `COPY 0`; control files are persisted.
+   *
+   * The order, in one place:
+   *  1. timers (retention, history), and the retention pass in flight;
+   *  2. each stream's writers — ingest, then peer recovery — and its broker
+   *     attachment (nothing new is flushed from here on), then the broker;
+   *  3. the listeners (replication and HTTP): no new clients;
+   *  4. every sender ends its copy once its client confirmed what was sent;
+   *     sessions get 10 s to finish, then their connections are closed;
+   *  5. each stream's control file is persisted; the data directory lock goes.
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.retentionTimer) clearInterval(this.retentionTimer);
       if (this.historyTimer) clearInterval(this.historyTimer);
       await this.retaining;
-      await Promise.all([...this.ingests.values()].map((i) => i.stop()));
-      await Promise.all([...this.recoveries.values()].map((r) => r.stop()));
-      for (const d of this.detach.values()) d();
-      this.detach.clear();
+      await this.bootstrapIngest?.stop();
+      await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
       await this.broker?.close();
       this.pgServer?.close();
       this.httpServer?.close();
       this.httpServer?.closeAllConnections();
-      for (const s of this.senders.keys()) s.shutdown();
+      for (const sender of this.activeSenders()) sender.shutdown();
       const deadline = new Promise((r) => setTimeout(r, 10_000).unref());
       await Promise.race([Promise.allSettled([...this.sessions]), deadline]);
       for (const e of this.conns.values()) e.conn.close();
-      for (const s of this.streams.values()) await s.close().catch((err: Error) => this.log.error({ stream: s.name, err: err.message }, 'cannot persist control file'));
+      for (const sv of this.streams.values()) await sv.close();
       await this.releaseLock?.();
       this.log.info('walkeeper node stopped');
     })();
