@@ -9,32 +9,31 @@
  * acknowledged ('r' write/flush/apply, apply = flush), which is what lets the
  * primary count this node in synchronous_standby_names.
  *
- * Once in COPY the socket is lent to a Rust pump on a thread of its own
- * (WalStore.ingestPump), which appends, fsyncs and sends the 'r' itself, as
- * PostgreSQL's walreceiver does from the one process: a primary waiting on
- * this node for a synchronous commit waits for that 'r', and the way through
- * JavaScript and the thread pool added ~0.5 ms to each. This module then only
- * hears of flushes (to decide commit_lsn) and says what the pump cannot know
- * (hot standby feedback). Where there is no descriptor to lend (TLS), or with
- * `pump: false`, the WAL goes through the callbacks and the thread pool.
+ * Once in COPY the socket is lent to a Rust pump (pump_supervisor.ts);
+ * this module then only hears of flushes (to decide commit_lsn) and says
+ * what the pump cannot know (hot standby feedback). Where there is no
+ * descriptor to lend (TLS), or with `pump: false`, the WAL goes through the
+ * JavaScript writer (writer.ts) and the thread pool.
  *
  * WAL is checked before anything of it is written: it must continue exactly
  * where the stream ends, and its page headers must belong to this stream
  * (magic, pageaddr, system id, segment size). An upstream that breaks these
  * stops ingest for the stream with a logged error; the node keeps serving.
  */
-import { formatLsn, segmentStart, type Lsn } from '../lsn.js';
+import { formatLsn, parseLsn, segmentStart, type Lsn } from '../lsn.js';
 import { ReplicationClient, type CopyBoth } from '../client/client.js';
 import { ConnInfoError, parseConnInfo, redactConnInfo, toConnectOptions } from '../client/conninfo.js';
 import { PgError } from '../protocol/errors.js';
-import { hotStandbyFeedback } from '../protocol/replication.js';
-import type { PumpReport } from '../wal/wal_storage.js';
 import { Backoff } from './backoff.js';
+import { IngestFatal, StorageError, UpstreamCopy, UpstreamPosition } from './copy.js';
+import { PumpSupervisor } from './pump_supervisor.js';
+import { GroupCommitWriter } from './writer.js';
 import type { Logger } from '../log.js';
 import type { Stream } from '../stream/stream.js';
 import { nextTimeline, parseHistory, timelineEntry, timelineOfLsn, type TimelineEntry } from '../wal/timeline.js';
 import { PageHeaderCheck } from '../wal/page_check.js';
-import type { IngestPump } from '../wal/wal_storage.js';
+
+export { IngestFatal, StorageError };
 
 export type UpstreamState = 'connecting' | 'streaming' | 'waiting' | 'stopped' | 'failed';
 
@@ -74,17 +73,6 @@ export interface IngestHost {
   acquireWriter(stream: Stream): Promise<() => void>;
 }
 
-/** The upstream did something that retrying cannot fix (other system id, bad WAL): ingest stops. */
-export class IngestFatal extends Error {}
-
-/**
- * The node could not store what the upstream sent (disk full, an I/O
- * error): nothing past flush_lsn is acknowledged or served; ingest retries
- * with backoff after throwing away what was written but not fsynced, so it
- * continues by itself when space returns.
- */
-export class StorageError extends Error {}
-
 function parseSegmentSize(text: string): number {
   const m = /^(\d+)\s*(MB|GB|kB)$/.exec(text.trim());
   if (!m) throw new IngestFatal(`cannot parse the upstream's wal_segment_size "${text}"`);
@@ -107,13 +95,12 @@ export class Ingest {
   private since = new Date();
   private lastError: string | null = null;
   private connectedTo: string | null = null;
-  private received: Lsn | null = null;
-  private upstreamEnd: Lsn | null = null;
+  private readonly position = new UpstreamPosition();
   private reconnects = 0;
   private stopped = false;
   private client: ReplicationClient | null = null;
-  /** The running pump and its last report's promise. */
-  private pump: { pump: IngestPump; ended: Promise<PumpReport> } | null = null;
+  /** The running pump, while the socket is lent to it. */
+  private pump: PumpSupervisor | null = null;
   private wakeLoop: (() => void) | null = null;
   private running: Promise<void> | null = null;
   private readonly backoff = new Backoff();
@@ -141,8 +128,8 @@ export class Ingest {
       conninfo: redactConnInfo(this.cfg.conninfo),
       state: this._state,
       connectedTo: this.connectedTo,
-      receivedLsn: this.received,
-      upstreamEndLsn: this.upstreamEnd,
+      receivedLsn: this.position.received,
+      upstreamEndLsn: this.position.end,
       lastError: this.lastError,
       since: this.since,
       reconnects: this.reconnects,
@@ -166,7 +153,7 @@ export class Ingest {
     this.wakeLoop?.();
     // The pump fsyncs, acknowledges and lets go of the socket before the connection ends.
     if (this.pump) {
-      this.pump.pump.stop();
+      this.pump.stop();
       await this.pump.ended;
     }
     await this.client?.close().catch(() => undefined);
@@ -338,7 +325,7 @@ export class Ingest {
       }
       row = await read();
     }
-    return row[1] ? parseLsnText(row[1]) : null;
+    return row[1] ? parseLsn(row[1]) : null;
   }
 
   /** One START_REPLICATION; resolves when the copy ends. */
@@ -347,180 +334,29 @@ export class Ingest {
     const copy: CopyBoth = client.startReplication(`START_REPLICATION SLOT "${this.cfg.slotName}" PHYSICAL ${formatLsn(start)} TIMELINE ${tli}`);
     let lent: { fd: number; pending: Buffer } | null = null;
     if (this.cfg.pump) copy.onStart = () => (lent = copy.lend());
-    /** While set, the pump owns the socket's writing and answers the upstream itself. */
-    let pump: IngestPump | null = null;
-    const queue: { start: Lsn; data: Buffer }[] = [];
-    let queued = 0;
-    let expected = start;
-    let fatal: Error | null = null;
-    let wakeWriter: (() => void) | null = null;
-    let paused = false;
-    let writerDone = false;
-    let written = start;
-    let progressed = false;
-    let lastXmin: string | null = null;
-    const wake = () => {
-      const w = wakeWriter;
-      wakeWriter = null;
-      w?.();
-    };
-    const sendStatus = (replyRequested = false) => {
-      if (!copy.canSend || pump) return;
-      const f = stream.flushLsn;
-      copy.sendStatus({ write: written, flush: f, apply: f, replyRequested });
-      sendFeedback(false);
-    };
-    /** 'h' with the oldest xmin our replicas report, so the primary keeps the rows their queries need. */
-    const sendFeedback = (force: boolean) => {
-      if (!copy.canSend) return;
-      const a = stream.replicas.aggregates();
-      const key = `${a.minXmin}/${a.minCatalogXmin}`;
-      if (key !== lastXmin || force) {
-        lastXmin = key;
-        const xmin = a.minXmin ?? 0n;
-        const cat = a.minCatalogXmin ?? 0n;
-        (pump ?? copy).send(
-          hotStandbyFeedback({
-            xmin: Number(xmin & 0xffffffffn),
-            xminEpoch: Number(xmin >> 32n),
-            catalogXmin: Number(cat & 0xffffffffn),
-            catalogXminEpoch: Number(cat >> 32n),
-          }),
-        );
-      }
-    };
-    const fail = (msg: string) => {
-      fatal ??= new IngestFatal(msg);
-      this.log.error({ err: msg }, 'refusing WAL from the upstream');
-      wake();
-      client.destroy(fatal);
-    };
-    const storageFail = (msg: string) => {
-      if (fatal) return;
-      fatal = new StorageError(msg);
-      stream.storageFailed(msg, expected);
-      wake();
-      // End the copy: nothing more can be stored, and the primary must not
-      // count on us (it keeps the WAL in our slot).
-      client.destroy(fatal);
-    };
+    const ctx = new UpstreamCopy(client, copy, stream, this.position, this.log, start);
+    const flushed = () => this.host.flushed(stream);
+    const writer = new GroupCommitWriter(ctx, this.cfg, flushed);
     copy.onXLogData = (m) => {
-      if (fatal) return;
-      if (m.start !== expected) return fail(`the upstream sent WAL at ${formatLsn(m.start)}, expected ${formatLsn(expected)} (not contiguous)`);
+      if (ctx.fatal) return;
+      if (m.start !== ctx.expected) return ctx.fail(`the upstream sent WAL at ${formatLsn(m.start)}, expected ${formatLsn(ctx.expected)} (not contiguous)`);
       const bad = check.check(m.start, m.data);
-      if (bad) return fail(`the upstream sent invalid WAL: ${bad}`);
-      expected += BigInt(m.data.length);
-      this.received = expected;
-      if (this.upstreamEnd === null || m.end > this.upstreamEnd) this.upstreamEnd = m.end;
-      queue.push({ start: m.start, data: m.data });
-      queued += m.data.length;
-      if (queued > this.cfg.maxQueuedBytes && !paused) {
-        paused = true;
-        copy.pause();
-      }
-      wake();
+      if (bad) return ctx.fail(`the upstream sent invalid WAL: ${bad}`);
+      ctx.expected += BigInt(m.data.length);
+      this.position.received = ctx.expected;
+      this.position.sawEnd(m.end);
+      writer.push(m.start, m.data);
     };
     copy.onKeepalive = (k) => {
-      if (this.upstreamEnd === null || k.walEnd > this.upstreamEnd) this.upstreamEnd = k.walEnd;
-      if (k.replyRequested) sendStatus(false);
+      this.position.sawEnd(k.walEnd);
+      if (k.replyRequested) ctx.sendStatus(false);
     };
     const timer = setInterval(() => {
-      sendStatus(false);
-      sendFeedback(true);
+      ctx.sendStatus(false);
+      ctx.sendFeedback(true);
     }, this.cfg.statusIntervalMs);
-    const onFeedback = () => sendFeedback(false);
+    const onFeedback = () => ctx.sendFeedback(false);
     stream.on('feedback', onFeedback);
-    // Group commit, pipelined: one fsync at a time runs on the thread pool
-    // while new WAL keeps being appended; it covers everything appended
-    // before it started, and when it ends, what came meanwhile gets the
-    // next one.
-    let flushing: Promise<void> | null = null;
-    let flushAgain = false;
-    const startFlush = (): void => {
-      if (flushing) {
-        flushAgain = true;
-        return;
-      }
-      flushing = (async () => {
-        await stream.flushWal();
-        this.host.flushed(stream);
-        sendStatus(false);
-      })().finally(() => {
-        flushing = null;
-        if (flushAgain && !fatal) {
-          flushAgain = false;
-          startFlush();
-        }
-      });
-      flushing.catch((err: Error) => storageFail(`cannot flush received WAL: ${err.message}`));
-    };
-    const MAX_WRITE = 4 * 1024 * 1024;
-    const writer = (async () => {
-      let unflushed = 0;
-      while (!writerDone || queue.length > 0) {
-        if (fatal) return;
-        if (queue.length === 0) {
-          // Nothing more is readable right now: make what we have durable.
-          if (unflushed > 0) {
-            startFlush();
-            unflushed = 0;
-          }
-          await new Promise<void>((r) => (wakeWriter = r));
-          continue;
-        }
-        // What has arrived goes down in few writes (one thread-pool hop per
-        // few MiB instead of one per message).
-        let n = 0;
-        let bytes = 0;
-        while (n < queue.length && (n === 0 || bytes + queue[n]!.data.length <= MAX_WRITE)) bytes += queue[n++]!.data.length;
-        const items = queue.splice(0, n);
-        const data = items.length === 1 ? items[0]!.data : Buffer.concat(items.map((i) => i.data), bytes);
-        queued -= data.length;
-        if (queue.length === 0 && unflushed === 0 && !flushing) {
-          // Caught up (a commit's worth of WAL, typically): write and fsync
-          // in one thread-pool hop, since the primary's synchronous commit
-          // waits for every hop.
-          const done = stream.appendAndFlushWal(items[0]!.start, data).then((f) => {
-            written = f;
-            this.host.flushed(stream);
-            sendStatus(false);
-          });
-          // (a failure is handled below, where the writer awaits it)
-          flushing = done
-            .finally(() => {
-              flushing = null;
-            })
-            .catch(() => undefined);
-          try {
-            await done;
-          } catch (err) {
-            storageFail(`cannot write received WAL: ${(err as Error).message}`);
-            return;
-          }
-          progressed = true;
-          if (paused && queued < this.cfg.maxQueuedBytes / 2) {
-            paused = false;
-            copy.resume();
-          }
-          continue;
-        }
-        written = await stream.appendWal(items[0]!.start, data);
-        progressed = true;
-        unflushed += data.length;
-        if (paused && queued < this.cfg.maxQueuedBytes / 2) {
-          paused = false;
-          copy.resume();
-        }
-        if (unflushed >= this.cfg.flushBytes) {
-          startFlush();
-          unflushed = 0;
-        }
-      }
-      if (fatal) return;
-      if (unflushed > 0) startFlush();
-      while (flushing) await flushing;
-    })().catch((err: Error) => storageFail(`cannot write received WAL: ${err.message}`));
-    // (a failed write must end the copy at once: the upstream keeps sending, and the copy would not end by itself)
     let result: Awaited<typeof copy.done> | null = null;
     let failure: unknown = null;
     try {
@@ -529,47 +365,9 @@ export class Ingest {
         this.log.info({ start: formatLsn(start), tli, connected_to: this.connectedTo, pump: lent !== null }, 'streaming from the upstream');
       }
       if (lent && !this.stopped) {
-        const { fd, pending } = lent;
-        let last = start;
-        let ended!: (r: PumpReport) => void;
-        const p = stream.store.ingestPump(fd, pending, { start, tli, systemId: stream.systemId, pgVersion: stream.pgVersion, flushBytes: this.cfg.flushBytes, statusIntervalMs: this.cfg.statusIntervalMs }, (r) => {
-          try {
-            if (r.received > last) {
-              progressed = true;
-              this.received = expected = r.received;
-            }
-            if (this.upstreamEnd === null || r.walEnd > this.upstreamEnd) this.upstreamEnd = r.walEnd;
-            const before = stream.flushLsn;
-            stream.ingested(Number(r.received - last), r.flushed, r.fsyncs);
-            last = r.received;
-            written = r.flushed;
-            if (stream.flushLsn > before) this.host.flushed(stream);
-          } catch (err) {
-            this.log.error({ err: (err as Error).message }, 'ingest: handling a pump report failed');
-          }
-          if (r.end) ended(r);
-        });
-        pump = p;
-        this.pump = { pump: p, ended: new Promise<PumpReport>((resolve) => (ended = resolve)) };
-        const r = await this.pump.ended;
+        this.pump = new PumpSupervisor(ctx, lent, start, { tli, flushBytes: this.cfg.flushBytes, statusIntervalMs: this.cfg.statusIntervalMs }, flushed);
+        await this.pump.run();
         this.pump = null;
-        pump = null;
-        switch (r.end) {
-          case 'other':
-            // A message for the protocol code (CopyDone at a timeline's end, an ErrorResponse): from here on as without the pump.
-            copy.giveBack(r.leftover!);
-            break;
-          case 'bad':
-            fail(r.message!);
-            break;
-          case 'store':
-            storageFail(`cannot store received WAL: ${r.message!}`);
-            break;
-          case 'stopped':
-            break;
-          default:
-            client.destroy(new Error(r.message || `the upstream connection ended (${r.end})`));
-        }
       }
       result = await copy.done;
     } catch (err) {
@@ -577,13 +375,12 @@ export class Ingest {
     } finally {
       clearInterval(timer);
       stream.off('feedback', onFeedback);
-      writerDone = true;
-      wake();
-      await writer;
+      await writer.finish();
     }
-    if (fatal) throw fatal;
+    if (ctx.fatal) throw ctx.fatal;
     if (failure) throw failure;
-    sendStatus(false);
+    ctx.sendStatus(false);
+    const progressed = ctx.progressed;
     if ((result!.reason === 'serverEnd' || result!.reason === 'noCopy') && result!.nextTimeline) {
       this.log.info({ tli, next_tli: result!.nextTimeline.timeline, at: formatLsn(result!.nextTimeline.startLsn) }, 'end of the upstream timeline');
       return { progressed, nextTimeline: result!.nextTimeline.timeline };
@@ -592,9 +389,4 @@ export class Ingest {
     if (result!.reason === 'commandComplete') throw new Error('the upstream is shutting down');
     return { progressed, nextTimeline: null };
   }
-}
-
-function parseLsnText(text: string): Lsn {
-  const [hi, lo] = text.split('/');
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
 }
