@@ -18,10 +18,12 @@ const rooms = {
   receiver: ['client', 'protocol', 'wal'],
   sender: ['stream', 'server', 'protocol', 'wal'],
   ingest: ['stream', 'client', 'protocol', 'wal'],
+  remote: [],
   cluster: ['stream', 'receiver', 'wal'],
-  http: ['stream', 'cluster', 'ingest', 'sender'],
-  node: ['http', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal'],
-  cli: ['node', 'http', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'native'],
+  offload: ['cluster', 'stream', 'wal', 'remote'],
+  http: ['stream', 'cluster', 'ingest', 'sender', 'offload'],
+  node: ['http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote'],
+  cli: ['node', 'http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote', 'native'],
 };
 
 const groundFiles = `ts/(${ground.join('|')})\\.ts$`;

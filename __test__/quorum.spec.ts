@@ -101,6 +101,8 @@ function status(peer: string, flush: string, extra: Partial<NodeStatus> = {}): N
     pgVersion: 15,
     httpAddress: null,
     remoteConsistentLsn: null,
+    oldestLsn: null,
+    backupLsn: null,
     ...extra,
   };
 }

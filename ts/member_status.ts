@@ -25,6 +25,10 @@ export interface NodeStatus {
   httpAddress: string | null;
   /** What the node's consumers report as durable downstream, when known. */
   remoteConsistentLsn: Lsn | null;
+  /** Oldest WAL the node holds locally (null: none, or not reported). */
+  oldestLsn: Lsn | null;
+  /** End of the WAL the node knows is in object storage (null: nothing, or no remote storage). */
+  backupLsn: Lsn | null;
 }
 
 /** Parses a node's `/v1/streams/<name>` JSON; throws on anything that does not fit. */
@@ -35,6 +39,8 @@ export function parseNodeStatus(nodeId: string, j: unknown): NodeStatus {
     if (typeof v !== 'string' || !isLsn(v)) throw new Error(`${k} is not an LSN`);
     return parseLsn(v);
   };
+  /** Absent or null is null; anything else must be an LSN (a peer's backup_lsn moves what others may remove). */
+  const optLsn = (k: string): Lsn | null => (o[k] === undefined || o[k] === null ? null : lsn(k));
   const int = (k: string): number => {
     const v = o[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new Error(`${k} is not a non-negative integer`);
@@ -55,6 +61,8 @@ export function parseNodeStatus(nodeId: string, j: unknown): NodeStatus {
     segmentSize: int('segment_size'),
     pgVersion: int('pg_version'),
     httpAddress: typeof o.http_address === 'string' ? o.http_address : null,
-    remoteConsistentLsn: typeof o.remote_consistent_lsn === 'string' && isLsn(o.remote_consistent_lsn) ? parseLsn(o.remote_consistent_lsn) : null,
+    remoteConsistentLsn: optLsn('remote_consistent_lsn'),
+    oldestLsn: optLsn('oldest_lsn'),
+    backupLsn: optLsn('backup_lsn'),
   };
 }

@@ -7,6 +7,7 @@ import { createLogger } from '../log.js';
 import { parseHostPort, startNode } from '../node/node.js';
 import { parseSize } from '../cluster/retention.js';
 import type { AuthMethod } from '../server/connection.js';
+import { parseRemoteStorageUrl } from '../remote/remote_storage.js';
 import { parse, UsageError } from './args.js';
 import { resolveSettings, SettingsReader, type SettingDef } from './settings.js';
 
@@ -33,6 +34,14 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --replica-window SECS   a departed replica's position holds WAL this long (default 600)
   --broker ENDPOINTS      etcd v3 endpoints (http://host:port,…) instead of --peers: members find
                           each other under walkeeper/<stream>/ in etcd
+  --remote-storage URL    offload every committed segment, zstd-compressed, to s3://bucket/prefix
+                          or file:///dir (credentials and region: the AWS SDK's default chain);
+                          local WAL is never removed before it is there
+  --remote-endpoint URL   an S3-compatible server (MinIO, Ceph RGW, R2): http(s)://host:port,
+                          path-style (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)
+  --offload-partial-after SECS
+                          quiet time after which the unfinished segment goes up as a partial
+                          object (default 900; 0: never)
 
   --log-level LEVEL       trace | debug | info | warn | error (default info)
   --config FILE           settings file (default ./walkeeper.json when present)
@@ -49,6 +58,7 @@ Clients choose a stream with options='-c stream=<name>'.
 export const NODE_SETTINGS: SettingDef[] = [
   'data-dir', 'listen-pg', 'listen-http', 'node-id', 'stream', 'auth', 'password-file', 'tls-cert', 'tls-key',
   'availability-zone', 'upstream', 'application-name', 'peers', 'broker', 'wal-keep-size', 'replica-window', 'log-level',
+  'remote-storage', 'remote-endpoint', 'offload-partial-after',
 ].map((name) => ({ name }));
 
 export async function nodeCommand(args: string[]): Promise<number> {
@@ -71,6 +81,11 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const logLevel = r.oneOf('log-level', ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const);
   const keepBytes = r.parsed('wal-keep-size', (v) => parseSize(v, 'it'));
   const windowS = r.int('replica-window', 0, 365 * 86400);
+  const partialS = r.int('offload-partial-after', 0, 365 * 86400);
+  if (r.str('remote-endpoint') !== undefined && r.str('remote-storage') === undefined) {
+    throw new UsageError(`${r.where('remote-endpoint')} needs --remote-storage s3://bucket/prefix`);
+  }
+  r.parsed('remote-storage', (v) => parseRemoteStorageUrl(v, r.str('remote-endpoint') ?? null));
   const node = await startNode({
     dataDir: r.str('data-dir') ?? './walkeeper-data',
     listenPg,
@@ -90,6 +105,9 @@ export async function nodeCommand(args: string[]): Promise<number> {
       ...(keepBytes !== undefined ? { keepBytes } : {}),
       ...(windowS !== undefined ? { replicaWindowMs: windowS * 1000 } : {}),
     },
+    remoteStorage: r.str('remote-storage'),
+    remoteEndpoint: r.str('remote-endpoint'),
+    ...(partialS !== undefined ? { offload: { partialAfterMs: partialS * 1000 } } : {}),
     ...(logLevel !== undefined ? { logger: createLogger({ level: logLevel }) } : {}),
     // Comparison switches for benchmarks, not settings: the JavaScript paths the pumps replace.
     ingest: { pump: process.env.WALKEEPER_INGEST_PUMP !== '0' },

@@ -83,6 +83,8 @@ export interface MemberView {
   commitLsn: Lsn | null;
   pgAddress: string | null;
   httpAddress: string | null;
+  oldestLsn: Lsn | null;
+  backupLsn: Lsn | null;
   /** When we last heard a valid status (ms, the quorum's clock). */
   heardAt: number | null;
   /** Why the last status was ignored, if it was. */
@@ -164,6 +166,8 @@ export class Quorum {
     m.commitLsn = s.commitLsn;
     m.pgAddress = s.pgAddress;
     m.httpAddress = s.httpAddress ?? null;
+    m.oldestLsn = s.oldestLsn;
+    m.backupLsn = s.backupLsn;
     m.heardAt = this.now();
     this.update();
   }
@@ -179,5 +183,5 @@ export class Quorum {
 }
 
 function emptyMember(key: string): MemberView {
-  return { key, nodeId: null, flushLsn: null, commitLsn: null, pgAddress: null, httpAddress: null, heardAt: null, error: null };
+  return { key, nodeId: null, flushLsn: null, commitLsn: null, pgAddress: null, httpAddress: null, oldestLsn: null, backupLsn: null, heardAt: null, error: null };
 }

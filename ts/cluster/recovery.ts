@@ -86,6 +86,8 @@ class MemberSource implements CandidateSource {
           pgVersion: this.stream.pgVersion,
           httpAddress: m.httpAddress,
           remoteConsistentLsn: null,
+          oldestLsn: m.oldestLsn,
+          backupLsn: m.backupLsn,
         });
       }
     };

@@ -7,7 +7,10 @@
  *     this one again, whatever it is asked);
  *   - every replica's reported flush, also for replicas that left within
  *     the replica window (a standby restarting asks for where it was);
- *   - flush_lsn − wal_keep_size, as PostgreSQL's wal_keep_size.
+ *   - flush_lsn − wal_keep_size, as PostgreSQL's wal_keep_size;
+ *   - with remote storage, backup_lsn: nothing is removed before it is safe
+ *     in object storage (and nothing at all before the first upload), so
+ *     when the store is away WAL accumulates — it is never dropped.
  * The arithmetic is pure; the node runs it on a timer.
  */
 import { formatLsn, type Lsn } from '../lsn.js';
@@ -33,6 +36,8 @@ export interface RetentionInput {
   slots: { name: string; restartLsn: Lsn }[];
   replicas: { name: string; lsn: Lsn }[];
   keepBytes: bigint;
+  /** With remote storage: the end of what is offloaded (null: nothing yet). Without: undefined. */
+  backupLsn?: Lsn | null;
 }
 
 /** The lowest LSN still needed, and what holds it (for the log). */
@@ -49,6 +54,8 @@ export function retentionHorizon(i: RetentionInput): { lsn: Lsn; heldBy: string 
   lower(keep, `wal_keep_size (${i.keepBytes} bytes behind flush_lsn)`);
   for (const s of i.slots) if (s.restartLsn !== 0n) lower(s.restartLsn, `slot ${s.name}`);
   for (const r of i.replicas) lower(r.lsn, `replica ${r.name}`);
+  if (i.backupLsn === null) lower(0n, 'backup_lsn (nothing offloaded yet)');
+  else if (i.backupLsn !== undefined) lower(i.backupLsn, `backup_lsn ${formatLsn(i.backupLsn)} (not yet in object storage)`);
   return { lsn, heldBy };
 }
 

@@ -12,6 +12,7 @@ import { STATUS_PAGE } from './status_page.js';
 import type { Replica } from '../stream/replica.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Stream } from '../stream/stream.js';
+import type { Offloader } from '../offload/offloader.js';
 
 /** What the API reads of one stream's services (the node's StreamServices). */
 export interface StreamView {
@@ -19,6 +20,7 @@ export interface StreamView {
   readonly quorum: Quorum;
   readonly ingest: Ingest | null;
   readonly history: StreamHistory;
+  readonly offloader: Offloader | null;
 }
 
 export interface HttpNodeView {
@@ -92,10 +94,28 @@ export function memberStatusJson(node: Pick<HttpNodeView, 'nodeId' | 'pgAddress'
     commit_lsn: formatLsn(s.commitLsn),
     remote_consistent_lsn: lsn(s.replicas.aggregates().maxRemoteConsistentLsn),
     oldest_lsn: lsn(s.oldestLsn),
+    backup_lsn: lsn(s.backupLsn),
     pg_address: node.pgAddress,
     http_address: node.httpAddress,
     availability_zone: node.availabilityZone,
     updated_at: new Date().toISOString(),
+  };
+}
+
+function offloadJson(o: Offloader | null, s: Stream) {
+  if (!o) return null;
+  const st = o.status();
+  const base = s.backupLsn ?? s.oldestLsn ?? s.commitLsn;
+  return {
+    location: st.location,
+    offloader_node_id: st.offloader,
+    active: st.active,
+    healthy: st.healthy,
+    last_error: st.lastError,
+    backup_lsn: lsn(s.backupLsn),
+    // WAL at or below commit_lsn not yet in object storage: what accumulates locally while the store is away.
+    lag_bytes: Number(s.commitLsn > base ? s.commitLsn - base : 0n),
+    partial_uploads: s.partialUploads.map((p) => ({ name: p.name, state: p.state })),
   };
 }
 
@@ -128,6 +148,7 @@ export function streamJson(node: HttpNodeView, sv: StreamView) {
     storage_error: s.storageError,
     cluster: membersJson(sv.quorum, s),
     upstream: upstreamJson(sv.ingest, s),
+    offload: offloadJson(sv.offloader, s),
     replicas: s.replicas.list().map(replicaJson),
     replica_aggregates: {
       count: a.count,

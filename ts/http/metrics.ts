@@ -11,13 +11,18 @@ import type { Stream } from '../stream/stream.js';
 
 export interface MetricsNodeView {
   readonly nodeId: number;
-  readonly streams: ReadonlyMap<string, { readonly stream: Stream }>;
+  readonly streams: ReadonlyMap<string, { readonly stream: Stream; readonly offloader: { status(): { active: boolean; healthy: boolean } } | null }>;
 }
 
 export class NodeMetrics {
   readonly registry = new Registry();
   private readonly fsyncSeconds: Histogram<'stream'>;
   private readonly switches: Counter<'stream' | 'reason'>;
+  private readonly offloadBytes: Counter<'stream' | 'kind'>;
+  private readonly offloadCompressed: Counter<'stream' | 'kind'>;
+  private readonly offloadObjects: Counter<'stream' | 'kind'>;
+  private readonly offloadErrors: Counter<'stream'>;
+  private readonly offloadCpu: Counter<'stream'>;
 
   constructor(node: MetricsNodeView) {
     const r = this.registry;
@@ -80,6 +85,58 @@ export class NodeMetrics {
         })();
       },
     });
+    // Offload: gauges only for streams with remote storage.
+    const offloaded = (fn: (s: Stream, o: { status(): { active: boolean; healthy: boolean } }) => void) => () => {
+      for (const sv of node.streams.values()) if (sv.offloader) fn(sv.stream, sv.offloader);
+    };
+    new Gauge({
+      name: 'walkeeper_backup_lsn',
+      help: 'End of the WAL known to be complete in object storage (bytes; 0 before the first segment).',
+      labelNames: ['stream'],
+      registers: [r],
+      collect(this: Gauge<'stream'>) {
+        this.reset();
+        offloaded((s) => this.set({ stream: s.name }, Number(s.backupLsn ?? 0n)))();
+      },
+    });
+    new Gauge({
+      name: 'walkeeper_offload_lag_bytes',
+      help: 'WAL at or below commit_lsn not yet in object storage (commit_lsn − backup_lsn; from the oldest WAL held before the first upload).',
+      labelNames: ['stream'],
+      registers: [r],
+      collect(this: Gauge<'stream'>) {
+        this.reset();
+        offloaded((s) => {
+          const base = s.backupLsn ?? s.oldestLsn ?? s.commitLsn;
+          this.set({ stream: s.name }, Number(s.commitLsn > base ? s.commitLsn - base : 0n));
+        })();
+      },
+    });
+    new Gauge({
+      name: 'walkeeper_offloader',
+      help: '1 while this node is the stream\'s offloader.',
+      labelNames: ['stream'],
+      registers: [r],
+      collect(this: Gauge<'stream'>) {
+        this.reset();
+        offloaded((s, o) => this.set({ stream: s.name }, o.status().active ? 1 : 0))();
+      },
+    });
+    new Gauge({
+      name: 'walkeeper_offload_healthy',
+      help: '0 while uploads to object storage fail (WAL accumulates locally), else 1.',
+      labelNames: ['stream'],
+      registers: [r],
+      collect(this: Gauge<'stream'>) {
+        this.reset();
+        offloaded((s, o) => this.set({ stream: s.name }, o.status().healthy ? 1 : 0))();
+      },
+    });
+    this.offloadBytes = new Counter({ name: 'walkeeper_offload_bytes_total', help: 'WAL bytes uploaded to object storage, before compression.', labelNames: ['stream', 'kind'], registers: [r] });
+    this.offloadCompressed = new Counter({ name: 'walkeeper_offload_compressed_bytes_total', help: 'Bytes of the objects uploaded (after compression).', labelNames: ['stream', 'kind'], registers: [r] });
+    this.offloadObjects = new Counter({ name: 'walkeeper_offload_objects_total', help: 'Objects uploaded to object storage, by kind (segment, history, partial).', labelNames: ['stream', 'kind'], registers: [r] });
+    this.offloadErrors = new Counter({ name: 'walkeeper_offload_errors_total', help: 'Failed object storage requests (each is retried).', labelNames: ['stream'], registers: [r] });
+    this.offloadCpu = new Counter({ name: 'walkeeper_offload_compress_cpu_seconds_total', help: 'Process CPU seconds spent reading and compressing segments for upload.', labelNames: ['stream'], registers: [r] });
     this.fsyncSeconds = new Histogram({
       name: 'walkeeper_fsync_seconds',
       help: 'Duration of WAL fsyncs.',
@@ -97,6 +154,17 @@ export class NodeMetrics {
 
   fsync(stream: string, seconds: number): void {
     this.fsyncSeconds.observe({ stream }, seconds);
+  }
+
+  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number, cpuSeconds: number): void {
+    this.offloadBytes.inc({ stream, kind }, bytes);
+    this.offloadCompressed.inc({ stream, kind }, compressedBytes);
+    this.offloadObjects.inc({ stream, kind });
+    this.offloadCpu.inc({ stream }, cpuSeconds);
+  }
+
+  failed(stream: string): void {
+    this.offloadErrors.inc({ stream });
   }
 
   receiverSwitch(stream: string, reason: string): void {

@@ -68,6 +68,7 @@ function chart(samples) {
 function render(s, history) {
   const flush = lsn(s.flush_lsn), commit = lsn(s.commit_lsn);
   const up = s.upstream;
+  const off = s.offload;
   const members = s.cluster && s.cluster.peers.length
     ? '<h2>Members (' + s.cluster.members + ', quorum ' + s.cluster.quorum + ')</h2><table><tr><th>peer</th><th>node</th><th>flush_lsn</th><th>commit_lsn</th><th>behind us</th><th></th></tr>' +
       s.cluster.peers.map((p) => '<tr><td>' + esc(p.peer) + '</td><td>' + esc(p.node_id ?? '?') + '</td><td class="mono">' + esc(p.flush_lsn ?? 'never heard') + '</td><td class="mono">' + esc(p.commit_lsn ?? '-') + '</td><td>' +
@@ -80,8 +81,11 @@ function render(s, history) {
   return '<div class="card" data-stream="' + esc(s.name) + '"><h2 style="margin-top:0">' + esc(s.name) + ' <span class="muted">' + esc(s.state) + ', timeline ' + esc(s.tli) + '</span></h2>' +
     '<div class="lsns"><div>flush_lsn<b class="flush">' + esc(s.flush_lsn) + '</b></div><div>commit_lsn<b class="commit">' + esc(s.commit_lsn) + '</b></div>' +
     '<div>not yet on a quorum<b>' + bytes(flush - commit) + '</b></div><div>oldest held<b>' + esc(s.oldest_lsn ?? '-') + '</b></div>' +
-    '<div>upstream<b>' + (up ? esc(up.state) + (up.lag_bytes ? ', ' + bytes(up.lag_bytes) + ' behind' : '') : '-') + '</b></div></div>' +
+    '<div>upstream<b>' + (up ? esc(up.state) + (up.lag_bytes ? ', ' + bytes(up.lag_bytes) + ' behind' : '') : '-') + '</b></div>' +
+    (off ? '<div>backup_lsn<b class="backup">' + esc(off.backup_lsn ?? 'none yet') + '</b></div><div>not yet offloaded<b>' + bytes(off.lag_bytes) + '</b></div>' +
+      '<div>offloader<b>' + (off.offloader_node_id === null ? 'none' : 'node ' + esc(off.offloader_node_id) + (off.active ? ' (this node)' : '')) + '</b></div>' : '') + '</div>' +
     (up && up.last_error && up.state !== 'streaming' ? '<div class="bad">' + esc(up.last_error) + '</div>' : '') +
+    (off && !off.healthy ? '<div class="bad">object storage ' + esc(off.location) + ' fails, WAL accumulates locally: ' + esc(off.last_error ?? '') + '</div>' : '') +
     '<h2>Throughput and lag</h2><div class="chart">' + chart(history) + '</div>' + members + replicas + '</div>';
 }
 

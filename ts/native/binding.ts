@@ -138,6 +138,8 @@ export interface SendPumpReport {
 
 /** The raw N-API surface (crates/walcore-node/src/exports.rs). */
 export interface NativeBinding {
+  zstdCompress(data: Buffer, level: number): Promise<Buffer>;
+  zstdDecompress(data: Buffer, maxBytes: number): Promise<Buffer>;
   version(): string;
   crc32cImplementation(): string;
   findEndOfWal(

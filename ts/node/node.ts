@@ -32,6 +32,9 @@ import { DEFAULT_STREAM } from '../defaults.js';
 import { DEFAULT_RECOVERY, type RecoveryConfig } from '../cluster/recovery.js';
 import { NodeMetrics } from '../http/metrics.js';
 import { StreamServices } from './stream_services.js';
+import { DEFAULT_OFFLOAD, type OffloadConfig } from '../offload/offloader.js';
+import { openRemoteStorage } from '../remote/open.js';
+import { parseRemoteStorageUrl, type RemoteStorage } from '../remote/remote_storage.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION = (require('../../package.json') as { version: string }).version;
@@ -67,6 +70,12 @@ export interface NodeOptions {
   retention?: Partial<RetentionConfig>;
   /** When to pull WAL from peers while the upstream is away. */
   recovery?: Partial<RecoveryConfig>;
+  /** Object storage the streams' WAL is offloaded to: s3://bucket/prefix or file:///dir. */
+  remoteStorage?: string;
+  /** An S3-compatible server's endpoint (http://host:port), addressed path-style. */
+  remoteEndpoint?: string;
+  /** Offload timing (quiet period before a partial upload, per-object timeout). */
+  offload?: Partial<OffloadConfig>;
   /** How long peers keep pushing every flush after the last client waiting on commit_lsn left (ms; default 5000). */
   promptGraceMs?: number;
 }
@@ -161,6 +170,7 @@ export class WalkeeperNode {
    */
   private bootstrapIngest: Ingest | null = null;
   private broker: Broker | null = null;
+  private remote: RemoteStorage | null = null;
   readonly retention: RetentionConfig;
   readonly metrics: NodeMetrics;
   private historyTimer: NodeJS.Timeout | null = null;
@@ -216,6 +226,8 @@ export class WalkeeperNode {
     else if (this.auth === 'scram') throw new Error('--auth scram needs --password-file');
     // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
     if (o.upstream !== undefined) parseConnInfo(o.upstream);
+    if (o.remoteEndpoint !== undefined && o.remoteStorage === undefined) throw new Error('--remote-endpoint needs --remote-storage');
+    const remoteAt = o.remoteStorage !== undefined ? parseRemoteStorageUrl(o.remoteStorage, o.remoteEndpoint ?? null) : null;
     if (o.peers?.length && o.broker?.length) throw new Error('--peers and --broker exclude each other');
     this.broker = o.broker?.length ? new (await import('../cluster/broker/etcd.js')).EtcdBroker(o.broker, this.nodeId, this.log) : new EmbeddedBroker(o.peers ?? [], this.log);
     const pgAt = parseHostPort(o.listenPg ?? '127.0.0.1:5454', '--listen-pg');
@@ -224,6 +236,7 @@ export class WalkeeperNode {
     this.releaseLock = await lockDataDir(o.dataDir);
     try {
       this.mockSecret = await readOrCreateSecret(path.join(o.dataDir, 'walkeeper.auth_secret'));
+      if (remoteAt) this.remote = await openRemoteStorage(remoteAt);
       await this.openStreams();
       this.pgServer = net.createServer((socket) => this.onConnection(socket));
       const pgPort = await listen(this.pgServer, pgAt.host, pgAt.port);
@@ -245,7 +258,7 @@ export class WalkeeperNode {
     if (this.auth === 'loopback-trust' && this.users.size === 0 && !['127.0.0.1', 'localhost', '::1'].includes(pgAt.host)) {
       this.log.warn('listening beyond loopback without --password-file: remote clients cannot authenticate');
     }
-    this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: [...this.streams.keys()], auth: this.auth, tls: this.tlsContext !== null }, 'walkeeper node started');
+    this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: [...this.streams.keys()], auth: this.auth, tls: this.tlsContext !== null, remote_storage: this.remote?.location ?? null }, 'walkeeper node started');
   }
 
   private async openStreams(): Promise<void> {
@@ -266,6 +279,8 @@ export class WalkeeperNode {
       broker: this.broker!,
       metrics: this.metrics,
       recovery: { ...DEFAULT_RECOVERY, ...this.opts.recovery },
+      remote: this.remote,
+      offload: { ...DEFAULT_OFFLOAD, ...this.opts.offload },
       promptGraceMs: this.opts.promptGraceMs ?? PROMPT_GRACE_MS,
       memberStatus: (st) => memberStatusJson(this, st),
     });
@@ -410,8 +425,9 @@ export class WalkeeperNode {
    *
    * The order, in one place:
    *  1. timers (retention, history), and the retention pass in flight;
-   *  2. each stream's writers — ingest, then peer recovery — and its broker
-   *     attachment (nothing new is flushed from here on), then the broker;
+   *  2. each stream's writers — ingest, then peer recovery — its offloader
+   *     and its broker attachment (nothing new is flushed or uploaded from
+   *     here on), then the broker and the object storage client;
    *  3. the listeners (replication and HTTP): no new clients;
    *  4. every sender ends its copy once its client confirmed what was sent;
    *     sessions get 10 s to finish, then their connections are closed;
@@ -425,6 +441,7 @@ export class WalkeeperNode {
       await this.bootstrapIngest?.stop();
       await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
       await this.broker?.close();
+      this.remote?.close();
       this.pgServer?.close();
       this.httpServer?.close();
       this.httpServer?.closeAllConnections();

@@ -3,7 +3,8 @@
  * same shape in its `Timeline`): the stream itself, its commit quorum, the
  * writer lock that ingest and peer recovery share, peer recovery, the
  * status-page history, the upstream's ingest when there is one, the
- * senders serving it and its attachment to the broker. The node creates one
+ * offloader when the node has remote storage, the senders serving it and
+ * its attachment to the broker. The node creates one
  * per stream and starts and stops it as a whole; everything else holds a
  * reference to it.
  */
@@ -15,6 +16,8 @@ import { StreamHistory } from '../http/history.js';
 import type { NodeMetrics } from '../http/metrics.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Lsn } from '../lsn.js';
+import { Offloader, type OffloadConfig } from '../offload/offloader.js';
+import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { WalSender } from '../sender/send_wal.js';
 import type { Stream } from '../stream/stream.js';
 
@@ -26,6 +29,9 @@ export interface StreamServicesHost {
   readonly recovery: RecoveryConfig;
   /** How long peers keep pushing every flush after the last client waiting on commit_lsn left (ms). */
   readonly promptGraceMs: number;
+  /** Object storage for offload (null: none configured). */
+  readonly remote: RemoteStorage | null;
+  readonly offload: OffloadConfig;
   /** What this node tells the members about `stream` (memberStatusJson). */
   memberStatus(stream: Stream): Record<string, unknown>;
 }
@@ -40,6 +46,8 @@ export class StreamServices {
   readonly history: StreamHistory;
   /** The upstream this stream follows, when the node has one for it. */
   ingest: Ingest | null = null;
+  /** Uploads the stream's WAL to object storage when this node is chosen to (null: no remote storage). */
+  readonly offloader: Offloader | null;
   /** The senders streaming this stream's WAL right now. */
   readonly senders = new Set<WalSender>();
   private detachBroker: (() => void) | null = null;
@@ -64,6 +72,7 @@ export class StreamServices {
       host.recovery,
     );
     this.history = new StreamHistory(stream);
+    this.offloader = host.remote ? new Offloader(stream, this.quorum, host.remote, { nodeId: host.nodeId }, host.metrics, host.offload) : null;
   }
 
   get name(): string {
@@ -77,6 +86,7 @@ export class StreamServices {
     s.commitWatch.listen(() => this.host.broker.changed(s.name));
     s.onFsync = (secs) => this.host.metrics.fsync(s.name, secs);
     this.recovery.start();
+    this.offloader?.start();
     this.history.sample();
     if (this.host.broker.kind === 'embedded') this.followDemand();
     else s.followPeers = null;
@@ -116,6 +126,7 @@ export class StreamServices {
       slots: [...s.slots.values()].map((sl) => ({ name: sl.name, restartLsn: sl.restartLsn })),
       replicas: s.replicas.retention(now, config.replicaWindowMs),
       keepBytes: config.keepBytes,
+      ...(this.offloader ? { backupLsn: s.backupLsn } : {}),
     });
     try {
       await s.removeWalBelow(h.lsn, h.heldBy);
@@ -126,12 +137,14 @@ export class StreamServices {
 
   /**
    * Stops the writers and the status exchange: ingest, then peer recovery
-   * (neither writes afterwards), then the broker attachment. Senders are
+   * (neither writes afterwards), the offloader (an upload in flight is
+   * abandoned, never recorded), then the broker attachment. Senders are
    * ended by the node, which ends them all together with its listener.
    */
   async stopWriters(): Promise<void> {
     await this.ingest?.stop();
     await this.recovery.stop();
+    await this.offloader?.stop();
     clearTimeout(this.demandTimer);
     this.detachBroker?.();
     this.detachBroker = null;

@@ -9,7 +9,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { formatLsn, historyFileName, segmentStart, type Lsn } from '../lsn.js';
-import { readControlFile, writeControlFile, type ControlData } from '../wal/control_file.js';
+import { readControlFile, writeControlFile, type ControlData, type PartialUpload } from '../wal/control_file.js';
+
+export type { PartialUpload };
 import type { Logger } from '../log.js';
 import { ReplicaRegistry, type Replica } from './replica.js';
 import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from '../wal/timeline.js';
@@ -77,6 +79,8 @@ export class Stream extends EventEmitter {
     for (const [n, s] of Object.entries(control.slots)) {
       this.slots.set(n, { name: n, restartLsn: s.restartLsn, tli: s.tli, temporary: false, activeBy: null });
     }
+    this._backupLsn = control.backupLsn ?? null;
+    this._partialUploads = control.partialUploads ?? [];
   }
 
   /**
@@ -183,6 +187,36 @@ export class Stream extends EventEmitter {
     return this._oldest;
   }
   private _oldest: Lsn | null | undefined = undefined;
+
+  /** End of the WAL known to be complete in object storage; null until the first segment is offloaded. */
+  get backupLsn(): Lsn | null {
+    return this._backupLsn;
+  }
+  private _backupLsn: Lsn | null;
+
+  /**
+   * Raises backup_lsn (never down): after this node's upload of the segment
+   * ending there completed, or when a peer reports it did. Persisted soon;
+   * a backup_lsn lost in a crash only holds WAL a little longer.
+   */
+  advanceBackupLsn(lsn: Lsn): void {
+    if (this._backupLsn !== null && lsn <= this._backupLsn) return;
+    this._backupLsn = lsn;
+    this.emit('backup', lsn);
+    this.persistSoon();
+  }
+
+  /** This node's partial objects in object storage (see the offloader). */
+  get partialUploads(): readonly PartialUpload[] {
+    return this._partialUploads;
+  }
+  private _partialUploads: PartialUpload[];
+
+  /** Records the partial objects' states durably before the next step is taken. */
+  async setPartialUploads(list: PartialUpload[]): Promise<void> {
+    this._partialUploads = list;
+    await this.persistNow();
+  }
 
   /** Raises commit_lsn (never above flush_lsn, never down) and wakes the senders waiting on it. */
   setCommitLsn(lsn: Lsn): void {
@@ -406,6 +440,8 @@ export class Stream extends EventEmitter {
       commitLsn: this.commitLsn,
       firstLsn: this.oldestLsn ?? this.flushLsn,
       slots,
+      backupLsn: this._backupLsn,
+      partialUploads: this._partialUploads,
     };
   }
 

@@ -28,6 +28,21 @@ export interface ControlData {
   /** Oldest LSN this node still holds. */
   firstLsn: Lsn;
   slots: Record<string, SlotState>;
+  /** End of the WAL known to be complete in object storage (null: nothing offloaded, or no remote storage). */
+  backupLsn?: Lsn | null;
+  /** This node's partial objects in object storage and where each is in its life. */
+  partialUploads?: PartialUpload[];
+}
+
+/**
+ * A partial object (the unfinished tail of a segment) this node uploaded
+ * or is uploading: in_progress before the upload starts (so that after a
+ * crash it is deleted whether or not it made it), uploaded once complete,
+ * deleting once superseded — until the delete succeeded.
+ */
+export interface PartialUpload {
+  name: string;
+  state: 'in_progress' | 'uploaded' | 'deleting';
 }
 
 export function encodeControl(c: ControlData): Buffer {
@@ -43,6 +58,8 @@ export function encodeControl(c: ControlData): Buffer {
       commit_lsn: formatLsn(c.commitLsn),
       first_lsn: formatLsn(c.firstLsn),
       slots,
+      backup_lsn: c.backupLsn == null ? null : formatLsn(c.backupLsn),
+      partial_uploads: c.partialUploads ?? [],
     }),
   );
 }
@@ -87,9 +104,24 @@ export function decodeControl(payload: Buffer, file: string): ControlData {
     commitLsn: lsn('commit_lsn'),
     firstLsn: lsn('first_lsn'),
     slots,
+    // Both absent in control files written before offload existed.
+    backupLsn: j.backup_lsn === undefined || j.backup_lsn === null ? null : lsn('backup_lsn'),
+    partialUploads: partialUploads(j.partial_uploads, bad),
   };
   if (c.commitLsn > c.flushLsn) throw bad(`commit_lsn ${formatLsn(c.commitLsn)} is above flush_lsn ${formatLsn(c.flushLsn)}`);
   return c;
+}
+
+function partialUploads(v: unknown, bad: (what: string) => Error): PartialUpload[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw bad('partial_uploads is not a list');
+  return v.map((p: unknown) => {
+    const o = p as Record<string, unknown>;
+    if (o === null || typeof o !== 'object' || typeof o.name !== 'string' || !['in_progress', 'uploaded', 'deleting'].includes(o.state as string)) {
+      throw bad(`partial upload ${JSON.stringify(p)} is malformed`);
+    }
+    return { name: o.name, state: o.state as PartialUpload['state'] };
+  });
 }
 
 /** Reads `<dir>/walkeeper.control`; null when the stream has none yet. */

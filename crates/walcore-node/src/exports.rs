@@ -38,7 +38,9 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 30] = [
+    let fns: [(&str, crate::napi::Callback); 32] = [
+        ("zstdCompress", zstd_compress),
+        ("zstdDecompress", zstd_decompress),
         ("version", version),
         ("crc32cImplementation", crc32c_implementation),
         ("findEndOfWal", find_end),
@@ -653,3 +655,17 @@ use pump_unsupported as send_pump_run;
 use pump_unsupported as send_pump_stop;
 #[cfg(not(unix))]
 use pump_unsupported as send_pump_close;
+
+/// `zstdCompress(data, level): Promise<Buffer>` — one zstd frame, on the thread pool.
+fn zstd_compress(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let data = args.buffer_ref(0, "data")?;
+    let level = args.u32(1, "level")? as i32;
+    spawn_with_buffers(env, vec![data], move |bufs: &mut [BufferRef]| walcore::zstd::compress(bufs[0].as_slice(), level).map_err(js_err), |env, out| env.buffer(&out))
+}
+
+/// `zstdDecompress(data, maxBytes): Promise<Buffer>` — every frame, at most maxBytes out.
+fn zstd_decompress(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let data = args.buffer_ref(0, "data")?;
+    let max = args.u32(1, "maxBytes")? as usize;
+    spawn_with_buffers(env, vec![data], move |bufs: &mut [BufferRef]| walcore::zstd::decompress(bufs[0].as_slice(), max).map_err(js_err), |env, out| env.buffer(&out))
+}

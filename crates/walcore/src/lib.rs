@@ -32,3 +32,4 @@ pub mod testwal;
 
 pub use error::{Error, ErrorCode, Result};
 pub use lsn::Lsn;
+pub mod zstd;

@@ -1,0 +1,182 @@
+//! zstd compression of WAL segments for object storage, through the system
+//! `libzstd` (linked statically; declared here by hand, checked against
+//! `zstd.h` by `build.rs`). A kept, widely deployed implementation rather
+//! than our own: archives outlive programs, and `zstd -d` must read them.
+//!
+//! Decompression streams, so that it reads what other tools wrote too —
+//! several frames, frames without a content size — and stops at a caller's
+//! limit, so that a damaged or hostile object cannot make us allocate more
+//! than a segment.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_uint, c_void};
+
+use crate::error::{Error, ErrorCode, Result};
+
+#[repr(C)]
+struct InBuffer {
+    src: *const c_void,
+    size: usize,
+    pos: usize,
+}
+
+#[repr(C)]
+struct OutBuffer {
+    dst: *mut c_void,
+    size: usize,
+    pos: usize,
+}
+
+#[repr(C)]
+struct DStream {
+    _private: [u8; 0],
+}
+
+#[link(name = "zstd", kind = "static")]
+extern "C" {
+    fn ZSTD_compressBound(src_size: usize) -> usize;
+    fn ZSTD_compress(dst: *mut c_void, dst_capacity: usize, src: *const c_void, src_size: usize, level: c_int) -> usize;
+    fn ZSTD_isError(code: usize) -> c_uint;
+    fn ZSTD_getErrorName(code: usize) -> *const c_char;
+    fn ZSTD_createDStream() -> *mut DStream;
+    fn ZSTD_freeDStream(zds: *mut DStream) -> usize;
+    fn ZSTD_initDStream(zds: *mut DStream) -> usize;
+    fn ZSTD_decompressStream(zds: *mut DStream, output: *mut OutBuffer, input: *mut InBuffer) -> usize;
+    fn ZSTD_minCLevel() -> c_int;
+    fn ZSTD_maxCLevel() -> c_int;
+}
+
+fn check(code: usize, what: &str) -> Result<usize> {
+    // SAFETY: ZSTD_isError and ZSTD_getErrorName accept any value and return a static string.
+    unsafe {
+        if ZSTD_isError(code) != 0 {
+            let name = CStr::from_ptr(ZSTD_getErrorName(code)).to_string_lossy();
+            return Err(Error::new(ErrorCode::Corrupt, format!("zstd {what}: {name}")));
+        }
+    }
+    Ok(code)
+}
+
+/// Compresses `src` into one zstd frame (with its content size) at `level`.
+pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
+    // SAFETY: plain functions without arguments.
+    let (lo, hi) = unsafe { (ZSTD_minCLevel(), ZSTD_maxCLevel()) };
+    if level < lo || level > hi {
+        return Err(Error::new(ErrorCode::InvalidArgument, format!("zstd level must be in {lo}..={hi}, not {level}")));
+    }
+    // SAFETY: `bound` bytes are reserved before the call, and the length is set to what zstd wrote.
+    unsafe {
+        let bound = check(ZSTD_compressBound(src.len()), "compress")?;
+        let mut out = Vec::<u8>::with_capacity(bound);
+        let n = check(ZSTD_compress(out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len(), level), "compress")?;
+        out.set_len(n);
+        Ok(out)
+    }
+}
+
+struct Stream(*mut DStream);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: created by ZSTD_createDStream, freed once.
+        unsafe { ZSTD_freeDStream(self.0) };
+    }
+}
+
+/// Decompresses every frame in `src`; an error if the result would exceed
+/// `max_out` bytes or the input ends inside a frame.
+pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
+    // SAFETY: the stream is freed by Drop; buffers point into live slices, and
+    // zstd writes only within out.size and reports what it wrote in out.pos.
+    unsafe {
+        let zds = ZSTD_createDStream();
+        if zds.is_null() {
+            return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a decompression stream".to_string()));
+        }
+        let zds = Stream(zds);
+        check(ZSTD_initDStream(zds.0), "decompress")?;
+        let mut out = Vec::<u8>::with_capacity(max_out.min(src.len().saturating_mul(8)).max(64 * 1024));
+        let mut input = InBuffer { src: src.as_ptr().cast(), size: src.len(), pos: 0 };
+        let mut last = 0usize;
+        loop {
+            if out.len() >= max_out {
+                if input.pos == input.size && last == 0 {
+                    break; // an exact fit: every frame ended, nothing left
+                }
+                // Full: only an exact fit is acceptable; probe for one more byte.
+                let mut probe = [0u8; 1];
+                let mut o = OutBuffer { dst: probe.as_mut_ptr().cast(), size: 1, pos: 0 };
+                last = check(ZSTD_decompressStream(zds.0, &mut o, &mut input), "decompress")?;
+                if o.pos > 0 {
+                    return Err(Error::new(ErrorCode::Corrupt, format!("zstd: decompressed data exceeds {max_out} bytes")));
+                }
+                if input.pos == input.size {
+                    break;
+                }
+                continue;
+            }
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().min(max_out - out.len()));
+            }
+            let len = out.len();
+            let room = out.capacity().min(max_out) - len;
+            let mut o = OutBuffer { dst: out.as_mut_ptr().add(len).cast(), size: room, pos: 0 };
+            last = check(ZSTD_decompressStream(zds.0, &mut o, &mut input), "decompress")?;
+            out.set_len(len + o.pos);
+            // All input taken and the output not filled: zstd has nothing more to give.
+            if input.pos == input.size && o.pos < room {
+                break;
+            }
+        }
+        // Non-zero: zstd still expects input to finish the frame.
+        if last != 0 {
+            return Err(Error::new(ErrorCode::Corrupt, "zstd: the data ends inside a frame (truncated object)".to_string()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_like(n: usize) -> Vec<u8> {
+        (0..n).map(|i| if i % 512 < 64 { (i * 31 % 251) as u8 } else { 0 }).collect()
+    }
+
+    #[test]
+    fn roundtrip_and_ratio() {
+        let src = wal_like(1 << 20);
+        let z = compress(&src, 3).unwrap();
+        assert!(z.len() * 3 < src.len(), "{} bytes from {}", z.len(), src.len());
+        assert_eq!(&z[..4], &[0x28, 0xB5, 0x2F, 0xFD], "zstd frame magic");
+        assert_eq!(decompress(&z, src.len()).unwrap(), src);
+    }
+
+    #[test]
+    fn concatenated_frames_and_empty_input() {
+        let a = wal_like(100_000);
+        let b = vec![7u8; 50_000];
+        let mut z = compress(&a, 1).unwrap();
+        z.extend(compress(&b, 19).unwrap());
+        let mut want = a.clone();
+        want.extend(&b);
+        assert_eq!(decompress(&z, 1 << 20).unwrap(), want);
+        assert_eq!(decompress(&compress(&[], 3).unwrap(), 10).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn refuses_truncation_corruption_oversize_and_bad_level() {
+        let src = wal_like(300_000);
+        let z = compress(&src, 3).unwrap();
+        let e = decompress(&z[..z.len() - 10], 1 << 20).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Corrupt, "{e}");
+        let mut bad = z.clone();
+        bad[0] ^= 0xFF;
+        assert_eq!(decompress(&bad, 1 << 20).unwrap_err().code, ErrorCode::Corrupt);
+        let e = decompress(&z, src.len() - 1).unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
+        assert_eq!(decompress(&z, src.len()).unwrap().len(), src.len());
+        assert_eq!(compress(&src, 99).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+}

@@ -1,0 +1,316 @@
+/**
+ * One stream's offload to object storage (Neon's wal_backup.rs and
+ * wal_backup_partial.rs, rebuilt): every member runs one; once a second each
+ * decides from the members' statuses whether it is the offloader
+ * (policy.ts), and the one that is uploads, strictly in order, every
+ * complete segment at or below commit_lsn that is not yet there — WAL past
+ * commit_lsn can still change, so it never goes up as a segment — then
+ * moves backup_lsn past it. backup_lsn is persisted in the control file,
+ * published in the member status, and taken from a peer that reports a
+ * higher one (the peer reports it only after the object is complete in the
+ * store). Retention never removes WAL above it.
+ *
+ * History files go up as soon as they exist. After a quiet period (no new
+ * commit_lsn for `partialAfterMs`), the offloader also uploads the tail of
+ * the segment being written as a `.partial` object, recording in the control
+ * file each such object as in_progress → uploaded → deleting, so that none
+ * is ever left behind: older ones are deleted once a newer one (or the
+ * complete segment) is up, and one found in_progress after a crash is
+ * deleted, since it may or may not exist.
+ *
+ * Uploads retry with backoff (10 ms → 5 s), 120 s per object; while the
+ * store fails, WAL accumulates locally (status, log line once per state
+ * change, metrics) and nothing is dropped.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+
+import type { Quorum } from '../cluster/quorum.js';
+import type { Logger } from '../log.js';
+import { formatLsn, type Lsn } from '../lsn.js';
+import type { RemoteStorage } from '../remote/remote_storage.js';
+import type { PartialUpload, Stream } from '../stream/stream.js';
+import { zstdCompress } from '../wal/compress.js';
+import { historyObject, partialObject, segmentObject, streamPrefix } from './names.js';
+import { electOffloader, type Election } from './policy.js';
+
+export interface OffloadConfig {
+  /** How often the offloader is re-decided (Neon: 1 s). */
+  intervalMs: number;
+  /** Quiet time before the unfinished tail goes up as a partial object (0: never). */
+  partialAfterMs: number;
+  /** Longest one object's upload may take before it is abandoned and retried. */
+  objectTimeoutMs: number;
+  /** zstd level (3 is zstd's default: fast, and WAL compresses 3–5×). */
+  level: number;
+}
+
+export const DEFAULT_OFFLOAD: OffloadConfig = {
+  intervalMs: 1000,
+  partialAfterMs: 15 * 60_000,
+  objectTimeoutMs: 120_000,
+  level: 3,
+};
+
+const BACKOFF_MIN_MS = 10;
+const BACKOFF_MAX_MS = 5000;
+
+/** What the node is told about an offloader's work (metrics). */
+export interface OffloadEvents {
+  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number, cpuSeconds: number): void;
+  failed(stream: string): void;
+}
+
+export interface OffloadStatus {
+  /** This node is the stream's offloader now. */
+  active: boolean;
+  /** The store answers (false after a failed upload until the next success). */
+  healthy: boolean;
+  lastError: string | null;
+  /** The elected member (node id), as this node sees it. */
+  offloader: number | null;
+  location: string;
+}
+
+class Stopped extends Error {}
+
+export class Offloader {
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private abort = new AbortController();
+  private stopped = false;
+  private election: Election = { offloader: null, eligible: [], gap: false };
+  private healthy = true;
+  private lastError: string | null = null;
+  private historiesUp = new Set<number>();
+  private cleanedIncomplete = false;
+  private readonly startedAt = new Date();
+  /** When commit_lsn last moved, and to what (for the quiet period of partial uploads). */
+  private lastCommit: { lsn: Lsn; at: number } = { lsn: 0n, at: Date.now() };
+  private readonly log: Logger;
+
+  constructor(
+    private readonly stream: Stream,
+    private readonly quorum: Quorum,
+    private readonly remote: RemoteStorage,
+    private readonly self: { nodeId: number },
+    private readonly events: OffloadEvents,
+    private readonly cfg: OffloadConfig = DEFAULT_OFFLOAD,
+  ) {
+    this.log = stream.log.child({ component: 'offload' });
+  }
+
+  private get prefix(): string {
+    return streamPrefix(this.stream.name, this.stream.systemId);
+  }
+
+  status(): OffloadStatus {
+    return { active: this.election.offloader === this.self.nodeId, healthy: this.healthy, lastError: this.lastError, offloader: this.election.offloader, location: this.remote.location };
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => this.tick(), this.cfg.intervalMs);
+    this.timer.unref();
+    this.tick();
+  }
+
+  /** Stops uploading: the object in flight is abandoned (never recorded), and the loop ends. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.abort.abort();
+    await this.running;
+  }
+
+  private tick(): void {
+    if (this.stopped || this.running) return;
+    this.running = this.round()
+      .catch((err: Error) => {
+        if (!(err instanceof Stopped)) this.log.error({ err: err.message }, 'offload round failed');
+      })
+      .finally(() => {
+        this.running = null;
+      });
+  }
+
+  /** One decision, and the uploads it calls for. */
+  private async round(): Promise<void> {
+    const s = this.stream;
+    if (s.state !== 'active') return;
+    const now = Date.now();
+    if (s.commitLsn !== this.lastCommit.lsn) this.lastCommit = { lsn: s.commitLsn, at: now };
+    // A peer's backup_lsn is only ever published after its upload completed: adopt it.
+    for (const m of this.quorum.list()) if (m.error === null && m.backupLsn !== null) s.advanceBackupLsn(m.backupLsn);
+    await this.cleanPartials(false);
+    const peers = this.quorum
+      .list()
+      .filter((m) => m.error === null && m.nodeId !== null && m.commitLsn !== null)
+      .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn!, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
+    const before = this.election;
+    this.election = electOffloader(s.name, { nodeId: this.self.nodeId, commitLsn: s.commitLsn, oldestLsn: s.oldestLsn, heardAt: null }, peers, s.backupLsn, now);
+    const active = this.election.offloader === this.self.nodeId;
+    if (active !== (before.offloader === this.self.nodeId) || this.election.offloader !== before.offloader) {
+      this.log.info({ offloader: this.election.offloader, eligible: this.election.eligible, backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, active ? 'this node offloads the stream' : 'offloader chosen');
+    }
+    if (!active) return;
+    if (!this.cleanedIncomplete) {
+      // Multipart uploads and temporary files a killed offloader left (ours or another node's, started before we did).
+      const n = await this.retry('clean incomplete uploads', () => this.remote.abortIncomplete(this.prefix, this.startedAt));
+      if (n > 0) this.log.info({ aborted: n }, 'removed incomplete uploads left in object storage');
+      this.cleanedIncomplete = true;
+    }
+    await this.uploadHistories();
+    await this.uploadSegments();
+    await this.uploadPartial(now);
+  }
+
+  private async uploadHistories(): Promise<void> {
+    const s = this.stream;
+    for (let tli = 2; tli <= s.tli; tli++) {
+      if (this.historiesUp.has(tli)) continue;
+      const text = await s.historyFile(tli);
+      if (text === null) {
+        this.historiesUp.add(tli);
+        continue;
+      }
+      const body = Buffer.from(text, 'utf8');
+      await this.retry(`upload ${historyObject(tli)}`, (signal) => this.remote.put(this.prefix + historyObject(tli), body, { signal }));
+      this.events.uploaded(s.name, 'history', body.length, body.length, 0);
+      this.log.info({ object: historyObject(tli) }, 'timeline history offloaded');
+      this.historiesUp.add(tli);
+    }
+  }
+
+  /** Complete segments from backup_lsn up to commit_lsn, in order. */
+  private async uploadSegments(): Promise<void> {
+    const s = this.stream;
+    const seg = BigInt(s.segmentSize);
+    for (;;) {
+      if (this.stopped) throw new Stopped();
+      const files = s.store.list();
+      let segno: bigint;
+      if (s.backupLsn === null || this.election.gap) {
+        const first = files.find((f) => !f.partial && (s.backupLsn === null || f.start >= s.backupLsn));
+        if (!first) return;
+        segno = first.start / seg;
+        if (this.election.gap && s.backupLsn !== null && first.start > s.backupLsn) {
+          this.log.error({ from: formatLsn(s.backupLsn), to: formatLsn(first.start) }, 'no member holds this WAL any more: the archive has a gap here');
+        }
+      } else {
+        segno = s.backupLsn / seg;
+      }
+      const end = (segno + 1n) * seg;
+      if (end > s.commitLsn) return;
+      // The segment's newest timeline: after a switch inside it, the new timeline's file holds the old one's bytes up to the switch point.
+      const file = files.filter((f) => f.start / seg === segno).sort((a, b) => b.tli - a.tli)[0];
+      if (!file) {
+        this.log.error({ segno: segno.toString(), backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, 'the next segment to offload is not on this node');
+        return;
+      }
+      if (file.partial) return; // renamed at the next flush
+      const t0 = process.cpuUsage();
+      const raw = await readFile(path.join(s.dir, file.name));
+      if (raw.length !== s.segmentSize) throw new Error(`segment ${file.name} holds ${raw.length} bytes, not ${s.segmentSize}`);
+      const body = await zstdCompress(raw, this.cfg.level);
+      const cpu = process.cpuUsage(t0);
+      const key = segmentObject(file.name);
+      await this.retry(`upload ${key}`, (signal) => this.remote.put(this.prefix + key, body, { signal }));
+      this.events.uploaded(s.name, 'segment', raw.length, body.length, (cpu.user + cpu.system) / 1e6);
+      s.advanceBackupLsn(end);
+      this.log.debug({ object: key, bytes: raw.length, compressed: body.length }, 'segment offloaded');
+      await this.cleanPartials(false);
+    }
+  }
+
+  /** After a quiet period: the tail of the segment being written, up to commit_lsn. */
+  private async uploadPartial(now: number): Promise<void> {
+    const s = this.stream;
+    if (this.cfg.partialAfterMs <= 0 || now - this.lastCommit.at < this.cfg.partialAfterMs) return;
+    const commit = s.commitLsn;
+    const seg = BigInt(s.segmentSize);
+    const segStart = (commit / seg) * seg;
+    if (commit === segStart) return; // nothing past the last complete segment
+    if (s.backupLsn === null || s.backupLsn < segStart) return; // complete segments first
+    const file = s.store.list().filter((f) => f.start === segStart).sort((a, b) => b.tli - a.tli)[0];
+    if (!file) return;
+    const name = partialObject(file.name.replace(/\.partial$/, ''), commit, this.self.nodeId);
+    if (s.partialUploads.some((p) => p.name === name && p.state === 'uploaded')) return;
+    // Only WAL at or below commit_lsn: the rest of the segment goes up as zeros.
+    const raw = Buffer.alloc(s.segmentSize);
+    const fh = await import('node:fs/promises').then((fs) => fs.open(path.join(s.dir, file.name), 'r'));
+    try {
+      await fh.read(raw, 0, Number(commit - segStart), 0);
+    } finally {
+      await fh.close();
+    }
+    const body = await zstdCompress(raw, this.cfg.level);
+    await s.setPartialUploads([...s.partialUploads, { name, state: 'in_progress' }]);
+    await this.retry(`upload ${name}`, (signal) => this.remote.put(this.prefix + name, body, { signal }));
+    await s.setPartialUploads(s.partialUploads.map((p) => (p.name === name ? { name, state: 'uploaded' } : p)));
+    this.events.uploaded(s.name, 'partial', Number(commit - segStart), body.length, 0);
+    this.log.info({ object: name, commit_lsn: formatLsn(commit) }, 'unfinished segment offloaded as a partial object');
+    await this.cleanPartials(false);
+  }
+
+  /**
+   * Deletes this node's partial objects that are no longer the newest, or
+   * whose segment is complete in the store, or that a crash left
+   * in_progress; each goes to `deleting` in the control file first.
+   */
+  private async cleanPartials(_force: boolean): Promise<void> {
+    const s = this.stream;
+    const list = s.partialUploads;
+    if (list.length === 0) return;
+    const newest = [...list].reverse().find((p) => p.state === 'uploaded');
+    const seg = BigInt(s.segmentSize);
+    const obsolete = (p: PartialUpload): boolean => {
+      if (p.state !== 'uploaded') return true;
+      if (p !== newest) return true;
+      const m = /^([0-9A-F]{24})\.([0-9A-F]{16})\./.exec(p.name);
+      const end = m ? BigInt(`0x${m[2]}`) : 0n;
+      return s.backupLsn !== null && s.backupLsn >= ((end + seg - 1n) / seg) * seg;
+    };
+    const drop = list.filter(obsolete);
+    if (drop.length === 0) return;
+    await s.setPartialUploads(list.map((p) => (drop.includes(p) ? { name: p.name, state: 'deleting' as const } : p)));
+    for (const p of drop) {
+      await this.retry(`delete ${p.name}`, (signal) => this.remote.delete(this.prefix + p.name, { signal }));
+      await s.setPartialUploads(s.partialUploads.filter((q) => q.name !== p.name));
+    }
+  }
+
+  /** Runs `op` until it succeeds, backing off 10 ms → 5 s, each attempt bounded by the object timeout. */
+  private async retry<T>(what: string, op: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    let wait = BACKOFF_MIN_MS;
+    for (;;) {
+      if (this.stopped) throw new Stopped();
+      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.cfg.objectTimeoutMs)]);
+      try {
+        const r = await op(signal);
+        if (!this.healthy) this.log.info({ location: this.remote.location }, 'object storage answers again: offload continues');
+        this.healthy = true;
+        this.lastError = null;
+        return r;
+      } catch (err) {
+        if (this.stopped) throw new Stopped();
+        const msg = `${what}: ${errorText(err)}`;
+        this.events.failed(this.stream.name);
+        if (this.healthy) {
+          this.log.warn({ err: msg, location: this.remote.location }, 'object storage fails: WAL accumulates locally until it answers');
+        }
+        this.healthy = false;
+        this.lastError = msg;
+        await new Promise((r) => setTimeout(r, wait));
+        wait = Math.min(wait * 2, BACKOFF_MAX_MS);
+      }
+    }
+  }
+}
+
+function errorText(err: unknown): string {
+  const e = err as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const status = e.$metadata?.httpStatusCode;
+  return `${e.name ?? 'Error'}${status ? ` (HTTP ${status})` : ''}: ${e.message ?? String(err)}`;
+}
