@@ -19,7 +19,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=ZSTD_LIB_DIR");
     println!("cargo:rerun-if-env-changed=ZSTD_INCLUDE_DIR");
 
-    let lib_name = if env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("msvc") { "zstd_static.lib" } else { "libzstd.a" };
+    let lib_name = if env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("msvc") { "zstd.lib" } else { "libzstd.a" };
     let mut tried = Vec::new();
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(d) = env::var("ZSTD_LIB_DIR") {
