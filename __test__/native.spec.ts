@@ -247,7 +247,7 @@ test('the control file round-trips, and a damaged one is refused, never reset', 
 test('a Rust panic becomes a JS exception or a rejected promise; the process carries on', async (t) => {
   // The panic hook exists only with WALKEEPER_TEST_HOOKS=1, so run it in a child process.
   const script = `
-    import { native } from './ts/native.ts';
+    import { native } from './ts/native/binding.ts';
     const b = native();
     const out = [];
     try { b.__testPanic('boom on the JS thread'); } catch (e) { out.push([e.constructor.name, e.code, e.message]); }

@@ -1,4 +1,4 @@
-// commit_lsn from the members' flush positions (ts/node/quorum.ts): the pure
+// commit_lsn from the members' flush positions (ts/cluster/quorum.ts): the pure
 // arithmetic, and a real Stream driven through Quorum — peers reporting,
 // bad reports ignored, monotonic, membership known only once the broker says.
 

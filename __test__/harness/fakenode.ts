@@ -1,5 +1,5 @@
 // A fake walkeeper node for receiver tests: the HTTP status a receiver polls
-// (`GET /v1/streams/<name>`, shaped like ts/node/http.ts's streamJson) and a
+// (`GET /v1/streams/<name>`, shaped like ts/http/api.ts's streamJson) and a
 // replication server (the fake upstream, harness/fakeupstream.ts) at the
 // status's pg_address, serving real WAL up to a limit that plays commit_lsn.
 //

@@ -1,8 +1,8 @@
 // A fake upstream PostgreSQL primary for tests of walkeeper's ingest: it
 // answers the physical walsender commands the way PostgreSQL 15 (and
-// ts/node/handler.ts) does, streams a fixed WAL buffer, and can be told to
+// ts/sender/session.ts) does, streams a fixed WAL buffer, and can be told to
 // misbehave (corrupt, shift or drop XLogData, stall, hang up). Built from the
-// project's own wire code (ts/pgwire).
+// project's own wire code (ts/protocol, ts/client).
 //
 //   const up = await startFakeUpstream({ wal: await fx.bytes(), walStart: fx.firstLsn, segmentSize: FIXTURE_SEG, systemId: fx.systemId });
 //   ... point a client at up.host / up.port (or up.conninfo) ...

@@ -58,8 +58,9 @@ export function encodeControl(c: ControlData): Buffer {
       commit_lsn: formatLsn(c.commitLsn),
       first_lsn: formatLsn(c.firstLsn),
       slots,
-      backup_lsn: c.backupLsn == null ? null : formatLsn(c.backupLsn),
-      partial_uploads: c.partialUploads ?? [],
+      // Written only once offload has something to say, so that a stream without remote storage keeps its old payload.
+      ...(c.backupLsn != null ? { backup_lsn: formatLsn(c.backupLsn) } : {}),
+      ...(c.partialUploads?.length ? { partial_uploads: c.partialUploads } : {}),
     }),
   );
 }
@@ -104,16 +105,15 @@ export function decodeControl(payload: Buffer, file: string): ControlData {
     commitLsn: lsn('commit_lsn'),
     firstLsn: lsn('first_lsn'),
     slots,
-    // Both absent in control files written before offload existed.
-    backupLsn: j.backup_lsn === undefined || j.backup_lsn === null ? null : lsn('backup_lsn'),
-    partialUploads: partialUploads(j.partial_uploads, bad),
+    // Both absent without remote storage, and in control files written before offload existed.
+    ...(j.backup_lsn !== undefined && j.backup_lsn !== null ? { backupLsn: lsn('backup_lsn') } : {}),
+    ...(j.partial_uploads !== undefined ? { partialUploads: partialUploads(j.partial_uploads, bad) } : {}),
   };
   if (c.commitLsn > c.flushLsn) throw bad(`commit_lsn ${formatLsn(c.commitLsn)} is above flush_lsn ${formatLsn(c.flushLsn)}`);
   return c;
 }
 
 function partialUploads(v: unknown, bad: (what: string) => Error): PartialUpload[] {
-  if (v === undefined) return [];
   if (!Array.isArray(v)) throw bad('partial_uploads is not a list');
   return v.map((p: unknown) => {
     const o = p as Record<string, unknown>;
