@@ -22,7 +22,7 @@
  * store fails, WAL accumulates locally (status, log line once per state
  * change, metrics) and nothing is dropped.
  */
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import type { Quorum } from '../cluster/quorum.js';
@@ -32,7 +32,7 @@ import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { PartialUpload, Stream } from '../stream/stream.js';
 import { zstdCompress } from '../wal/compress.js';
 import { historyObject, partialObject, segmentObject, streamPrefix } from './names.js';
-import { electOffloader, type Election } from './policy.js';
+import { electOffloader, OFFLOADER_STALE_MS, type Election } from './policy.js';
 
 export interface OffloadConfig {
   /** How often the offloader is re-decided (Neon: 1 s). */
@@ -143,11 +143,14 @@ export class Offloader {
     if (s.commitLsn !== this.lastCommit.lsn) this.lastCommit = { lsn: s.commitLsn, at: now };
     // A peer's backup_lsn is only ever published after its upload completed: adopt it.
     for (const m of this.quorum.list()) if (m.error === null && m.backupLsn !== null) s.advanceBackupLsn(m.backupLsn);
-    await this.cleanPartials(false);
+    await this.cleanPartials();
     const peers = this.quorum
       .list()
       .filter((m) => m.error === null && m.nodeId !== null && m.commitLsn !== null)
       .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn!, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
+    // Just started and not yet heard from every member: deciding now would see only ourselves (every
+    // member would pick itself). Wait for their statuses, at most as long as a member takes to go stale.
+    if (now - this.startedAt.getTime() < OFFLOADER_STALE_MS && this.quorum.list().some((m) => m.heardAt === null)) return;
     const before = this.election;
     this.election = electOffloader(s.name, { nodeId: this.self.nodeId, commitLsn: s.commitLsn, oldestLsn: s.oldestLsn, heardAt: null }, peers, s.backupLsn, now);
     const active = this.election.offloader === this.self.nodeId;
@@ -220,7 +223,7 @@ export class Offloader {
       this.events.uploaded(s.name, 'segment', raw.length, body.length, (cpu.user + cpu.system) / 1e6);
       s.advanceBackupLsn(end);
       this.log.debug({ object: key, bytes: raw.length, compressed: body.length }, 'segment offloaded');
-      await this.cleanPartials(false);
+      await this.cleanPartials();
     }
   }
 
@@ -239,7 +242,7 @@ export class Offloader {
     if (s.partialUploads.some((p) => p.name === name && p.state === 'uploaded')) return;
     // Only WAL at or below commit_lsn: the rest of the segment goes up as zeros.
     const raw = Buffer.alloc(s.segmentSize);
-    const fh = await import('node:fs/promises').then((fs) => fs.open(path.join(s.dir, file.name), 'r'));
+    const fh = await open(path.join(s.dir, file.name), 'r');
     try {
       await fh.read(raw, 0, Number(commit - segStart), 0);
     } finally {
@@ -251,7 +254,7 @@ export class Offloader {
     await s.setPartialUploads(s.partialUploads.map((p) => (p.name === name ? { name, state: 'uploaded' } : p)));
     this.events.uploaded(s.name, 'partial', Number(commit - segStart), body.length, 0);
     this.log.info({ object: name, commit_lsn: formatLsn(commit) }, 'unfinished segment offloaded as a partial object');
-    await this.cleanPartials(false);
+    await this.cleanPartials();
   }
 
   /**
@@ -259,7 +262,7 @@ export class Offloader {
    * whose segment is complete in the store, or that a crash left
    * in_progress; each goes to `deleting` in the control file first.
    */
-  private async cleanPartials(_force: boolean): Promise<void> {
+  private async cleanPartials(): Promise<void> {
     const s = this.stream;
     const list = s.partialUploads;
     if (list.length === 0) return;
