@@ -29,6 +29,7 @@ import {
   type TempDir,
 } from './harness/index.js';
 import { startRgw, type Rgw } from './harness/ceph.js';
+import { startS3Proxy } from './harness/s3proxy.js';
 import { readFile } from 'node:fs/promises';
 
 registerCleanupHooks(test);
@@ -196,7 +197,7 @@ test('three nodes offload to RGW under pgbench: one offloader at a time, a hando
   t.true(uploaded >= 1, 'uploads counted');
 });
 
-test('with the gateway down, WAL stays on the node and the status says why; when it returns, the WAL is offloaded and then removed', async (t) => {
+test.serial('with the gateway down, WAL stays on the node and the status says why; when it returns, the WAL is offloaded and then removed', async (t) => {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
   t.teardown(() => pg.destroy());
   Object.assign(process.env, rgw.env);
@@ -241,4 +242,119 @@ test('with the gateway down, WAL stays on the node and the status says why; when
   t.true((await j()).offload.healthy);
   t.is(node.logs.filter((l) => l.msg === 'object storage answers again: offload continues').length, 1);
   await checkArchive(t, `down/main/${s.systemId}/`, e1, [pg.walDir]);
+});
+
+/** While it runs: the object of the segment just below backup_lsn is complete in the store at every sample. */
+function watchBackupLsn(get: () => Lsn | null, prefix: string, tli = 1): { stop(): Promise<string[]> } {
+  const bad: string[] = [];
+  let on = true;
+  const loop = (async () => {
+    while (on) {
+      const b = get();
+      if (b !== null && b > 0n) {
+        const segno = b / BigInt(SEG) - 1n;
+        const name = `${tli.toString(16).toUpperCase().padStart(8, '0')}${(segno / 4096n).toString(16).toUpperCase().padStart(8, '0')}${(segno % 4096n).toString(16).toUpperCase().padStart(8, '0')}.zst`;
+        if (!(await objects(prefix + name)).has('')) bad.push(`backup_lsn ${formatLsn(b)} but ${name} is not in the store`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  return {
+    async stop() {
+      on = false;
+      await loop;
+      return bad;
+    },
+  };
+}
+
+test('faults between the node and S3 — 500, 503 SlowDown, a reset mid-body, a stalled request, a outage — end with the archive complete and identical; backup_lsn never passes an incomplete object', async (t) => {
+  const proxy = await startS3Proxy(rgw.endpoint);
+  t.teardown(() => proxy.close());
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
+  t.teardown(() => pg.destroy());
+  Object.assign(process.env, rgw.env);
+  const node = await startTestNode({
+    upstream: conninfoOf(pg),
+    dataDir: path.join(tmp.path, 'faults'),
+    remoteStorage: `s3://${BUCKET}/faults`,
+    remoteEndpoint: proxy.endpoint,
+    offload: { intervalMs: 200, partialAfterMs: 0, objectTimeoutMs: 2000 },
+    retention: { keepBytes: BigInt(SEG), replicaWindowMs: 0, intervalMs: 200 },
+  });
+  t.teardown(() => node.stop());
+  await pg.query('CREATE TABLE f (g int, v text)');
+  await until(() => node.node.streams.has('main'), 'the stream');
+  const s = node.node.stream();
+  const prefix = `faults/main/${s.systemId}/`;
+  const watch = watchBackupLsn(() => s.backupLsn, prefix);
+  const isSegmentPut = (m: string, p: string) => m === 'PUT' && /\.zst(\?|$)/.test(p);
+  for (const kind of ['500', '503', 'reset-request', 'stall'] as const) proxy.inject({ kind, match: isSegmentPut, count: 2 });
+  for (let i = 0; i < 6; i++) await pg.query('INSERT INTO f SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 1500) g');
+  const e1 = await flushOf(pg);
+  await until(() => (s.backupLsn ?? 0n) >= e1 - (e1 % BigInt(SEG)), 'the WAL offloaded through the faults', 90_000).catch((e) => {
+    t.log(proxy.requests.slice(0, 40).map((r) => `${r.method} ${r.path.slice(0, 80)} ${r.fault} ${r.status}`).join('\n'));
+    t.log(node.logs.filter((l) => l.component === 'offload').slice(-20).map((l) => JSON.stringify(l)).join('\n'));
+    throw e;
+  });
+  for (const kind of ['500', '503', 'reset-request', 'stall']) t.is(proxy.requests.filter((r) => r.fault === kind).length, 2, `two requests got ${kind}`);
+
+  // A longer outage: WAL waits on the node, then goes up.
+  proxy.outage(true);
+  for (let i = 0; i < 4; i++) await pg.query('INSERT INTO f SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 1500) g');
+  const e2 = await flushOf(pg);
+  await until(() => s.commitLsn >= e2, 'the node to commit during the outage');
+  await new Promise((r) => setTimeout(r, 3000));
+  t.true((s.backupLsn ?? 0n) < e2 - (e2 % BigInt(SEG)), 'nothing more offloaded during the outage');
+  t.true(proxy.requests.some((r) => r.fault === 'outage'), 'the node kept trying');
+  proxy.outage(false);
+  await until(() => (s.backupLsn ?? 0n) >= e2 - (e2 % BigInt(SEG)), 'the backlog offloaded after the outage', 90_000);
+  t.deepEqual(await watch.stop(), []);
+  await checkArchive(t, prefix, e2, [pg.walDir]);
+  const m = await (await fetch(`${node.httpUrl}/metrics`)).text();
+  const errors = Number(/walkeeper_offload_errors_total\{[^}]*\} (\d+)/.exec(m)?.[1]);
+  t.true(errors >= 8, `errors counted (${errors})`);
+});
+
+test('the offloader SIGKILLed in the middle of a multipart upload: no incomplete upload remains after it restarts, the object is complete and identical, backup_lsn was never ahead', async (t) => {
+  const proxy = await startS3Proxy(rgw.endpoint);
+  t.teardown(() => proxy.close());
+  // 16 MiB segments of incompressible WAL: each object is larger than one part (8 MiB).
+  const pg = await startPostgres({ conf: { wal_keep_size: '1GB' } });
+  t.teardown(() => pg.destroy());
+  const n = new NodeProcess({ dataDir: path.join(tmp.path, 'mp'), nodeId: 1, upstream: conninfoOf(pg), env: { ...rgw.env, WALKEEPER_LOG_LEVEL: 'info' }, extraArgs: ['--remote-storage', `s3://${BUCKET}/mp`, '--remote-endpoint', proxy.endpoint, '--offload-partial-after', '0'] });
+  t.teardown(() => n.kill());
+  await n.start();
+  const isPart = (m: string, p: string) => m === 'PUT' && /[?&]partNumber=/.test(p);
+  proxy.inject({ kind: 'stall', match: isPart, count: 1 });
+  await pg.query('CREATE TABLE r (b bytea)');
+  await pg.query("INSERT INTO r SELECT decode(string_agg(md5(random()::text || g::text || i::text), ''), 'hex') FROM generate_series(1, 40) g, generate_series(1, 65536) i GROUP BY g");
+  await pg.query('SELECT pg_switch_wal()');
+  await pg.query('INSERT INTO r VALUES (NULL)');
+  const end = await flushOf(pg);
+  await until(() => proxy.stalled > 0, 'a part upload in flight', 60_000);
+  const before = await view(n);
+  await n.kill();
+  const sysid = before!.system_id;
+  const prefix = `mp/main/${sysid}/`;
+  const open1 = await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }));
+  t.true((open1.Uploads ?? []).length >= 1, 'the kill left an incomplete multipart upload');
+  if (before?.backup_lsn) {
+    const b = parseLsn(before.backup_lsn);
+    t.true((await objects(prefix)).size >= Number(b / BigInt(16 * SEG)) - 1, 'backup_lsn was not ahead of the objects');
+  }
+  await n.start();
+  await until(async () => {
+    const v = await view(n);
+    return v?.backup_lsn !== null && v?.backup_lsn !== undefined && parseLsn(v.backup_lsn) >= end - (end % BigInt(16 * SEG));
+  }, 'the node to offload everything after the restart', 120_000);
+  const open2 = await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }));
+  t.deepEqual(open2.Uploads ?? [], [], 'no incomplete multipart upload remains');
+  const objs = await objects(prefix);
+  const big = [...objs.entries()].filter(([, size]) => size > 8 * SEG);
+  t.true(big.length >= 1, 'some objects went up in parts');
+  for (const [k] of [...objs.entries()].filter(([k]) => k.endsWith('.zst'))) {
+    const plain = await zstdDecompress(await getObject(prefix + k), 16 * SEG);
+    t.true(plain.equals(await readFile(path.join(pg.walDir, k.slice(0, 24)))), `${k} identical`);
+  }
 });

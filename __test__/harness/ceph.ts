@@ -26,6 +26,7 @@ import { freePort } from './ports.js';
 import { createTempDir, onProcessExit, type TempDir } from './tmp.js';
 
 const run = promisify(execFile);
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const live = new Set<ChildProcess>();
 onProcessExit(() => {
   for (const p of live) p.kill('SIGKILL');

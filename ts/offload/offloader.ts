@@ -289,9 +289,15 @@ export class Offloader {
     let wait = BACKOFF_MIN_MS;
     for (;;) {
       if (this.stopped) throw new Stopped();
-      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.cfg.objectTimeoutMs)]);
+      // One controller per attempt, aborted by the timeout or by stop(). (Not AbortSignal.any with
+      // AbortSignal.timeout: on Node 20 the combined signal can be collected before it fires, and a
+      // stalled request then waits forever.)
+      const attempt = new AbortController();
+      const timer = setTimeout(() => attempt.abort(new Error(`no answer within ${this.cfg.objectTimeoutMs} ms`)), this.cfg.objectTimeoutMs);
+      const onStop = () => attempt.abort(new Stopped());
+      this.abort.signal.addEventListener('abort', onStop, { once: true });
       try {
-        const r = await op(signal);
+        const r = await op(attempt.signal);
         if (!this.healthy) this.log.info({ location: this.remote.location }, 'object storage answers again: offload continues');
         this.healthy = true;
         this.lastError = null;
@@ -307,6 +313,9 @@ export class Offloader {
         this.lastError = msg;
         await new Promise((r) => setTimeout(r, wait));
         wait = Math.min(wait * 2, BACKOFF_MAX_MS);
+      } finally {
+        clearTimeout(timer);
+        this.abort.signal.removeEventListener('abort', onStop);
       }
     }
   }
