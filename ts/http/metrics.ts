@@ -22,7 +22,6 @@ export class NodeMetrics {
   private readonly offloadCompressed: Counter<'stream' | 'kind'>;
   private readonly offloadObjects: Counter<'stream' | 'kind'>;
   private readonly offloadErrors: Counter<'stream'>;
-  private readonly offloadCpu: Counter<'stream'>;
 
   constructor(node: MetricsNodeView) {
     const r = this.registry;
@@ -136,7 +135,6 @@ export class NodeMetrics {
     this.offloadCompressed = new Counter({ name: 'walkeeper_offload_compressed_bytes_total', help: 'Bytes of the objects uploaded (after compression).', labelNames: ['stream', 'kind'], registers: [r] });
     this.offloadObjects = new Counter({ name: 'walkeeper_offload_objects_total', help: 'Objects uploaded to object storage, by kind (segment, history, partial).', labelNames: ['stream', 'kind'], registers: [r] });
     this.offloadErrors = new Counter({ name: 'walkeeper_offload_errors_total', help: 'Failed object storage requests (each is retried).', labelNames: ['stream'], registers: [r] });
-    this.offloadCpu = new Counter({ name: 'walkeeper_offload_compress_cpu_seconds_total', help: 'Process CPU seconds spent reading and compressing segments for upload.', labelNames: ['stream'], registers: [r] });
     this.fsyncSeconds = new Histogram({
       name: 'walkeeper_fsync_seconds',
       help: 'Duration of WAL fsyncs.',
@@ -156,11 +154,10 @@ export class NodeMetrics {
     this.fsyncSeconds.observe({ stream }, seconds);
   }
 
-  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number, cpuSeconds: number): void {
+  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number): void {
     this.offloadBytes.inc({ stream, kind }, bytes);
     this.offloadCompressed.inc({ stream, kind }, compressedBytes);
     this.offloadObjects.inc({ stream, kind });
-    this.offloadCpu.inc({ stream }, cpuSeconds);
   }
 
   failed(stream: string): void {

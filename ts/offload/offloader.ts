@@ -30,6 +30,7 @@ import type { Logger } from '../log.js';
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { PartialUpload, Stream } from '../stream/stream.js';
+import type { SegmentInfo } from '../wal/wal_storage.js';
 import { zstdCompress } from '../wal/compress.js';
 import { historyObject, partialObject, segmentObject, streamPrefix } from './names.js';
 import { electOffloader, OFFLOADER_STALE_MS, type Election } from './policy.js';
@@ -53,11 +54,18 @@ export const DEFAULT_OFFLOAD: OffloadConfig = {
 };
 
 const BACKOFF_MIN_MS = 10;
+/**
+ * Segments read, compressed and uploaded at once. Compression runs on the
+ * thread pool and uploads wait on the network, so a few in flight keep both
+ * busy; backup_lsn still moves strictly in order, past each segment once it
+ * and every one before it are complete in the store.
+ */
+const WINDOW = 4;
 const BACKOFF_MAX_MS = 5000;
 
 /** What the node is told about an offloader's work (metrics). */
 export interface OffloadEvents {
-  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number, cpuSeconds: number): void;
+  uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number): void;
   failed(stream: string): void;
 }
 
@@ -77,6 +85,9 @@ class Stopped extends Error {}
 export class Offloader {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
+  /** Asked to look again while a round was running. */
+  private again = false;
+  private unlisten: (() => void) | null = null;
   private abort = new AbortController();
   private stopped = false;
   private election: Election = { offloader: null, eligible: [], gap: false };
@@ -112,12 +123,22 @@ export class Offloader {
     if (this.timer) return;
     this.timer = setInterval(() => this.tick(), this.cfg.intervalMs);
     this.timer.unref();
+    // A segment completed below commit_lsn: upload it now rather than at the next tick, so that
+    // offload keeps up with a primary writing a segment every few hundred milliseconds.
+    const seg = BigInt(this.stream.segmentSize);
+    let lastSeg = this.stream.commitLsn / seg;
+    this.unlisten = this.stream.commitWatch.listen((lsn) => {
+      if (lsn / seg === lastSeg) return;
+      lastSeg = lsn / seg;
+      if (this.election.offloader === this.self.nodeId) this.tick();
+    });
     this.tick();
   }
 
   /** Stops uploading: the object in flight is abandoned (never recorded), and the loop ends. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unlisten?.();
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.abort.abort();
@@ -125,13 +146,21 @@ export class Offloader {
   }
 
   private tick(): void {
-    if (this.stopped || this.running) return;
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
     this.running = this.round()
       .catch((err: Error) => {
         if (!(err instanceof Stopped)) this.log.error({ err: err.message }, 'offload round failed');
       })
       .finally(() => {
         this.running = null;
+        if (this.again) {
+          this.again = false;
+          this.tick();
+        }
       });
   }
 
@@ -180,51 +209,77 @@ export class Offloader {
       }
       const body = Buffer.from(text, 'utf8');
       await this.retry(`upload ${historyObject(tli)}`, (signal) => this.remote.put(this.prefix + historyObject(tli), body, { signal }));
-      this.events.uploaded(s.name, 'history', body.length, body.length, 0);
+      this.events.uploaded(s.name, 'history', body.length, body.length);
       this.log.info({ object: historyObject(tli) }, 'timeline history offloaded');
       this.historiesUp.add(tli);
     }
   }
 
-  /** Complete segments from backup_lsn up to commit_lsn, in order. */
+  /** Complete segments from backup_lsn up to commit_lsn: up to WINDOW at once, backup_lsn advanced in order. */
   private async uploadSegments(): Promise<void> {
     const s = this.stream;
     const seg = BigInt(s.segmentSize);
-    for (;;) {
-      if (this.stopped) throw new Stopped();
-      const files = s.store.list();
-      let segno: bigint;
-      if (s.backupLsn === null || this.election.gap) {
-        const first = files.find((f) => !f.partial && (s.backupLsn === null || f.start >= s.backupLsn));
-        if (!first) return;
-        segno = first.start / seg;
-        if (this.election.gap && s.backupLsn !== null && first.start > s.backupLsn) {
-          this.log.error({ from: formatLsn(s.backupLsn), to: formatLsn(first.start) }, 'no member holds this WAL any more: the archive has a gap here');
+    const inflight: { end: Lsn; done: Promise<void> }[] = [];
+    let next: bigint | null = null;
+    try {
+      for (;;) {
+        while (inflight.length < WINDOW && !this.stopped) {
+          const start = this.nextSegment(next);
+          if (start === null) break;
+          const { segno, file } = start;
+          next = segno + 1n;
+          inflight.push({ end: (segno + 1n) * seg, done: this.uploadSegment(file) });
         }
-      } else {
-        segno = s.backupLsn / seg;
+        const oldest = inflight.shift();
+        if (!oldest) return;
+        await oldest.done;
+        s.advanceBackupLsn(oldest.end);
+        await this.cleanPartials();
       }
-      const end = (segno + 1n) * seg;
-      if (end > s.commitLsn) return;
-      // The segment's newest timeline: after a switch inside it, the new timeline's file holds the old one's bytes up to the switch point.
-      const file = files.filter((f) => f.start / seg === segno).sort((a, b) => b.tli - a.tli)[0];
-      if (!file) {
-        this.log.error({ segno: segno.toString(), backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, 'the next segment to offload is not on this node');
-        return;
-      }
-      if (file.partial) return; // renamed at the next flush
-      const t0 = process.cpuUsage();
-      const raw = await readFile(path.join(s.dir, file.name));
-      if (raw.length !== s.segmentSize) throw new Error(`segment ${file.name} holds ${raw.length} bytes, not ${s.segmentSize}`);
-      const body = await zstdCompress(raw, this.cfg.level);
-      const cpu = process.cpuUsage(t0);
-      const key = segmentObject(file.name);
-      await this.retry(`upload ${key}`, (signal) => this.remote.put(this.prefix + key, body, { signal }));
-      this.events.uploaded(s.name, 'segment', raw.length, body.length, (cpu.user + cpu.system) / 1e6);
-      s.advanceBackupLsn(end);
-      this.log.debug({ object: key, bytes: raw.length, compressed: body.length }, 'segment offloaded');
-      await this.cleanPartials();
+    } finally {
+      // Stopping or failing: let the others settle (their results are not recorded) before returning.
+      await Promise.allSettled(inflight.map((i) => i.done));
     }
+  }
+
+  /** The next complete segment at or below commit_lsn to upload: after `after`, or from backup_lsn. */
+  private nextSegment(after: bigint | null): { segno: bigint; file: SegmentInfo } | null {
+    const s = this.stream;
+    const seg = BigInt(s.segmentSize);
+    const files = s.store.list();
+    let segno: bigint;
+    if (after !== null) {
+      segno = after;
+    } else if (s.backupLsn === null || this.election.gap) {
+      const first = files.find((f) => !f.partial && (s.backupLsn === null || f.start >= s.backupLsn));
+      if (!first) return null;
+      segno = first.start / seg;
+      if (this.election.gap && s.backupLsn !== null && first.start > s.backupLsn) {
+        this.log.error({ from: formatLsn(s.backupLsn), to: formatLsn(first.start) }, 'no member holds this WAL any more: the archive has a gap here');
+      }
+    } else {
+      segno = s.backupLsn / seg;
+    }
+    if ((segno + 1n) * seg > s.commitLsn) return null;
+    // The segment's newest timeline: after a switch inside it, the new timeline's file holds the old one's bytes up to the switch point.
+    const file = files.filter((f) => f.start / seg === segno).sort((a, b) => b.tli - a.tli)[0];
+    if (!file) {
+      this.log.error({ segno: segno.toString(), backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, 'the next segment to offload is not on this node');
+      return null;
+    }
+    if (file.partial) return null; // renamed at the next flush
+    return { segno, file };
+  }
+
+  private async uploadSegment(file: SegmentInfo): Promise<void> {
+    const s = this.stream;
+    const raw = await readFile(path.join(s.dir, file.name));
+    if (raw.length !== s.segmentSize) throw new Error(`segment ${file.name} holds ${raw.length} bytes, not ${s.segmentSize}`);
+    const body = await zstdCompress(raw, this.cfg.level);
+    const key = segmentObject(file.name);
+    await this.retry(`upload ${key}`, (signal) => this.remote.put(this.prefix + key, body, { signal }));
+    this.events.uploaded(s.name, 'segment', raw.length, body.length);
+    this.log.debug({ object: key, bytes: raw.length, compressed: body.length }, 'segment offloaded');
   }
 
   /** After a quiet period: the tail of the segment being written, up to commit_lsn. */
@@ -252,7 +307,7 @@ export class Offloader {
     await s.setPartialUploads([...s.partialUploads, { name, state: 'in_progress' }]);
     await this.retry(`upload ${name}`, (signal) => this.remote.put(this.prefix + name, body, { signal }));
     await s.setPartialUploads(s.partialUploads.map((p) => (p.name === name ? { name, state: 'uploaded' } : p)));
-    this.events.uploaded(s.name, 'partial', Number(commit - segStart), body.length, 0);
+    this.events.uploaded(s.name, 'partial', Number(commit - segStart), body.length);
     this.log.info({ object: name, commit_lsn: formatLsn(commit) }, 'unfinished segment offloaded as a partial object');
     await this.cleanPartials();
   }

@@ -8,7 +8,7 @@ import type { Lsn } from '../lsn.js';
 import { MAX_SEND_SIZE } from '../defaults.js';
 
 export { MAX_SEND_SIZE };
-export type { PumpReport };
+export type { PumpReport, SegmentInfo };
 
 export const XLOGDATA_HEADER_SIZE = 30;
 /** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
