@@ -140,6 +140,7 @@ export interface SendPumpReport {
 export interface NativeBinding {
   zstdCompress(data: Buffer, level: number): Promise<Buffer>;
   zstdDecompress(data: Buffer, maxBytes: number): Promise<Buffer>;
+  zstdCompressFile(path: string, level: number, length?: number, padTo?: number): Promise<{ bytes: number; data: Buffer }>;
   version(): string;
   crc32cImplementation(): string;
   findEndOfWal(

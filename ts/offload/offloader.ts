@@ -22,7 +22,6 @@
  * store fails, WAL accumulates locally (status, log line once per state
  * change, metrics) and nothing is dropped.
  */
-import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import type { Quorum } from '../cluster/quorum.js';
@@ -31,7 +30,7 @@ import { formatLsn, type Lsn } from '../lsn.js';
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { PartialUpload, Stream } from '../stream/stream.js';
 import type { SegmentInfo } from '../wal/wal_storage.js';
-import { zstdCompress } from '../wal/compress.js';
+import { zstdCompressFile } from '../wal/compress.js';
 import { historyObject, partialObject, segmentObject, streamPrefix } from './names.js';
 import { electOffloader, OFFLOADER_STALE_MS, type Election } from './policy.js';
 
@@ -273,13 +272,12 @@ export class Offloader {
 
   private async uploadSegment(file: SegmentInfo): Promise<void> {
     const s = this.stream;
-    const raw = await readFile(path.join(s.dir, file.name));
-    if (raw.length !== s.segmentSize) throw new Error(`segment ${file.name} holds ${raw.length} bytes, not ${s.segmentSize}`);
-    const body = await zstdCompress(raw, this.cfg.level);
+    const { bytes, data: body } = await zstdCompressFile(path.join(s.dir, file.name), this.cfg.level);
+    if (bytes !== s.segmentSize) throw new Error(`segment ${file.name} holds ${bytes} bytes, not ${s.segmentSize}`);
     const key = segmentObject(file.name);
     await this.retry(`upload ${key}`, (signal) => this.remote.put(this.prefix + key, body, { signal }));
-    this.events.uploaded(s.name, 'segment', raw.length, body.length);
-    this.log.debug({ object: key, bytes: raw.length, compressed: body.length }, 'segment offloaded');
+    this.events.uploaded(s.name, 'segment', bytes, body.length);
+    this.log.debug({ object: key, bytes, compressed: body.length }, 'segment offloaded');
   }
 
   /** After a quiet period: the tail of the segment being written, up to commit_lsn. */
@@ -296,14 +294,7 @@ export class Offloader {
     const name = partialObject(file.name.replace(/\.partial$/, ''), commit, this.self.nodeId);
     if (s.partialUploads.some((p) => p.name === name && p.state === 'uploaded')) return;
     // Only WAL at or below commit_lsn: the rest of the segment goes up as zeros.
-    const raw = Buffer.alloc(s.segmentSize);
-    const fh = await open(path.join(s.dir, file.name), 'r');
-    try {
-      await fh.read(raw, 0, Number(commit - segStart), 0);
-    } finally {
-      await fh.close();
-    }
-    const body = await zstdCompress(raw, this.cfg.level);
+    const { data: body } = await zstdCompressFile(path.join(s.dir, file.name), this.cfg.level, { length: Number(commit - segStart), padTo: s.segmentSize });
     await s.setPartialUploads([...s.partialUploads, { name, state: 'in_progress' }]);
     await this.retry(`upload ${name}`, (signal) => this.remote.put(this.prefix + name, body, { signal }));
     await s.setPartialUploads(s.partialUploads.map((p) => (p.name === name ? { name, state: 'uploaded' } : p)));

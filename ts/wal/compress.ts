@@ -17,3 +17,12 @@ export function zstdCompress(data: Buffer, level: number): Promise<Buffer> {
 export function zstdDecompress(data: Buffer, maxBytes: number): Promise<Buffer> {
   return native().zstdDecompress(data, maxBytes);
 }
+
+/**
+ * The first `length` bytes of a file (all of it by default), zero-padded to
+ * `padTo`, read and compressed on the thread pool: a segment never becomes
+ * a 16 MiB JavaScript buffer on its way to object storage.
+ */
+export function zstdCompressFile(file: string, level: number, opts: { length?: number; padTo?: number } = {}): Promise<{ bytes: number; data: Buffer }> {
+  return native().zstdCompressFile(file, level, opts.length, opts.padTo);
+}

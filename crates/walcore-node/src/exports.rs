@@ -38,7 +38,8 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 32] = [
+    let fns: [(&str, crate::napi::Callback); 33] = [
+        ("zstdCompressFile", zstd_compress_file),
         ("zstdCompress", zstd_compress),
         ("zstdDecompress", zstd_decompress),
         ("version", version),
@@ -668,4 +669,19 @@ fn zstd_decompress(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let data = args.buffer_ref(0, "data")?;
     let max = args.u32(1, "maxBytes")? as usize;
     spawn_with_buffers(env, vec![data], move |bufs: &mut [BufferRef]| walcore::zstd::decompress(bufs[0].as_slice(), max).map_err(js_err), |env, out| env.buffer(&out))
+}
+
+/// `zstdCompressFile(path, level, length?, padTo?): Promise<{ bytes, data }>` — a file's first
+/// `length` bytes (all by default), zero-padded to `padTo`, read and compressed on the thread pool.
+fn zstd_compress_file(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let path = PathBuf::from(args.string(0, "path")?);
+    let level = args.u32(1, "level")? as i32;
+    let len = args.opt_u32(2, "length")?.map(|v| v as usize);
+    let pad = args.opt_u32(3, "padTo")?.map(|v| v as usize);
+    spawn(env, move || walcore::zstd::compress_file(&path, level, len, pad).map_err(js_err), |env, (bytes, data)| {
+        let o = env.object()?;
+        env.set(o, "bytes", env.number(bytes as f64)?)?;
+        env.set(o, "data", env.buffer(&data)?)?;
+        Ok(o)
+    })
 }

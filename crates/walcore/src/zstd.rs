@@ -32,10 +32,16 @@ struct DStream {
     _private: [u8; 0],
 }
 
+#[repr(C)]
+struct CCtx {
+    _private: [u8; 0],
+}
+
 #[link(name = "zstd", kind = "static")]
 extern "C" {
     fn ZSTD_compressBound(src_size: usize) -> usize;
-    fn ZSTD_compress(dst: *mut c_void, dst_capacity: usize, src: *const c_void, src_size: usize, level: c_int) -> usize;
+    fn ZSTD_createCCtx() -> *mut CCtx;
+    fn ZSTD_compressCCtx(cctx: *mut CCtx, dst: *mut c_void, dst_capacity: usize, src: *const c_void, src_size: usize, level: c_int) -> usize;
     fn ZSTD_isError(code: usize) -> c_uint;
     fn ZSTD_getErrorName(code: usize) -> *const c_char;
     fn ZSTD_createDStream() -> *mut DStream;
@@ -57,6 +63,15 @@ fn check(code: usize, what: &str) -> Result<usize> {
     Ok(code)
 }
 
+/// A compression context per thread, kept: a fresh one per segment would
+/// allocate and fault in its tables every time.
+struct Ctx(*mut CCtx);
+
+thread_local! {
+    // SAFETY: a plain constructor; null (out of memory) is checked at use.
+    static CCTX: Ctx = Ctx(unsafe { ZSTD_createCCtx() });
+}
+
 /// Compresses `src` into one zstd frame (with its content size) at `level`.
 pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
     // SAFETY: plain functions without arguments.
@@ -68,10 +83,32 @@ pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
     unsafe {
         let bound = check(ZSTD_compressBound(src.len()), "compress")?;
         let mut out = Vec::<u8>::with_capacity(bound);
-        let n = check(ZSTD_compress(out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len(), level), "compress")?;
+        let n = CCTX.with(|c| {
+            if c.0.is_null() {
+                return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
+            }
+            check(ZSTD_compressCCtx(c.0, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len(), level), "compress")
+        })?;
         out.set_len(n);
         Ok(out)
     }
+}
+
+/// Compresses the first `len` bytes of the file at `path` (all of it when
+/// `len` is None), followed by zeros up to `pad_to` when given: a segment
+/// for upload, read and compressed on the calling (pool) thread, so that
+/// its 16 MiB never become a JavaScript buffer.
+pub fn compress_file(path: &std::path::Path, level: i32, len: Option<usize>, pad_to: Option<usize>) -> Result<(usize, Vec<u8>)> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::Io, format!("cannot open {}: {e}", path.display())))?;
+    let size = f.metadata().map_err(|e| Error::new(ErrorCode::Io, format!("cannot stat {}: {e}", path.display())))?.len() as usize;
+    let want = len.unwrap_or(size);
+    if want > size {
+        return Err(Error::new(ErrorCode::InvalidArgument, format!("{} holds {size} bytes, {want} asked for", path.display())));
+    }
+    let mut buf = vec![0u8; pad_to.unwrap_or(want).max(want)];
+    f.take(want as u64).read_exact(&mut buf[..want]).map_err(|e| Error::new(ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
+    Ok((want, compress(&buf, level)?))
 }
 
 struct Stream(*mut DStream);
