@@ -77,7 +77,8 @@ test('wrong argument types and ranges are TypeError and RangeError, never a cras
   typeErr(() => b.storeAppend!(h, 5, Buffer.alloc(1)), /lsn must be a bigint/);
   typeErr(() => b.storeAppend!(h, 5n, 'text'), /data/);
   typeErr(() => b.storeOpen!(42, SEG, 1), /dir/);
-  typeErr(() => b.findEndOfWal!('/tmp', '1', SEG, 0n), /tli/);
+  typeErr(() => b.findEndOfWal!({ dir: '/tmp', tli: '1', segSize: SEG, start: 0n }), /tli/);
+  typeErr(() => b.findEndOfWal!('/tmp', 1, SEG, 0n), /options must be an object/);
   const rangeErr = (f: () => unknown, re: RegExp) => {
     const e = t.throws(f, { instanceOf: RangeError });
     t.regex(e!.message, re);
@@ -87,8 +88,8 @@ test('wrong argument types and ranges are TypeError and RangeError, never a cras
   rangeErr(() => b.storeOpen!('/tmp/x', 1000, 1), /segment size 1000/);
   rangeErr(() => b.storeOpen!('/tmp/x', SEG, 0), /tli/);
   rangeErr(() => b.storeOpen!('/tmp/x', SEG, 1.5), /tli/);
-  rangeErr(() => b.storeFrameNoWait!(h, Buffer.alloc(100), 1, 10n, 5n, 5n), /end 0\/5 must be above start 0\/A/);
-  rangeErr(() => b.findEndOfWal!('/tmp', 1, SEG, 0n, false, undefined, undefined, 14), /PostgreSQL 14/);
+  rangeErr(() => b.storeFrameNoWait!({ store: h, buf: Buffer.alloc(100), tli: 1, start: 10n, end: 5n, walEnd: 5n }), /end 0\/5 must be above start 0\/A/);
+  rangeErr(() => b.findEndOfWal!({ dir: '/tmp', tli: 1, segSize: SEG, start: 0n, pgVersion: 14 }), /PostgreSQL 14/);
   // The store still works after all that.
   t.is(await store.append(0n, walBytes(0, 8192)), 8192n);
 });
@@ -116,7 +117,7 @@ test('errors from the core name the stream directory and the LSN, with a stable 
   t.regex(missing!.message, /cannot list WAL directory .*nope/);
 });
 
-const findEnd = (dir: string) => native().findEndOfWal(dir, 1, SEG, 0n);
+const findEnd = (dir: string) => native().findEndOfWal({ dir, tli: 1, segSize: SEG, start: 0n });
 
 test('framing: exact XLogData bytes in a reused buffer, synchronously from the page cache or on the pool', async (t) => {
   const store = await WalStore.open(dirFor('frame'), SEG, 1);

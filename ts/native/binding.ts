@@ -136,6 +136,66 @@ export interface SendPumpReport {
   tail?: Buffer;
 }
 
+/**
+ * Options of the calls that take more than a handle and a value or two:
+ * each written once, here; the wrappers in ts/wal/ take them (less what
+ * they supply themselves) rather than repeating the parameters.
+ */
+export interface FindEndOptions extends ScanOptions {
+  dir: string;
+  tli: number;
+  segSize: number;
+  start: Lsn;
+}
+
+export interface FrameOptions {
+  store: StoreHandle;
+  buf: Buffer;
+  tli: number;
+  start: Lsn;
+  /** Send nothing at or past this. */
+  end: Lsn;
+  /** walEnd field of the message. */
+  walEnd: Lsn;
+  maxSend?: number;
+  /** Override sendTime (µs since 2000-01-01); default now. */
+  sendTime?: bigint;
+}
+
+export interface ReceivePumpOptions {
+  fd: number;
+  /** Bytes already read from the socket, not yet consumed. */
+  pending: Buffer;
+  store: StoreHandle;
+  start: Lsn;
+  tli: number;
+  systemId: bigint;
+  pgVersion: number;
+  endLsn?: Lsn;
+  synchronous?: boolean;
+}
+
+export interface IngestPumpOptions extends Omit<ReceivePumpOptions, 'endLsn' | 'synchronous'> {
+  flushBytes: number;
+  statusIntervalMs: number;
+}
+
+export interface SendPumpOptions {
+  fd: number;
+  store: StoreHandle;
+  tli: number;
+  maxSend: number;
+}
+
+export interface SendPumpJob {
+  start: Lsn;
+  end: Lsn;
+  walEnd: Lsn;
+  /** Bytes this run may send. */
+  budget: number;
+  zeroCopy?: boolean;
+}
+
 /** The raw N-API surface (crates/walcore-node/src/exports.rs). */
 export interface NativeBinding {
   zstdCompress(data: Buffer, level: number): Promise<Buffer>;
@@ -143,16 +203,7 @@ export interface NativeBinding {
   zstdCompressFile(path: string, level: number, length?: number, padTo?: number): Promise<{ bytes: number; data: Buffer }>;
   version(): string;
   crc32cImplementation(): string;
-  findEndOfWal(
-    dir: string,
-    tli: number,
-    segSize: number,
-    start: Lsn,
-    search?: boolean,
-    prev?: Lsn,
-    systemId?: bigint,
-    pgVersion?: number,
-  ): Promise<ScanResult>;
+  findEndOfWal(o: FindEndOptions): Promise<ScanResult>;
   controlRead(path: string): Promise<Buffer | null>;
   controlWrite(path: string, payload: Buffer): Promise<void>;
   storeOpen(dir: string, segSize: number, tli: number): Promise<StoreHandle>;
@@ -165,30 +216,19 @@ export interface NativeBinding {
   storeTruncate(h: StoreHandle, lsn: Lsn): Promise<void>;
   storeRemoveBelow(h: StoreHandle, segno: number): Promise<string[]>;
   storeRead(h: StoreHandle, tli: number, lsn: Lsn, buf: Buffer): Promise<number>;
-  storeFrameNoWait(h: StoreHandle, buf: Buffer, tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint): number;
-  storeFrame(h: StoreHandle, buf: Buffer, tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint): Promise<number>;
+  storeFrameNoWait(o: FrameOptions): number;
+  storeFrame(o: FrameOptions): Promise<number>;
   storePutHistory(h: StoreHandle, tli: number, content: Buffer): Promise<void>;
   storeGetHistory(h: StoreHandle, tli: number): Promise<Buffer | null>;
-  pumpOpen(fd: number, pending: Buffer, store: StoreHandle, start: Lsn, tli: number, systemId: bigint, pgVersion: number, endLsn?: Lsn, synchronous?: boolean): PumpHandle;
+  pumpOpen(o: ReceivePumpOptions): PumpHandle;
   pumpRun(p: PumpHandle, maxMs: number): Promise<PumpReport>;
   pumpStop(p: PumpHandle): void;
   pumpClose(p: PumpHandle): void;
-  ingestPumpStart(
-    fd: number,
-    pending: Buffer,
-    store: StoreHandle,
-    start: Lsn,
-    tli: number,
-    systemId: bigint,
-    pgVersion: number,
-    flushBytes: number,
-    statusIntervalMs: number,
-    onReport: (r: PumpReport | Error) => void,
-  ): IngestPumpHandle;
+  ingestPumpStart(o: IngestPumpOptions, onReport: (r: PumpReport | Error) => void): IngestPumpHandle;
   ingestPumpSend(p: IngestPumpHandle, message: Buffer): void;
   ingestPumpStop(p: IngestPumpHandle): void;
-  sendPumpOpen(fd: number, store: StoreHandle, tli: number, maxSend: number): SendPumpHandle;
-  sendPumpRun(p: SendPumpHandle, start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy?: boolean): Promise<SendPumpReport>;
+  sendPumpOpen(o: SendPumpOptions): SendPumpHandle;
+  sendPumpRun(p: SendPumpHandle, job: SendPumpJob): Promise<SendPumpReport>;
   sendPumpStop(p: SendPumpHandle): void;
   sendPumpClose(p: SendPumpHandle): void;
 }

@@ -3,7 +3,22 @@
  * place in TypeScript that touches segment files; ingest appends and
  * flushes, senders frame, start-up scans and truncates.
  */
-import { native, type IngestPumpHandle, type PumpHandle, type PumpReport, type ScanOptions, type SendPumpHandle, type SendPumpReport, type ScanResult, type SegmentInfo, type StoreHandle, type StoreState } from '../native/binding.js';
+import {
+  native,
+  type FrameOptions,
+  type IngestPumpHandle,
+  type IngestPumpOptions,
+  type PumpHandle,
+  type PumpReport,
+  type ReceivePumpOptions,
+  type ScanOptions,
+  type SendPumpHandle,
+  type SendPumpReport,
+  type ScanResult,
+  type SegmentInfo,
+  type StoreHandle,
+  type StoreState,
+} from '../native/binding.js';
 import type { Lsn } from '../lsn.js';
 import { MAX_SEND_SIZE } from '../defaults.js';
 
@@ -14,17 +29,11 @@ export const XLOGDATA_HEADER_SIZE = 30;
 /** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
 export const MAX_APPENDV = 10;
 
-export interface FrameRequest {
-  tli: number;
-  start: Lsn;
-  /** Send nothing at or past this. */
-  end: Lsn;
-  /** walEnd field of the message. */
-  walEnd: Lsn;
-  maxSend?: number;
-  /** Override sendTime (µs since 2000-01-01); default now. */
-  sendTime?: bigint;
-}
+/** What one XLogData message covers (the frame calls' options, less the store and the buffer). */
+export type FrameRequest = Omit<FrameOptions, 'store' | 'buf'>;
+
+/** What a pump is told besides the socket it is lent (and this store). */
+type Lent<T> = Omit<T, 'fd' | 'pending' | 'store'>;
 
 export class WalStore {
   private constructor(private readonly h: StoreHandle) {}
@@ -71,8 +80,8 @@ export class WalStore {
    * XLogData here (see crates/walcore/src/pump.rs). `pending`: bytes already
    * read from the socket.
    */
-  pump(fd: number, pending: Buffer, o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; endLsn?: Lsn; synchronous?: boolean }): ReceivePump {
-    return new ReceivePump(native().pumpOpen(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.endLsn, o.synchronous ?? false));
+  pump(fd: number, pending: Buffer, o: Lent<ReceivePumpOptions>): ReceivePump {
+    return new ReceivePump(native().pumpOpen({ ...o, fd, pending, store: this.h }));
   }
 
   /**
@@ -86,7 +95,7 @@ export class WalStore {
   ingestPump(
     fd: number,
     pending: Buffer,
-    o: { start: Lsn; tli: number; systemId: bigint; pgVersion: number; flushBytes: number; statusIntervalMs: number },
+    o: Lent<IngestPumpOptions>,
     onReport: (r: PumpReport) => void,
   ): IngestPump {
     const onNative = (r: PumpReport | Error) => {
@@ -101,7 +110,7 @@ export class WalStore {
       }
     };
     return new IngestPump(
-      native().ingestPumpStart(fd, pending, this.h, o.start, o.tli, o.systemId, o.pgVersion, o.flushBytes, o.statusIntervalMs, onNative),
+      native().ingestPumpStart({ ...o, fd, pending, store: this.h }, onNative),
     );
   }
 
@@ -111,7 +120,7 @@ export class WalStore {
    * (see crates/walcore/src/send_pump.rs). Unix only.
    */
   sendPump(fd: number, tli: number, maxSend: number): SendPump {
-    return new SendPump(native().sendPumpOpen(fd, this.h, tli, maxSend));
+    return new SendPump(native().sendPumpOpen({ fd, store: this.h, tli, maxSend }));
   }
 
   truncate(lsn: Lsn): Promise<void> {
@@ -139,12 +148,12 @@ export class WalStore {
 
   /** The synchronous half of `frame`: -1 when the WAL is not in the page cache. */
   frameNoWait(buf: Buffer, r: FrameRequest): number {
-    return native().storeFrameNoWait(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+    return native().storeFrameNoWait({ ...r, store: this.h, buf });
   }
 
   /** Always on the thread pool (for tests and cold reads). */
   frameAsync(buf: Buffer, r: FrameRequest): Promise<number> {
-    return native().storeFrame(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
+    return native().storeFrame({ ...r, store: this.h, buf });
   }
 
   putHistory(tli: number, content: string | Buffer): Promise<void> {
@@ -159,7 +168,7 @@ export class WalStore {
 
 /** Decodes records forward from `start` in `dir` and reports where valid WAL ends. */
 export function findEndOfWal(dir: string, tli: number, segmentSize: number, start: Lsn, opts: ScanOptions = {}): Promise<ScanResult> {
-  return native().findEndOfWal(dir, tli, segmentSize, start, opts.search, opts.prev, opts.systemId, opts.pgVersion);
+  return native().findEndOfWal({ ...opts, dir, tli, segSize: segmentSize, start });
 }
 
 /** What both pumps share: one run at a time, stop(), and close() once the last run settled. */
@@ -230,7 +239,7 @@ export class SendPump extends LentPump<SendPumpReport> {
    * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs).
    */
   run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean): Promise<SendPumpReport> {
-    return this.track(native().sendPumpRun(this.h, start, end, walEnd, budget, zeroCopy));
+    return this.track(native().sendPumpRun(this.h, { start, end, walEnd, budget, zeroCopy }));
   }
 
   /** Makes a running run() return before its next message. */

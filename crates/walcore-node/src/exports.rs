@@ -127,8 +127,9 @@ fn opt_lsn(env: &Env, l: Option<Lsn>) -> JsResult<napi_value> {
     }
 }
 
-/// `findEndOfWal(dir, tli, segSize, start, search?, prev?, systemId?, pgVersion?)`
+/// `findEndOfWal({ dir, tli, segSize, start, search?, prev?, systemId?, pgVersion? })`
 fn find_end(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let args = &args.object(0, "options", &["dir", "tli", "segSize", "start", "search", "prev", "systemId", "pgVersion"])?;
     let dir = PathBuf::from(args.string(0, "dir")?);
     let tli = tli_arg(args, 1)?;
     let seg = seg_size_arg(args, 2)?;
@@ -320,7 +321,10 @@ fn store_read(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     )
 }
 
-/// Arguments 1..=7 of the frame calls: buf, tli, start, end, walEnd, maxSend?, sendTime?
+/// The frame calls' options: { store, buf, tli, start, end, walEnd, maxSend?, sendTime? }.
+const FRAME_OPTIONS: [&str; 8] = ["store", "buf", "tli", "start", "end", "walEnd", "maxSend", "sendTime"];
+
+/// Options 2..=7 of the frame calls (after store and buf).
 fn frame_request(args: &CallArgs) -> JsResult<FrameRequest> {
     let tli = tli_arg(args, 2)?;
     let start = lsn_arg(args, 3, "start")?;
@@ -337,10 +341,11 @@ fn frame_request(args: &CallArgs) -> JsResult<FrameRequest> {
     Ok(FrameRequest { tli, start, end, wal_end, send_time, max_send })
 }
 
-/// `storeFrameNoWait(store, buf, tli, start, end, walEnd, maxSend?, sendTime?): number`
+/// `storeFrameNoWait({ store, buf, tli, start, end, walEnd, maxSend?, sendTime? }): number`
 /// — bytes of `buf` used by one XLogData message, or -1 when the WAL is not
 /// in the page cache (then call `storeFrame`).
 fn store_frame_nowait(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let args = &args.object(0, "options", &FRAME_OPTIONS)?;
     let s = store_arg(args)?;
     let req = frame_request(args)?;
     let buf = args.buffer(1, "buf")?;
@@ -350,8 +355,9 @@ fn store_frame_nowait(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     }
 }
 
-/// `storeFrame(store, buf, …): Promise<number>` — the same on the thread pool.
+/// `storeFrame({ store, buf, … }): Promise<number>` — the same on the thread pool.
 fn store_frame(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let args = &args.object(0, "options", &FRAME_OPTIONS)?;
     let s = store_arg(args)?;
     let req = frame_request(args)?;
     let buf = args.buffer_ref(1, "buf")?;
@@ -395,10 +401,11 @@ fn pump_arg(args: &CallArgs) -> JsResult<Arc<PumpHandle<Pump>>> {
     args.external::<PumpHandle<Pump>>(0, "pump", &PUMP_TAG)
 }
 
-/// `pumpOpen(fd, pending, store, start, tli, systemId, pgVersion, endLsn?, synchronous?): PumpHandle`
+/// `pumpOpen({ fd, pending, store, start, tli, systemId, pgVersion, endLsn?, synchronous? }): PumpHandle`
 /// (memory only: duplicates `fd`, copies `pending`).
 #[cfg(unix)]
 fn pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let args = &args.object(0, "options", &["fd", "pending", "store", "start", "tli", "systemId", "pgVersion", "endLsn", "synchronous"])?;
     let fd = args.u32(0, "fd")? as i32;
     let pending = args.buffer(1, "pending")?.to_vec();
     let store = args.external::<Store>(2, "store", &STORE_TAG)?;
@@ -464,8 +471,8 @@ fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<n
     Ok(o)
 }
 
-/// `ingestPumpStart(fd, pending, store, start, tli, systemId, pgVersion,
-/// flushBytes, statusIntervalMs, onReport): IngestPumpHandle` — node ingest:
+/// `ingestPumpStart({ fd, pending, store, start, tli, systemId, pgVersion,
+/// flushBytes, statusIntervalMs }, onReport): IngestPumpHandle` — node ingest:
 /// a receive pump on a thread of its own that fsyncs as soon as the socket
 /// is drained and sends the status updates itself (walcore::pump::Answer).
 /// `onReport(report)` runs on the JS thread after progress, with everything
@@ -473,6 +480,11 @@ fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<n
 #[cfg(unix)]
 fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     use walcore::pump::{Answer, Live};
+    let on_report = args.get(1).ok_or_else(|| JsError::type_error("onReport must be a function"))?;
+    if args.type_of(1)? != crate::napi_sys::napi_function {
+        return Err(JsError::type_error("onReport must be a function").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
+    }
+    let args = &args.object(0, "options", &["fd", "pending", "store", "start", "tli", "systemId", "pgVersion", "flushBytes", "statusIntervalMs"])?;
     let fd = args.u32(0, "fd")? as i32;
     let pending = args.buffer(1, "pending")?.to_vec();
     let store = args.external::<Store>(2, "store", &STORE_TAG)?;
@@ -488,10 +500,6 @@ fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         peer: "the upstream",
         answer: Some(Answer { status_interval: interval, flush_bytes }),
     };
-    let on_report = args.get(9).ok_or_else(|| JsError::type_error("onReport must be a function"))?;
-    if args.type_of(9)? != crate::napi_sys::napi_function {
-        return Err(JsError::type_error("onReport must be a function").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
-    }
     let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
     let live = Live::new(&pump);
     let l = live.clone();
@@ -559,9 +567,10 @@ fn send_pump_arg(args: &CallArgs) -> JsResult<Arc<PumpHandle<SendPump>>> {
     args.external::<PumpHandle<SendPump>>(0, "sendPump", &SEND_PUMP_TAG)
 }
 
-/// `sendPumpOpen(fd, store, tli, maxSend): SendPumpHandle` (duplicates `fd`).
+/// `sendPumpOpen({ fd, store, tli, maxSend }): SendPumpHandle` (duplicates `fd`).
 #[cfg(unix)]
 fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    let args = &args.object(0, "options", &["fd", "store", "tli", "maxSend"])?;
     let fd = args.u32(0, "fd")? as i32;
     let store = args.external::<Store>(1, "store", &STORE_TAG)?;
     let tli = tli_arg(args, 2)?;
@@ -570,11 +579,12 @@ fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     env.external(Arc::new(PumpHandle::new(pump)), &SEND_PUMP_TAG)
 }
 
-/// `sendPumpRun(pump, start, end, walEnd, budget, zeroCopy?): Promise<SendPumpReport>` —
+/// `sendPumpRun(pump, { start, end, walEnd, budget, zeroCopy? }): Promise<SendPumpReport>` —
 /// writes without blocking on the thread pool (see walcore::send_pump).
 #[cfg(unix)]
 fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let h = send_pump_arg(args)?;
+    let args = &args.object(1, "options", &["", "start", "end", "walEnd", "budget", "zeroCopy"])?;
     let job = SendJob {
         start: lsn_arg(args, 1, "start")?,
         end: lsn_arg(args, 2, "end")?,

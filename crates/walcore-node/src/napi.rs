@@ -545,6 +545,23 @@ impl CallArgs {
         (i < self.len()).then(|| self.argv[i])
     }
 
+    /// The properties `names` of the options object in argument `i`, read as
+    /// if they were the arguments 0..names.len() of a call: every reader
+    /// below applies to them, and its errors name the property. An empty
+    /// name leaves its position undefined (for a handle passed before the
+    /// object).
+    pub fn object(&self, i: usize, name: &str, names: &[&str]) -> JsResult<CallArgs> {
+        assert!(names.len() <= MAX_ARGS, "at most {MAX_ARGS} options");
+        let o = self.expect(i, name, sys::napi_object, "an object")?;
+        let mut argv = [ptr::null_mut(); MAX_ARGS];
+        for (k, n) in names.iter().enumerate() {
+            let key = std::ffi::CString::new(*n).expect("option names have no NUL");
+            // SAFETY: o is an object handle of this call; key is NUL-terminated; out-pointer.
+            self.env.check(unsafe { sys::napi_get_named_property(self.env.0, o, key.as_ptr(), &mut argv[k]) })?;
+        }
+        Ok(CallArgs { env: self.env, argc: names.len(), argv, this: self.this })
+    }
+
     /// `typeof` of argument `i` (napi_undefined when missing).
     pub fn type_of(&self, i: usize) -> JsResult<sys::napi_valuetype> {
         let Some(v) = self.get(i) else {

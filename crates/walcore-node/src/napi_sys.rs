@@ -243,6 +243,12 @@ extern "C" {
         this_arg: *mut napi_value,
         data: *mut *mut c_void,
     ) -> napi_status;
+    pub fn napi_get_named_property(
+        env: napi_env,
+        object: napi_value,
+        utf8name: *const c_char,
+        result: *mut napi_value,
+    ) -> napi_status;
     pub fn napi_typeof(
         env: napi_env,
         value: napi_value,
