@@ -34,7 +34,7 @@ import type { Logger } from '../log.js';
 import type { Replica } from '../stream/replica.js';
 import { MAX_SEND_SIZE } from '../defaults.js';
 import type { Slot, Stream } from '../stream/stream.js';
-import { type SendPump, XLOGDATA_HEADER_SIZE } from '../wal/wal_storage.js';
+import { isWalcoreError, type SendPump, XLOGDATA_HEADER_SIZE } from '../wal/wal_storage.js';
 
 export interface SenderConfig {
   /** Idle time after which a keepalive (reply requested) is sent. Neon: POLL_STATE_TIMEOUT 1 s. */
@@ -277,7 +277,7 @@ export class WalSender {
           n = typeof r === 'number' ? r : await r;
         } catch (err) {
           this.release(i);
-          return this.readFailed(err as NodeJS.ErrnoException);
+          return this.readFailed(err as Error);
         }
         this.sent += BigInt(n - XLOGDATA_HEADER_SIZE);
         this.replica.sentLsn = this.sent;
@@ -383,8 +383,8 @@ export class WalSender {
     this.conn.write(keepalive(this.walEnd(), pgNow(), replyRequested));
   }
 
-  private readFailed(err: NodeJS.ErrnoException): SenderEnd {
-    if (err.code === 'WALCORE_REMOVED') {
+  private readFailed(err: Error): SenderEnd {
+    if (isWalcoreError(err, 'WALCORE_REMOVED')) {
       return this.sendEndError(SQLSTATE.UNDEFINED_FILE, err.message.replace(/^.*?(requested WAL segment)/, '$1'));
     }
     this.log.error({ err: err.message, lsn: formatLsn(this.sent) }, 'cannot read WAL');

@@ -24,6 +24,7 @@ import { MAX_SEND_SIZE } from '../defaults.js';
 
 export { MAX_SEND_SIZE };
 export type { PumpReport, SegmentInfo };
+export { isWalcoreError, type WalcoreError, type WalcoreErrorCode } from '../native/errors.js';
 
 export const XLOGDATA_HEADER_SIZE = 30;
 /** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
