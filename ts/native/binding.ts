@@ -81,7 +81,7 @@ export interface StoreHandle {
   readonly __walcoreStore: unique symbol;
 }
 
-/** Opaque handle to a Rust receive pump (crates/walcore/src/pump.rs). */
+/** Opaque handle to a Rust receive pump (crates/walcore/src/receive_pump.rs). */
 export interface PumpHandle {
   readonly __walcorePump: unique symbol;
 }
@@ -100,7 +100,7 @@ export interface PumpReport {
   replyRequested: boolean;
   /** Seconds each fsync took. */
   fsyncs: number[];
-  /** Set when the pump stopped for good (see pump.rs `End`). */
+  /** Set when the pump stopped for good (see receive_pump.rs `End`). */
   end?: 'other' | 'eof' | 'io' | 'bad' | 'store' | 'endpos' | 'stopped';
   message?: string;
   /** With end 'store': the store error's code (WALCORE_…). */
@@ -109,7 +109,7 @@ export interface PumpReport {
   leftover?: Buffer;
 }
 
-/** Opaque handle to a Rust ingest pump (pump.rs `Live`: a receive pump on its own thread that answers for itself). */
+/** Opaque handle to a Rust ingest pump (receive_pump.rs `ReceiveThread`: a receive pump on its own thread that answers for itself). */
 export interface IngestPumpHandle {
   readonly __walcoreIngestPump: unique symbol;
 }

@@ -78,7 +78,7 @@ export class WalStore {
 
   /**
    * Lends a replication socket in COPY to a Rust pump that appends its
-   * XLogData here (see crates/walcore/src/pump.rs). `pending`: bytes already
+   * XLogData here (see crates/walcore/src/receive_pump.rs). `pending`: bytes already
    * read from the socket.
    */
   pump(fd: number, pending: Buffer, o: Lent<ReceivePumpOptions>): ReceivePump {
@@ -89,7 +89,7 @@ export class WalStore {
    * Node ingest: lends a replication socket in COPY to a Rust pump on a
    * thread of its own. It appends the XLogData here, fsyncs as soon as
    * nothing more is readable, and sends the standby status updates itself
-   * right after each fsync (see pump.rs `Answer`). `onReport` runs on the
+   * right after each fsync (see receive_pump.rs `Answer`). `onReport` runs on the
    * JS thread after progress, with everything since the previous report; the
    * one with `end` is the last.
    */

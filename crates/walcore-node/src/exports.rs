@@ -33,6 +33,14 @@ fn range_error(msg: impl Into<String>) -> JsError {
     JsError::range_error(msg).with_code(crate::napi::OUT_OF_RANGE_CODE)
 }
 
+/// A constructor's refusal of its arguments is a RangeError, as the argument readers' are; anything else keeps its code.
+fn arg_err(e: walcore::Error) -> JsError {
+    match e.code {
+        walcore::error::ErrorCode::InvalidArgument | walcore::error::ErrorCode::UnsupportedVersion => range_error(e.message),
+        _ => js_err(e),
+    }
+}
+
 fn js_err(e: walcore::Error) -> JsError {
     JsError::error(e.code.as_str(), e.message)
 }
@@ -390,15 +398,15 @@ fn store_get_history(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 }
 
 // ---------------------------------------------------------------------------
-// The receive pump (walcore::pump): socket → checks → store on the thread pool
+// The receive pump (walcore::receive_pump): socket → checks → store on the thread pool
 // ---------------------------------------------------------------------------
 
 #[cfg(unix)]
-use walcore::pump::{End, Pump, PumpConfig, PumpHandle};
+use walcore::receive_pump::{End, ReceivePump, PumpConfig, PumpHandle};
 
 #[cfg(unix)]
-fn pump_arg(args: &CallArgs) -> JsResult<Arc<PumpHandle<Pump>>> {
-    args.external::<PumpHandle<Pump>>(0, "pump", &PUMP_TAG)
+fn pump_arg(args: &CallArgs) -> JsResult<Arc<PumpHandle<ReceivePump>>> {
+    args.external::<PumpHandle<ReceivePump>>(0, "pump", &PUMP_TAG)
 }
 
 /// `pumpOpen({ fd, pending, store, start, tli, systemId, pgVersion, endLsn?, synchronous? }): PumpHandle`
@@ -419,12 +427,12 @@ fn pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         peer: "the node",
         answer: None,
     };
-    let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
+    let pump = ReceivePump::new(fd, &pending, store, cfg).map_err(arg_err)?;
     env.external(Arc::new(PumpHandle::new(pump)), &PUMP_TAG)
 }
 
 /// `pumpRun(pump, maxMs): Promise<PumpReport>` — works on the thread pool until
-/// there is something to act on (see walcore::pump::Pump::run).
+/// there is something to act on (see walcore::receive_pump::ReceivePump::run).
 #[cfg(unix)]
 fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let h = pump_arg(args)?;
@@ -441,7 +449,7 @@ fn pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 
 /// A pump report as JS sees it (`PumpReport` in ts/native.ts).
 #[cfg(unix)]
-fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<napi_value> {
+fn report_object(env: &Env, r: &walcore::receive_pump::Report, peer: &str) -> JsResult<napi_value> {
     let o = env.object()?;
     env.set(o, "received", env.bigint(r.received.0)?)?;
     env.set(o, "flushed", env.bigint(r.flushed.0)?)?;
@@ -474,12 +482,12 @@ fn report_object(env: &Env, r: &walcore::pump::Report, peer: &str) -> JsResult<n
 /// `ingestPumpStart({ fd, pending, store, start, tli, systemId, pgVersion,
 /// flushBytes, statusIntervalMs }, onReport): IngestPumpHandle` — node ingest:
 /// a receive pump on a thread of its own that fsyncs as soon as the socket
-/// is drained and sends the status updates itself (walcore::pump::Answer).
+/// is drained and sends the status updates itself (walcore::receive_pump::Answer).
 /// `onReport(report)` runs on the JS thread after progress, with everything
 /// since the previous call; the report with `end` is the last.
 #[cfg(unix)]
 fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    use walcore::pump::{Answer, Live};
+    use walcore::receive_pump::{Answer, ReceiveThread};
     let on_report = args.get(1).ok_or_else(|| JsError::type_error("onReport must be a function"))?;
     if args.type_of(1)? != crate::napi_sys::napi_function {
         return Err(JsError::type_error("onReport must be a function").with_code(crate::napi::INVALID_ARG_TYPE_CODE));
@@ -500,8 +508,8 @@ fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         peer: "the upstream",
         answer: Some(Answer { status_interval: interval, flush_bytes }),
     };
-    let pump = Pump::new(fd, &pending, store, cfg).map_err(range_error)?;
-    let live = Live::new(&pump);
+    let pump = ReceivePump::new(fd, &pending, store, cfg).map_err(arg_err)?;
+    let live = ReceiveThread::new(&pump);
     let l = live.clone();
     let call = crate::napi::ThreadsafeCall::new(env, on_report, "walkeeper-ingest", move |env| {
         report_object(env, &l.take(), "the upstream")
@@ -514,8 +522,8 @@ fn ingest_pump_start(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 }
 
 #[cfg(unix)]
-fn ingest_pump_arg(args: &CallArgs) -> JsResult<Arc<walcore::pump::Live>> {
-    args.external::<walcore::pump::Live>(0, "pump", &INGEST_PUMP_TAG)
+fn ingest_pump_arg(args: &CallArgs) -> JsResult<Arc<walcore::receive_pump::ReceiveThread>> {
+    args.external::<walcore::receive_pump::ReceiveThread>(0, "pump", &INGEST_PUMP_TAG)
 }
 
 /// `ingestPumpSend(pump, message)`: queues whole protocol messages for the
@@ -575,7 +583,7 @@ fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let store = args.external::<Store>(1, "store", &STORE_TAG)?;
     let tli = tli_arg(args, 2)?;
     let max_send = args.u32(3, "maxSend")? as usize;
-    let pump = SendPump::new(fd, store, tli, max_send).map_err(range_error)?;
+    let pump = SendPump::new(fd, store, tli, max_send).map_err(arg_err)?;
     env.external(Arc::new(PumpHandle::new(pump)), &SEND_PUMP_TAG)
 }
 

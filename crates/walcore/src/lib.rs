@@ -16,20 +16,20 @@ pub mod crc32c;
 pub mod error;
 pub mod lsn;
 pub mod page;
+pub mod page_check;
 #[cfg(unix)]
-pub mod pump;
+pub mod receive_pump;
 pub mod record;
 pub mod scan;
 #[cfg(unix)]
 pub mod send_pump;
 pub mod source;
 pub mod store;
-pub mod stream_check;
 pub mod sys;
 pub mod xlogdata;
+pub mod zstd;
 #[cfg(test)]
 pub mod testwal;
 
 pub use error::{Error, ErrorCode, Result};
 pub use lsn::Lsn;
-pub mod zstd;

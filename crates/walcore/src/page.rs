@@ -88,7 +88,12 @@ impl PageHeader {
         seg_size: u64,
         magic: Option<u16>,
         system_id: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> crate::error::Result<()> {
+        self.problem(expected, seg_size, magic, system_id).map_err(|why| crate::error::Error::new(crate::error::ErrorCode::Corrupt, why))
+    }
+
+    /// Why this page is not the one expected at `expected`, if it is not.
+    fn problem(&self, expected: Lsn, seg_size: u64, magic: Option<u16>, system_id: Option<u64>) -> Result<(), String> {
         if pg_version_for_magic(self.magic).is_none() {
             return Err(format!("invalid magic number {:04X} in WAL page at {expected}", self.magic));
         }
@@ -187,7 +192,7 @@ mod tests {
     fn validation_failures() {
         let good = PageHeader::decode(&REAL_FIRST_PAGE).unwrap();
         let seg = 16 << 20;
-        let e = |h: PageHeader, at: u64, m: Option<u16>, s: Option<u64>| h.validate(Lsn(at), seg, m, s).unwrap_err();
+        let e = |h: PageHeader, at: u64, m: Option<u16>, s: Option<u64>| h.validate(Lsn(at), seg, m, s).unwrap_err().message;
         assert!(e(PageHeader { magic: 0xD10D, ..good }, 0x900_0000, None, None).contains("invalid magic"));
         assert!(e(good, 0x900_0000, Some(0xD116), None).contains("earlier pages"));
         assert!(e(PageHeader { info: 0x16, ..good }, 0x900_0000, None, None).contains("info bits"));
@@ -196,7 +201,7 @@ mod tests {
         assert!(e(good, 0x900_2000, None, None).contains("unexpected long header"));
         let short = PageHeader { info: 0, long: None, ..good };
         assert!(e(short, 0x900_0000, None, None).contains("no long header"));
-        assert!(good.validate(Lsn(0x900_0000), 1 << 20, None, None).unwrap_err().contains("segment size"));
+        assert!(good.validate(Lsn(0x900_0000), 1 << 20, None, None).unwrap_err().message.contains("segment size"));
         assert_eq!(PageHeader::decode(&REAL_FIRST_PAGE[..30]), None);
         assert_eq!(magic_for_pg_version(17), Some(0xD116));
         assert_eq!(magic_for_pg_version(14), None);

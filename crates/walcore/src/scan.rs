@@ -135,8 +135,8 @@ impl<'a, S: WalSource + ?Sized> Scanner<'a, S> {
         let Some(h) = PageHeader::decode(bytes) else {
             return Ok(Err(Stop(format!("cannot decode page header at {page}"), page)));
         };
-        if let Err(msg) = h.validate(page, self.seg_size, self.magic, self.system_id) {
-            return Ok(Err(Stop(msg, page)));
+        if let Err(e) = h.validate(page, self.seg_size, self.magic, self.system_id) {
+            return Ok(Err(Stop(e.message, page)));
         }
         if let Some(t) = self.tli {
             if h.tli < t {

@@ -96,18 +96,18 @@ pub struct SendPump {
 impl SendPump {
     /// `fd` is the caller's socket, in non-blocking mode; the pump writes to a
     /// duplicate of it, closed when the pump is dropped.
-    pub fn new(fd: i32, store: Arc<Store>, tli: u32, max_send: usize) -> Result<SendPump, String> {
+    pub fn new(fd: i32, store: Arc<Store>, tli: u32, max_send: usize) -> crate::error::Result<SendPump> {
         use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
         if fd < 0 {
-            return Err(format!("invalid socket descriptor {fd}"));
+            return Err(crate::error::Error::new(crate::error::ErrorCode::InvalidArgument, format!("invalid socket descriptor {fd}")));
         }
         if tli == 0 {
-            return Err("timeline 0 is not valid".into());
+            return Err(crate::error::Error::new(crate::error::ErrorCode::InvalidArgument, "timeline 0 is not valid"));
         }
         // SAFETY: the caller owns `fd` and keeps it open during this call.
         let dup = unsafe { BorrowedFd::borrow_raw(fd) }
             .try_clone_to_owned()
-            .map_err(|e| format!("cannot duplicate socket descriptor {fd}: {e}"))?;
+            .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, format!("cannot duplicate socket descriptor {fd}: {e}")))?;
         // SAFETY: `dup` is a fresh descriptor we own; TcpStream takes it over.
         let sock = unsafe { std::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
         Ok(SendPump { sock, store, tli, max_send: max_send.max(1), sendfile: true, scratch: Vec::new() })

@@ -7,12 +7,12 @@
 //! in COPY (the handshake, authentication and TLS stay in TypeScript), the
 //! caller pauses its socket and lends the pump a duplicate of its descriptor.
 //! The pump reads large chunks, checks each XLogData (contiguous, within the
-//! walEnd it announces, page headers — see `stream_check`), appends it to the
+//! walEnd it announces, page headers — see `page_check`), appends it to the
 //! store, and fsyncs when a segment completes, when the stream pauses, and at
 //! least every second (after every message with `synchronous`). It only
 //! reads: the caller keeps writing status updates on its own socket.
 //!
-//! [`Pump::run`] returns to the caller at every event it must act on —
+//! [`ReceivePump::run`] returns to the caller at every event it must act on —
 //! a flush to report, a keepalive asking for a reply, the end of the stream,
 //! `max` elapsed — with the progress so far. It stops, leaving the message
 //! and everything after it unread in [`Report::leftover`], at the first
@@ -26,7 +26,7 @@
 //! PostgreSQL's own walreceiver sends it from the process that fsynced;
 //! going through JavaScript and the thread pool cost ~0.5 ms per commit.
 //! The caller then writes nothing on the socket itself: what it has to say
-//! (hot standby feedback) goes through [`Pump::outbox`].
+//! (hot standby feedback) goes through [`ReceivePump::outbox`].
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::lsn::Lsn;
 use crate::store::Store;
-use crate::stream_check::StreamCheck;
+use crate::page_check::PageHeaderCheck;
 use crate::Error;
 
 const XLOG_DATA_HEADER: usize = 25;
@@ -91,7 +91,7 @@ pub enum End {
     Store(Error),
     /// WAL past `end_lsn` was received (and flushed).
     EndPos,
-    /// The caller asked it to stop (see [`Pump::finish`]).
+    /// The caller asked it to stop (see [`ReceivePump::finish`]).
     Stopped,
 }
 
@@ -116,10 +116,10 @@ pub struct Report {
     pub leftover: Vec<u8>,
 }
 
-pub struct Pump {
+pub struct ReceivePump {
     sock: std::net::TcpStream,
     store: Arc<Store>,
-    check: StreamCheck,
+    check: PageHeaderCheck,
     cfg: PumpConfig,
     buf: Vec<u8>,
     head: usize,
@@ -143,27 +143,27 @@ pub struct Pump {
     pub outbox: Arc<Mutex<Vec<u8>>>,
 }
 
-impl Pump {
+impl ReceivePump {
     /// `fd` is the caller's socket, in non-blocking mode; the pump reads a
     /// duplicate of it (closed when the pump is dropped), so the caller
     /// closing its own never leaves the pump reading a reused descriptor.
     /// `pending` are bytes the caller already read past CopyBothResponse.
-    pub fn new(fd: i32, pending: &[u8], store: Arc<Store>, cfg: PumpConfig) -> Result<Pump, String> {
+    pub fn new(fd: i32, pending: &[u8], store: Arc<Store>, cfg: PumpConfig) -> crate::error::Result<ReceivePump> {
         use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
         if fd < 0 {
-            return Err(format!("invalid socket descriptor {fd}"));
+            return Err(crate::error::Error::new(crate::error::ErrorCode::InvalidArgument, format!("invalid socket descriptor {fd}")));
         }
         // SAFETY: the caller owns `fd` and keeps it open during this call.
         let dup = unsafe { BorrowedFd::borrow_raw(fd) }
             .try_clone_to_owned()
-            .map_err(|e| format!("cannot duplicate socket descriptor {fd}: {e}"))?;
+            .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, format!("cannot duplicate socket descriptor {fd}: {e}")))?;
         // SAFETY: `dup` is a fresh descriptor we own; TcpStream takes it over.
         let sock = unsafe { std::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
-        let check = StreamCheck::new(store.seg_size(), cfg.system_id, cfg.pg_version, cfg.tli)?;
+        let check = PageHeaderCheck::new(store.seg_size(), cfg.system_id, cfg.pg_version, cfg.tli)?;
         let mut buf = vec![0u8; BUF.max(pending.len() * 2)];
         buf[..pending.len()].copy_from_slice(pending);
         let now = Instant::now();
-        Ok(Pump {
+        Ok(ReceivePump {
             sock,
             check,
             expected: cfg.start,
@@ -423,7 +423,7 @@ impl Pump {
                         )));
                     }
                     let peer = self.cfg.peer;
-                    self.check.check(start, data).map_err(|why| End::Bad(format!("{peer} sent invalid WAL: {why}")))?;
+                    self.check.check(start, data).map_err(|why| End::Bad(format!("{peer} sent invalid WAL: {}", why.message)))?;
                     self.store.append(start, data).map_err(End::Store)?;
                     let seg = self.store.seg_size();
                     self.unflushed_bytes += data.len() as u64;
@@ -525,16 +525,16 @@ impl Pump {
 /// thread for good and put a round trip through it between the flush and
 /// the next read. The thread runs the pump until it ends or is stopped, and
 /// calls `notify` after each run that moved something — at most one call
-/// outstanding: the caller's [`Live::take`] collects everything since.
-pub struct Live {
+/// outstanding: the caller's [`ReceiveThread::take`] collects everything since.
+pub struct ReceiveThread {
     pub stop: AtomicBool,
-    /// Whole protocol messages for the pump to send (see [`Pump::outbox`]).
+    /// Whole protocol messages for the pump to send (see [`ReceivePump::outbox`]).
     pub outbox: Arc<Mutex<Vec<u8>>>,
     state: Mutex<Report>,
     notified: AtomicBool,
 }
 
-impl Live {
+impl ReceiveThread {
     /// Progress since the last call (fsync times, counters), the latest
     /// positions, and the end once, with its leftover.
     pub fn take(&self) -> Report {
@@ -553,9 +553,9 @@ impl Live {
         }
     }
 
-    /// The shared state for running `pump` with [`Live::start`].
-    pub fn new(pump: &Pump) -> Arc<Live> {
-        Arc::new(Live {
+    /// The shared state for running `pump` with [`ReceiveThread::start`].
+    pub fn new(pump: &ReceivePump) -> Arc<ReceiveThread> {
+        Arc::new(ReceiveThread {
             stop: AtomicBool::new(false),
             outbox: pump.outbox.clone(),
             state: Mutex::new(Report { received: pump.expected, flushed: pump.flushed, ..Default::default() }),
@@ -563,9 +563,9 @@ impl Live {
         })
     }
 
-    /// Runs `pump` on a new thread (see [`Live`]); the pump, and its socket
+    /// Runs `pump` on a new thread (see [`ReceiveThread`]); the pump, and its socket
     /// duplicate, are dropped when it ends, after the last `notify`.
-    pub fn start(self: &Arc<Live>, mut pump: Pump, notify: impl Fn() + Send + 'static) -> io::Result<()> {
+    pub fn start(self: &Arc<ReceiveThread>, mut pump: ReceivePump, notify: impl Fn() + Send + 'static) -> io::Result<()> {
         let l = self.clone();
         std::thread::Builder::new().name("walkeeper-pump".into()).spawn(move || loop {
             let mut r = pump.run(Duration::from_secs(1), &l.stop);
@@ -672,7 +672,7 @@ mod tests {
     }
 
     /// A pump reading one end of a loopback connection; the other end to write to.
-    fn setup(tag: &str, end_lsn: Option<Lsn>) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
+    fn setup(tag: &str, end_lsn: Option<Lsn>) -> (TempDir, Arc<Store>, ReceivePump, TcpStream, WalBuilder) {
         setup_with(tag, end_lsn, None)
     }
 
@@ -680,7 +680,7 @@ mod tests {
         tag: &str,
         end_lsn: Option<Lsn>,
         answer: Option<Answer>,
-    ) -> (TempDir, Arc<Store>, Pump, TcpStream, WalBuilder) {
+    ) -> (TempDir, Arc<Store>, ReceivePump, TcpStream, WalBuilder) {
         let mut b = WalBuilder::new(SEG, Lsn(SEG));
         for i in 0..120 {
             b.record(10, 0, [10, 9000, 300, 70_000, 5][i % 5]);
@@ -701,14 +701,14 @@ mod tests {
             peer: "the node",
             answer,
         };
-        let pump = Pump::new(reader.as_raw_fd(), b"", store.clone(), cfg).unwrap();
+        let pump = ReceivePump::new(reader.as_raw_fd(), b"", store.clone(), cfg).unwrap();
         // The pump reads its own duplicate: closing ours must not matter.
         drop(reader);
         (dir, store, pump, writer, b)
     }
 
     /// Runs the pump until it ends (or `max_runs`), collecting the reports.
-    fn run_to_end(p: &mut Pump, max_runs: usize) -> Vec<Report> {
+    fn run_to_end(p: &mut ReceivePump, max_runs: usize) -> Vec<Report> {
         let stop = AtomicBool::new(false);
         let mut out = Vec::new();
         for _ in 0..max_runs {
@@ -857,7 +857,7 @@ mod tests {
     }
 
     /// Waits for notifications and takes reports until `pred` holds (5 s at most).
-    fn take_until(live: &Live, rx: &std::sync::mpsc::Receiver<()>, mut pred: impl FnMut(&Report) -> bool) -> Report {
+    fn take_until(live: &ReceiveThread, rx: &std::sync::mpsc::Receiver<()>, mut pred: impl FnMut(&Report) -> bool) -> Report {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let _ = rx.recv_timeout(Duration::from_millis(100));
@@ -874,7 +874,7 @@ mod tests {
     fn answering_it_fsyncs_when_drained_and_acknowledges_each_flush_itself() {
         let (_d, store, p, mut w, b) = setup_with("pump-answer", None, Some(ANSWER));
         let (tx, rx) = std::sync::mpsc::channel();
-        let live = Live::new(&p);
+        let live = ReceiveThread::new(&p);
         live.start(p, move || tx.send(()).unwrap()).unwrap();
         // One "commit" at a time, as a primary waiting on a synchronous standby sends them.
         let mut at = 0usize;

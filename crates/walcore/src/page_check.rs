@@ -1,5 +1,5 @@
 //! The page-header check of WAL arriving over replication, before any of it
-//! is written: the Rust twin of `ts/node/wal_validate.ts`, which the JS paths
+//! is written: the Rust twin of `ts/wal/page_check.ts`, which the JS paths
 //! (ingest, the WalReceiver iterator) use. `__test__/receiver-faults.spec.ts`
 //! sends the same bad pages to both and expects the same refusal.
 //!
@@ -12,10 +12,11 @@
 //! once its second part arrives. Records are not decoded: their CRCs are
 //! checked by whoever replays them.
 
+use crate::error::{Error, ErrorCode, Result};
 use crate::lsn::{Lsn, WAL_PAGE_SIZE};
 use crate::page::{magic_for_pg_version, LONG_HEADER_SIZE, SHORT_HEADER_SIZE, XLP_ALL_FLAGS, XLP_LONG_HEADER};
 
-pub struct StreamCheck {
+pub struct PageHeaderCheck {
     seg_size: u64,
     system_id: u64,
     magic: u16,
@@ -24,11 +25,11 @@ pub struct StreamCheck {
     partial: Option<(Lsn, [u8; LONG_HEADER_SIZE], usize)>,
 }
 
-impl StreamCheck {
-    pub fn new(seg_size: u64, system_id: u64, pg_version: u32, tli: u32) -> Result<StreamCheck, String> {
+impl PageHeaderCheck {
+    pub fn new(seg_size: u64, system_id: u64, pg_version: u32, tli: u32) -> Result<PageHeaderCheck> {
         let magic = magic_for_pg_version(pg_version)
-            .ok_or_else(|| format!("PostgreSQL {pg_version} WAL is not supported (15, 16 and 17 are)"))?;
-        Ok(StreamCheck { seg_size, system_id, magic, tli, partial: None })
+            .ok_or_else(|| Error::new(ErrorCode::UnsupportedVersion, format!("PostgreSQL {pg_version} WAL is not supported (15, 16 and 17 are)")))?;
+        Ok(PageHeaderCheck { seg_size, system_id, magic, tli, partial: None })
     }
 
     fn header_size(&self, at: Lsn) -> usize {
@@ -41,7 +42,7 @@ impl StreamCheck {
 
     /// Ok when `data` (WAL from `start`, contiguous with the previous call)
     /// is acceptable, else why not.
-    pub fn check(&mut self, start: Lsn, data: &[u8]) -> Result<(), String> {
+    pub fn check(&mut self, start: Lsn, data: &[u8]) -> Result<()> {
         let mut off = 0usize;
         if let Some((at, mut bytes, have)) = self.partial.take() {
             let size = self.header_size(at);
@@ -73,7 +74,12 @@ impl StreamCheck {
         Ok(())
     }
 
-    fn check_header(&self, at: Lsn, h: &[u8]) -> Result<(), String> {
+    fn check_header(&self, at: Lsn, h: &[u8]) -> Result<()> {
+        self.header_problem(at, h).map_err(|why| Error::new(ErrorCode::Corrupt, why))
+    }
+
+    /// Why the header `h` of the page at `at` is not acceptable, if it is not.
+    fn header_problem(&self, at: Lsn, h: &[u8]) -> std::result::Result<(), String> {
         let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
@@ -142,7 +148,7 @@ mod tests {
     }
 
     /// Feeds `bytes` from `start` in messages of `chunk` bytes; the first error.
-    fn feed(c: &mut StreamCheck, start: Lsn, bytes: &[u8], chunk: usize) -> Result<(), String> {
+    fn feed(c: &mut PageHeaderCheck, start: Lsn, bytes: &[u8], chunk: usize) -> Result<()> {
         let mut off = 0;
         while off < bytes.len() {
             let n = chunk.min(bytes.len() - off);
@@ -156,7 +162,7 @@ mod tests {
     fn real_wal_passes_in_any_message_size_even_with_headers_split() {
         let b = wal();
         for chunk in [1, 7, 23, 41, 8192, 8193, 65536, 1 << 20] {
-            let mut c = StreamCheck::new(SEG, SYSID, 15, 1).unwrap();
+            let mut c = PageHeaderCheck::new(SEG, SYSID, 15, 1).unwrap();
             feed(&mut c, b.start, &b.bytes, chunk).unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
         }
     }
@@ -176,9 +182,9 @@ mod tests {
             let mut bytes = b.bytes.clone();
             bytes[at..at + patch.len()].copy_from_slice(patch);
             for chunk in [13, 8192, 1 << 20] {
-                let mut c = StreamCheck::new(SEG, SYSID, 15, 1).unwrap();
+                let mut c = PageHeaderCheck::new(SEG, SYSID, 15, 1).unwrap();
                 let err = feed(&mut c, b.start, &bytes, chunk).expect_err(want);
-                assert!(err.contains(want), "chunk {chunk}: {err} should say {want}");
+                assert!(err.message.contains(want), "chunk {chunk}: {err} should say {want}");
             }
         }
     }
@@ -193,16 +199,16 @@ mod tests {
         let page_after = end.div_ceil(8192) * 8192;
         bytes.resize(end.div_ceil(SEG as usize) * SEG as usize, 0);
         bytes[page_after..].fill(0);
-        let mut c = StreamCheck::new(SEG, SYSID, 15, 1).unwrap();
+        let mut c = PageHeaderCheck::new(SEG, SYSID, 15, 1).unwrap();
         feed(&mut c, b.start, &bytes, 65536).unwrap();
         // A zero page where a segment starts is not a padded page.
-        let mut c = StreamCheck::new(SEG, SYSID, 15, 1).unwrap();
+        let mut c = PageHeaderCheck::new(SEG, SYSID, 15, 1).unwrap();
         let err = c.check(Lsn(2 * SEG), &[0u8; 8192]).unwrap_err();
-        assert!(err.contains("magic 0"), "{err}");
+        assert!(err.message.contains("magic 0"), "{err}");
     }
 
     #[test]
     fn unknown_version_is_refused() {
-        assert!(StreamCheck::new(SEG, SYSID, 14, 1).is_err());
+        assert!(PageHeaderCheck::new(SEG, SYSID, 14, 1).is_err());
     }
 }
