@@ -38,8 +38,7 @@ use crate::store::Store;
 use crate::page_check::PageHeaderCheck;
 use crate::Error;
 
-const XLOG_DATA_HEADER: usize = 25;
-const KEEPALIVE_LEN: usize = 18;
+use crate::xlogdata::{status_update, KEEPALIVE_PAYLOAD as KEEPALIVE_LEN, XLOGDATA_PAYLOAD_HEADER as XLOG_DATA_HEADER};
 /// Reads go into a buffer this large (a 128 KiB XLogData fits many times over).
 const BUF: usize = 4 << 20;
 /// No message a node or PostgreSQL sends is larger.
@@ -209,15 +208,7 @@ impl ReceivePump {
     /// A standby status update ('r'): written = received, flush = apply =
     /// fsynced — what a walkeeper node applies is what it holds.
     fn queue_status(&mut self) {
-        let mut m = [0u8; 39];
-        m[0] = b'd';
-        m[1..5].copy_from_slice(&38u32.to_be_bytes());
-        m[5] = b'r';
-        m[6..14].copy_from_slice(&self.expected.0.to_be_bytes());
-        m[14..22].copy_from_slice(&self.flushed.0.to_be_bytes());
-        m[22..30].copy_from_slice(&self.flushed.0.to_be_bytes());
-        m[30..38].copy_from_slice(&crate::xlogdata::pg_now().to_be_bytes());
-        self.out.extend_from_slice(&m);
+        self.out.extend_from_slice(&status_update(self.expected, self.flushed, self.flushed, crate::xlogdata::pg_now()));
         self.reply_due = false;
         self.last_status = Instant::now();
     }

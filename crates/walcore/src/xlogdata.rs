@@ -21,10 +21,36 @@ use crate::lsn::{Lsn, WAL_PAGE_SIZE};
 use crate::store::Store;
 use crate::sys::{self, NoWait};
 
-/// 'd' + int32 length + 'w' + three int64.
-pub const HEADER_SIZE: usize = 1 + 4 + 1 + 8 + 8 + 8;
+/// 'd' + int32 length + the XLogData payload header.
+pub const HEADER_SIZE: usize = 1 + 4 + XLOGDATA_PAYLOAD_HEADER;
 /// PostgreSQL's MAX_SEND_SIZE (16 × XLOG_BLCKSZ), also Neon's.
 pub const DEFAULT_MAX_SEND: usize = 128 * 1024;
+
+/// The replication messages' byte layouts, in one place (inside CopyData,
+/// after its 'd' and length): what the pumps read and write without
+/// JavaScript.
+///
+/// XLogData `'w'`: tag, dataStart, walEnd, sendTime — then the WAL bytes.
+pub const XLOGDATA_PAYLOAD_HEADER: usize = 1 + 8 + 8 + 8;
+/// Primary keepalive `'k'`: tag, walEnd, sendTime, replyRequested.
+pub const KEEPALIVE_PAYLOAD: usize = 1 + 8 + 8 + 1;
+/// Standby status update `'r'` as a whole CopyData message: 'd', length,
+/// tag, written, flushed, applied, sendTime, replyRequested.
+pub const STATUS_UPDATE_LEN: usize = 1 + 4 + 1 + 8 + 8 + 8 + 8 + 1;
+
+/// A standby status update ('r'), a whole CopyData message. The reply flag
+/// is never set: a node answering its upstream has nothing to wait for.
+pub fn status_update(written: Lsn, flushed: Lsn, applied: Lsn, send_time: i64) -> [u8; STATUS_UPDATE_LEN] {
+    let mut m = [0u8; STATUS_UPDATE_LEN];
+    m[0] = b'd';
+    m[1..5].copy_from_slice(&((STATUS_UPDATE_LEN - 1) as u32).to_be_bytes());
+    m[5] = b'r';
+    m[6..14].copy_from_slice(&written.0.to_be_bytes());
+    m[14..22].copy_from_slice(&flushed.0.to_be_bytes());
+    m[22..30].copy_from_slice(&applied.0.to_be_bytes());
+    m[30..38].copy_from_slice(&send_time.to_be_bytes());
+    m
+}
 
 /// Microseconds since 2000-01-01 00:00:00 UTC, the protocol's timestamp.
 pub fn pg_now() -> i64 {
@@ -214,5 +240,19 @@ mod tests {
         assert!(got == b.bytes[..(end.0 - SEG) as usize]);
         // Past the flushed end: refused.
         assert_eq!(frame(&s, &req(SEG, end.0 + 1), &mut out, false).unwrap_err().code, ErrorCode::NotYetWritten);
+    }
+
+    #[test]
+    fn status_update_exact_bytes() {
+        let m = status_update(Lsn(0x0102_0304_0506_0708), Lsn(0x10), Lsn(0x0F), 0x7FFF_0000_0000_0001);
+        let mut want = vec![b'd', 0, 0, 0, 38, b'r'];
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x10]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x0F]);
+        want.extend_from_slice(&[0x7F, 0xFF, 0, 0, 0, 0, 0, 1]);
+        want.push(0);
+        assert_eq!(m.to_vec(), want);
+        assert_eq!(HEADER_SIZE, 30);
+        assert_eq!(KEEPALIVE_PAYLOAD, 18);
     }
 }
