@@ -82,6 +82,9 @@ test('a bad setting: non-zero exit and one line naming the setting and where it 
     ['a bad enum in the file', [], {}, '{"auth": "md5"}', /^walkeeper: "auth" in .*walkeeper\.json must be trust or scram, not "md5"$/],
     ['peers and broker from two layers', ['--broker', 'http://127.0.0.1:2379'], { WALKEEPER_PEERS: 'http://127.0.0.1:1' }, null, /^walkeeper: WALKEEPER_PEERS and --broker exclude each other/],
     ['a bad log level', ['--log-level', 'loud'], {}, null, /^walkeeper: --log-level must be trace or debug or info or warn or error or fatal or silent, not "loud"$/],
+    ['a bad remote storage URL', ['--remote-storage', 'gs://b/x'], {}, null, /^walkeeper: --remote-storage: remote storage must be s3:\/\/bucket\/prefix or file:\/\/\/dir, not "gs:\/\/b\/x"$/],
+    ['a bad S3 bucket in the file', [], {}, '{"remote-storage": "s3://B_ad/x"}', /^walkeeper: "remote-storage" in .*walkeeper\.json: "B_ad" is not an S3 bucket name \(in "s3:\/\/B_ad\/x"\)$/],
+    ['an endpoint without remote storage', [], { WALKEEPER_REMOTE_ENDPOINT: 'http://127.0.0.1:1' }, null, /^walkeeper: WALKEEPER_REMOTE_ENDPOINT needs --remote-storage s3:\/\/bucket\/prefix$/],
   ];
   for (const [what, args, env, file, re] of cases) {
     const d = path.join(dir, what.replace(/\W+/g, '-'));
