@@ -95,6 +95,7 @@ export class Offloader {
   private healthy = true;
   private lastError: string | null = null;
   private historiesUp = new Set<number>();
+  private missingLogged: bigint | null = null;
   private cleanedIncomplete = false;
   private readonly startedAt = new Date();
   /** When commit_lsn last moved, and to what (for the quiet period of partial uploads). */
@@ -265,7 +266,11 @@ export class Offloader {
     // The segment's newest timeline: after a switch inside it, the new timeline's file holds the old one's bytes up to the switch point.
     const file = files.filter((f) => f.start / seg === segno).sort((a, b) => b.tli - a.tli)[0];
     if (!file) {
-      this.log.error({ segno: segno.toString(), backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, 'the next segment to offload is not on this node');
+      // (once per segment: the round comes back every second)
+      if (this.missingLogged !== segno) {
+        this.missingLogged = segno;
+        this.log.error({ segno: segno.toString(), backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, 'the next segment to offload is not on this node');
+      }
       return null;
     }
     if (file.partial) return null; // renamed at the next flush
