@@ -88,7 +88,7 @@ test('wrong argument types and ranges are TypeError and RangeError, never a cras
   rangeErr(() => b.storeOpen!('/tmp/x', 1000, 1), /segment size 1000/);
   rangeErr(() => b.storeOpen!('/tmp/x', SEG, 0), /tli/);
   rangeErr(() => b.storeOpen!('/tmp/x', SEG, 1.5), /tli/);
-  rangeErr(() => b.storeFrameNoWait!({ store: h, buf: Buffer.alloc(100), tli: 1, start: 10n, end: 5n, walEnd: 5n }), /end 0\/5 must be above start 0\/A/);
+  rangeErr(() => b.storeFrameNoWait!(h, Buffer.alloc(100), 1, 10n, 5n, 5n), /end 0\/5 must be above start 0\/A/);
   rangeErr(() => b.findEndOfWal!({ dir: '/tmp', tli: 1, segSize: SEG, start: 0n, pgVersion: 14 }), /PostgreSQL 14/);
   // The store still works after all that.
   t.is(await store.append(0n, walBytes(0, 8192)), 8192n);

@@ -62,3 +62,20 @@ test('the status page shows the current commit_lsn and a live chart, with nothin
   t.deepEqual(elsewhere, [], 'no request left the node (no CDN)');
   t.deepEqual(errors, []);
 });
+
+test('with remote storage the page shows backup_lsn and the offloader', async (t) => {
+  if (!CHROMIUM) return t.fail('neither chromium nor google-chrome is installed (apt-get install chromium, or set WALKEEPER_CHROMIUM); .ci/run installs it');
+  const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
+  t.teardown(() => pg.destroy());
+  const node = await startNodeProcess({ dataDir: path.join(tmp.path, 'o'), upstream: `host=127.0.0.1 port=${pg.port} user=postgres`, extraArgs: ['--remote-storage', `file://${path.join(tmp.path, 'archive')}`] });
+  t.teardown(() => node.kill());
+  await runPgTool('pgbench', ['-i', '-q', '-s', '1', '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { check: true });
+  await until(async () => typeof (await node.status())?.backup_lsn === 'string', 'a first segment offloaded', 30_000);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  t.teardown(() => browser.close());
+  const page = await browser.newPage();
+  await page.goto(`${node.httpUrl}/`);
+  await page.waitForSelector('[data-stream="main"] .backup', { timeout: 15_000 });
+  await until(async () => (await page.textContent('[data-stream="main"] .backup')) === (await node.status())!.backup_lsn, 'the page to show backup_lsn', 15_000);
+  t.regex((await page.textContent('[data-stream="main"]')) ?? '', /offloader\s*node 1 \(this node\)/);
+});

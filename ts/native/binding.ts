@@ -148,9 +148,12 @@ export interface FindEndOptions extends ScanOptions {
   start: Lsn;
 }
 
-export interface FrameOptions {
-  store: StoreHandle;
-  buf: Buffer;
+/**
+ * What one XLogData message covers. The frame calls take it as positional
+ * arguments (FrameArgs): they run once per message on the JS thread, where
+ * reading named properties cost 13% of the framing rate.
+ */
+export interface FrameRequest {
   tli: number;
   start: Lsn;
   /** Send nothing at or past this. */
@@ -161,6 +164,9 @@ export interface FrameOptions {
   /** Override sendTime (µs since 2000-01-01); default now. */
   sendTime?: bigint;
 }
+
+/** FrameRequest in argument order. */
+export type FrameArgs = [tli: number, start: Lsn, end: Lsn, walEnd: Lsn, maxSend?: number, sendTime?: bigint];
 
 export interface ReceivePumpOptions {
   fd: number;
@@ -216,8 +222,8 @@ export interface NativeBinding {
   storeTruncate(h: StoreHandle, lsn: Lsn): Promise<void>;
   storeRemoveBelow(h: StoreHandle, segno: number): Promise<string[]>;
   storeRead(h: StoreHandle, tli: number, lsn: Lsn, buf: Buffer): Promise<number>;
-  storeFrameNoWait(o: FrameOptions): number;
-  storeFrame(o: FrameOptions): Promise<number>;
+  storeFrameNoWait(h: StoreHandle, buf: Buffer, ...r: FrameArgs): number;
+  storeFrame(h: StoreHandle, buf: Buffer, ...r: FrameArgs): Promise<number>;
   storePutHistory(h: StoreHandle, tli: number, content: Buffer): Promise<void>;
   storeGetHistory(h: StoreHandle, tli: number): Promise<Buffer | null>;
   pumpOpen(o: ReceivePumpOptions): PumpHandle;

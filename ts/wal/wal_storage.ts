@@ -5,7 +5,7 @@
  */
 import {
   native,
-  type FrameOptions,
+  type FrameRequest,
   type IngestPumpHandle,
   type IngestPumpOptions,
   type PumpHandle,
@@ -30,8 +30,7 @@ export const XLOGDATA_HEADER_SIZE = 30;
 /** Buffers one appendv call takes (the N-API layer reads at most 12 arguments). */
 export const MAX_APPENDV = 10;
 
-/** What one XLogData message covers (the frame calls' options, less the store and the buffer). */
-export type FrameRequest = Omit<FrameOptions, 'store' | 'buf'>;
+export type { FrameRequest };
 
 /** What a pump is told besides the socket it is lent (and this store). */
 type Lent<T> = Omit<T, 'fd' | 'pending' | 'store'>;
@@ -149,12 +148,12 @@ export class WalStore {
 
   /** The synchronous half of `frame`: -1 when the WAL is not in the page cache. */
   frameNoWait(buf: Buffer, r: FrameRequest): number {
-    return native().storeFrameNoWait({ ...r, store: this.h, buf });
+    return native().storeFrameNoWait(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
   }
 
   /** Always on the thread pool (for tests and cold reads). */
   frameAsync(buf: Buffer, r: FrameRequest): Promise<number> {
-    return native().storeFrame({ ...r, store: this.h, buf });
+    return native().storeFrame(this.h, buf, r.tli, r.start, r.end, r.walEnd, r.maxSend, r.sendTime);
   }
 
   putHistory(tli: number, content: string | Buffer): Promise<void> {
