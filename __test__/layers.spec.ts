@@ -1,6 +1,7 @@
 /**
  * The rooms of ts/ import downward only (.dependency-cruiser.cjs holds the
- * rules; docs/architecture.md draws them), and nothing is circular.
+ * rules; docs/architecture.md draws them), and nothing is circular. Serial:
+ * the cruise reads paths relative to the working directory, which each test sets.
  */
 import { mkdtemp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -26,7 +27,7 @@ async function violations(baseDir: string): Promise<string[]> {
   }
 }
 
-test('every import in ts/ goes to the same room, a room below, or the ground files; none is circular', async (t) => {
+test.serial('every import in ts/ goes to the same room, a room below, or the ground files; none is circular', async (t) => {
   const cwd = process.cwd();
   process.chdir(root);
   try {
@@ -40,7 +41,7 @@ test('every import in ts/ goes to the same room, a room below, or the ground fil
   }
 });
 
-test('the rules catch an upward import, a ground file reaching up, and a cycle', async (t) => {
+test.serial('the rules catch an upward import, a ground file reaching up, and a cycle', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'wk-layers-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const put = async (file: string, text: string) => {
