@@ -21,9 +21,10 @@ const rooms = {
   remote: [],
   cluster: ['stream', 'receiver', 'wal'],
   offload: ['cluster', 'stream', 'wal', 'remote'],
+  restore: ['offload', 'remote', 'cluster', 'wal'],
   http: ['stream', 'cluster', 'ingest', 'sender', 'offload'],
   node: ['http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote'],
-  cli: ['node', 'http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote', 'native'],
+  cli: ['restore', 'node', 'http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote', 'native'],
 };
 
 const groundFiles = `ts/(${ground.join('|')})\\.ts$`;

@@ -657,3 +657,46 @@ export async function withTimelineSwitch(t: TeardownContext, opts: TimelineSwitc
   t.teardown(() => ts.destroy());
   return ts;
 }
+
+export interface StartRecoveryOptions {
+  /** restore_command (run by the server user, in the data directory). */
+  restoreCommand: string;
+  /** recovery_target_* and other settings (appended last). */
+  conf?: Record<string, string | number | boolean>;
+  /** How long to wait until it accepts connections. Default 120000 ms. */
+  readyTimeoutMs?: number;
+}
+
+/**
+ * Archive recovery (point-in-time recovery) of a base backup: a
+ * `recovery.signal` and a restore_command, no primary_conninfo. The server
+ * replays what the restore_command gives it up to the target (or to the
+ * end) and, with the default recovery_target_action here, promotes; this
+ * waits until it accepts queries (hot standby once consistent).
+ */
+export async function startRecovery(dataDir: string, opts: StartRecoveryOptions): Promise<PgCluster> {
+  let tmp = backups.get(dataDir);
+  if (tmp !== undefined) backups.delete(dataDir);
+  else tmp = { path: path.dirname(dataDir), cleanup: async () => undefined };
+  let cluster: PgCluster | null = null;
+  try {
+    const cd = await controlData(dataDir);
+    const segBytes = Number(cd['Bytes per WAL segment']);
+    await makeServerDir(path.join(tmp.path, 'sock'), 0o755);
+    const signalFile = path.join(dataDir, 'recovery.signal');
+    await writeFile(signalFile, '');
+    await chownToServerUser(signalFile);
+    const settings: Record<string, string | number | boolean> = { restore_command: opts.restoreCommand, recovery_target_action: 'promote', ...opts.conf };
+    const lines = ['', '# --- walkeeper test harness: archive recovery ---'];
+    for (const [k, v] of Object.entries(settings)) lines.push(`${k} = ${confValue(v)}`);
+    await appendFile(path.join(dataDir, 'postgresql.conf'), lines.join('\n') + '\n');
+    cluster = new StandbyCluster(tmp, await freePort(HOST), segBytes / (1024 * 1024), opts.readyTimeoutMs ?? 120_000, { primaryConninfo: '', hotStandby: true, waitReady: true });
+    trackCluster(cluster);
+    await startWithPortRetry(cluster);
+    return cluster;
+  } catch (e) {
+    if (cluster) await cluster.destroy().catch(() => undefined);
+    else await tmp.cleanup().catch(() => undefined);
+    throw e;
+  }
+}

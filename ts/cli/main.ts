@@ -18,6 +18,7 @@ Usage: walkeeper <command> [options]
 Commands:
   node               run a node: serve its streams to pg_receivewal, standbys and receivers
   receive           stream WAL into a directory from the best node, failing over by itself
+  fetch %f %p        restore_command: a WAL file from the nodes or object storage
   import <wal-dir>   seed a stream from a pg_wal or WAL archive directory
   demo               the whole system on this machine: a primary, three nodes, a standby, a receiver, a failover
   status             a node's streams, members and replicas at a glance (--json for scripts)
@@ -40,6 +41,7 @@ type Command = { run: (args: string[]) => Promise<number>; usage: string };
 const commands: Record<string, () => Promise<Command>> = {
   node: () => import('./node.js').then((m) => ({ run: m.nodeCommand, usage: m.NODE_USAGE })),
   receive: () => import('./receive.js').then((m) => ({ run: m.receiveCommand, usage: m.RECEIVE_USAGE })),
+  fetch: () => import('./fetch.js').then((m) => ({ run: m.fetchCommand, usage: m.FETCH_USAGE })),
   import: () => import('./import.js').then((m) => ({ run: m.importCommand, usage: m.IMPORT_USAGE })),
   scan: () => import('./scan.js').then((m) => ({ run: m.scanCommand, usage: m.SCAN_USAGE })),
   demo: () => import('./demo.js').then((m) => ({ run: m.demoCommand, usage: m.DEMO_USAGE })),

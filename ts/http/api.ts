@@ -3,6 +3,7 @@
  * peers and receivers (which learn the replication address from
  * `pg_address`). JSON, LSNs as `X/X`.
  */
+import { open, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 
 import { formatLsn, type Lsn } from '../lsn.js';
@@ -175,6 +176,77 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+const SEGMENT_NAME = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/;
+const HISTORY_NAME = /^([0-9A-F]{8})\.history$/;
+
+/**
+ * `GET /v1/streams/<name>/wal/<file>`: a segment or history file under
+ * PostgreSQL's name, for `walkeeper fetch` (a restore_command). Only WAL at
+ * or below commit_lsn leaves the node: a segment that commit_lsn has not
+ * passed yet is 404, or with `?partial=1` its bytes up to commit_lsn (the
+ * reader pads them with zeros, as PostgreSQL pads a `.partial`). The
+ * headers say whose WAL it is, so that the reader checks it before use.
+ */
+function serveWalFile(res: http.ServerResponse, s: Stream, name: string, partial: boolean): void {
+  const h = HISTORY_NAME.exec(name);
+  if (h) {
+    void s.historyFile(Number.parseInt(h[1]!, 16)).then(
+      (text) => {
+        if (text === null) return send(res, 404, { error: `stream ${s.name} has no ${name}` });
+        const body = Buffer.from(text, 'utf8');
+        res.writeHead(200, { ...walHeaders(s), 'content-type': 'text/plain; charset=utf-8', 'content-length': body.length });
+        res.end(body);
+      },
+      (err: Error) => send(res, 500, { error: `stream ${s.name}: ${name}: ${err.message}` }),
+    );
+    return;
+  }
+  const m = SEGMENT_NAME.exec(name);
+  if (!m) return send(res, 400, { error: `${JSON.stringify(name)} is not a WAL segment or timeline history file name` });
+  const perId = 0x1_0000_0000n / BigInt(s.segmentSize);
+  const low = BigInt(`0x${m[3]}`);
+  if (low >= perId) return send(res, 400, { error: `${name} is not a segment name for ${s.segmentSize}-byte segments` });
+  const segno = BigInt(`0x${m[2]}`) * perId + low;
+  const r = s.readableSegment(Number.parseInt(m[1]!, 16), segno);
+  if (r === null) return send(res, 404, { error: `stream ${s.name} holds no committed WAL of ${name} here` });
+  if (!r.complete && !partial) return send(res, 404, { error: `${name} is not complete below commit_lsn ${formatLsn(s.commitLsn)} (ask with ?partial=1 for what is)` });
+  const length = Number(r.end - r.start);
+  void openFirst(r.paths).then(
+    (fh) => {
+      if (fh === null) return send(res, 404, { error: `stream ${s.name}: ${name} was removed` });
+      res.writeHead(200, { ...walHeaders(s), 'content-type': 'application/octet-stream', 'content-length': length, 'x-walkeeper-end-lsn': formatLsn(r.end) });
+      // (read on the thread pool, the file handle kept open: retention may unlink it meanwhile)
+      const rs = fh.createReadStream({ start: 0, end: length - 1 });
+      rs.on('error', () => res.destroy());
+      res.on('close', () => rs.destroy());
+      rs.pipe(res);
+    },
+    (err: Error) => send(res, 500, { error: `stream ${s.name}: ${name}: ${err.message}` }),
+  );
+}
+
+function walHeaders(s: Stream): Record<string, string> {
+  return {
+    'cache-control': 'no-store',
+    'x-walkeeper-stream': s.name,
+    'x-walkeeper-system-id': s.systemId.toString(),
+    'x-walkeeper-pg-version': String(s.pgVersion),
+    'x-walkeeper-segment-size': String(s.segmentSize),
+    'x-walkeeper-commit-lsn': formatLsn(s.commitLsn),
+  };
+}
+
+async function openFirst(paths: string[]): Promise<FileHandle | null> {
+  for (const p of paths) {
+    try {
+      return await open(p, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+  return null;
+}
+
 export function createHttpServer(node: HttpNodeView): http.Server {
   return http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
@@ -256,6 +328,10 @@ export function createHttpServer(node: HttpNodeView): http.Server {
         }
         if (parts.length === 4 && method === 'GET' && parts[3] === 'history') {
           return send(res, 200, sv.history.list().map((x) => ({ ...x, flushLsn: formatLsn(x.flushLsn), commitLsn: formatLsn(x.commitLsn) })));
+        }
+        if (parts.length === 5 && parts[3] === 'wal') {
+          if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+          return serveWalFile(res, s, parts[4]!, url.searchParams.get('partial') === '1');
         }
         if (parts.length === 4 && method === 'POST' && parts[3] === 'suspend') {
           s.suspend('suspended over HTTP');

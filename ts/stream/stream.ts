@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
-import { formatLsn, historyFileName, segmentStart, type Lsn } from '../lsn.js';
+import { formatLsn, historyFileName, segmentFileName, segmentStart, type Lsn } from '../lsn.js';
 import { readControlFile, writeControlFile, type ControlData, type PartialUpload } from '../wal/control_file.js';
 
 export type { PartialUpload };
@@ -304,6 +304,29 @@ export class Stream extends EventEmitter {
 
   nextTimeline(tli: number): { tli: number; start: Lsn } | undefined {
     return nextTimeline(this._history, tli);
+  }
+
+  /**
+   * What of segment `segno` on timeline `tli` a reader outside the cluster
+   * (`walkeeper fetch`, a restore_command) may have: its bytes up to
+   * commit_lsn — WAL past it may still change — and, on a timeline that
+   * ended, up to its switch point. `paths`: the file's names, the one being
+   * written first (it is renamed when complete, possibly mid-read). Null
+   * when this node holds nothing of it.
+   */
+  readableSegment(tli: number, segno: bigint): { paths: string[]; start: Lsn; end: Lsn; complete: boolean } | null {
+    const seg = BigInt(this.segmentSize);
+    const start = segno * seg;
+    const tlEnd = this.timelineEnd(tli);
+    if (tlEnd === undefined) return null;
+    let limit = this.commitLsn;
+    if (tlEnd !== null && tlEnd < limit) limit = tlEnd;
+    if (limit <= start) return null;
+    const file = this.store.list().find((f) => f.tli === tli && BigInt(f.segno) === segno);
+    if (!file) return null;
+    const full = segmentFileName(tli, Number(segno), this.segmentSize);
+    const end = limit >= start + seg ? start + seg : limit;
+    return { paths: [path.join(this.dir, `${full}.partial`), path.join(this.dir, full)], start, end, complete: end === start + seg };
   }
 
   async historyFile(tli: number): Promise<string | null> {

@@ -160,8 +160,11 @@ pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
             let mut o = OutBuffer { dst: out.as_mut_ptr().add(len).cast(), size: room, pos: 0 };
             last = check(ZSTD_decompressStream(zds.0, &mut o, &mut input), "decompress")?;
             out.set_len(len + o.pos);
-            // All input taken and the output not filled: zstd has nothing more to give.
-            if input.pos == input.size && o.pos < room {
+            // All input taken: done when the last frame is complete and flushed (0), cut
+            // short when zstd wants more and could give nothing (checked below). Output
+            // that stopped short of the room is no sign of the end: zstd may return after
+            // each block with more still to flush.
+            if input.pos == input.size && (last == 0 || o.pos == 0) {
                 break;
             }
         }
@@ -200,6 +203,20 @@ mod tests {
         want.extend(&b);
         assert_eq!(decompress(&z, 1 << 20).unwrap(), want);
         assert_eq!(decompress(&compress(&[], 3).unwrap(), 10).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_limit_far_above_the_size_decompresses_whole() {
+        // (a segment read back with the largest segment size as its limit: the output
+        // grows past its first allocation while zstd returns block by block)
+        let mut src = vec![7u8; 1 << 20];
+        src[..5].copy_from_slice(b"hello");
+        let z = compress(&src, 3).unwrap();
+        for max in [1 << 20, 1 << 24, 1 << 30] {
+            assert_eq!(decompress(&z, max).unwrap(), src, "limit {max}");
+        }
+        let w = wal_like(3 << 20);
+        assert_eq!(decompress(&compress(&w, 3).unwrap(), 1 << 30).unwrap(), w);
     }
 
     #[test]

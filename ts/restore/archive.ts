@@ -1,0 +1,342 @@
+/**
+ * Where `walkeeper fetch` finds a file, in order: the nodes (served only up
+ * to each node's commit_lsn, asked highest commit first), then object
+ * storage. A file one source lacks or serves broken is asked of the next;
+ * only a file that passed its checks is ever returned. With `partial`, the
+ * segment that commit_lsn is inside is also served, its bytes up to there
+ * and zeros after (PostgreSQL's `.partial` convention), so that recovery
+ * "to the end" replays every committed transaction — but only after every
+ * source was asked for the complete segment.
+ */
+import { parseLsn, isLsn, type Lsn } from '../lsn.js';
+import type { NodeStatus } from '../member_status.js';
+import { parseNodeStatus } from '../member_status.js';
+import { parseObjectName, partialObject, segmentObject, streamPrefix, historyObject } from '../offload/names.js';
+import { openRemoteStorage } from '../remote/open.js';
+import type { RemoteLocation, RemoteStorage } from '../remote/remote_storage.js';
+import { zstdDecompress } from '../wal/compress.js';
+import { segnoOf, type WalFileName } from './names.js';
+import { BadWalError, checkSegment } from './verify.js';
+
+/** A file that passed its checks. */
+export interface Fetched {
+  data: Buffer;
+  /** Which node or store served it, for messages. */
+  from: string;
+  /** A partial segment: WAL ends here, zeros follow. */
+  end: Lsn | null;
+}
+
+export type Lookup = { found: Fetched } | { found: null; errors: string[] };
+
+const REQUEST_TIMEOUT_MS = 60_000;
+const STATUS_TIMEOUT_MS = 2000;
+
+/** `fetch` with a timeout that cannot be collected before it fires (see the offloader's note on Node 20). */
+async function httpGet(url: string, ms: number): Promise<{ status: number; headers: Headers; body: Buffer }> {
+  const ac = new AbortController();
+  const t = setTimeout(() => ac.abort(new Error(`no answer within ${ms} ms`)), ms);
+  try {
+    const r = await fetch(url, { signal: ac.signal });
+    return { status: r.status, headers: r.headers, body: Buffer.from(await r.arrayBuffer()) };
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+const errText = (e: unknown): string => {
+  const err = e as Error & { cause?: { code?: string; message?: string } };
+  return err.cause?.code ?? err.cause?.message ?? err.message ?? String(e);
+};
+
+/** A node to ask: its base URL and what it last said of the stream. */
+export interface NodeTarget {
+  url: string;
+  status: NodeStatus;
+}
+
+/** The nodes of a stream, found through `--nodes` URLs or the etcd broker. */
+export class NodeArchive {
+  private cached: { at: number; nodes: NodeTarget[]; errors: string[] } | null = null;
+
+  constructor(
+    private readonly stream: string,
+    private readonly discover: () => Promise<{ nodes: NodeTarget[]; errors: string[] }>,
+  ) {}
+
+  /** From `--nodes`: each node's status, asked directly. */
+  static fromUrls(stream: string, urls: string[]): NodeArchive {
+    return new NodeArchive(stream, async () => {
+      const errors: string[] = [];
+      const nodes: NodeTarget[] = [];
+      await Promise.all(
+        urls.map(async (u) => {
+          const url = u.replace(/\/+$/, '');
+          try {
+            const r = await httpGet(`${url}/v1/streams/${encodeURIComponent(stream)}`, STATUS_TIMEOUT_MS);
+            if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
+            nodes.push({ url, status: parseNodeStatus(url, JSON.parse(r.body.toString('utf8'))) });
+          } catch (e) {
+            errors.push(`node ${url}: ${errText(e)}`);
+          }
+        }),
+      );
+      return { nodes, errors };
+    });
+  }
+
+  /** The nodes, highest commit_lsn first; asked again after a while (a long prefetch outlives node changes). */
+  async nodes(): Promise<{ nodes: NodeTarget[]; errors: string[] }> {
+    if (this.cached === null || Date.now() - this.cached.at > 10_000) {
+      const r = await this.discover();
+      r.nodes.sort((a, b) => (a.status.commitLsn > b.status.commitLsn ? -1 : a.status.commitLsn < b.status.commitLsn ? 1 : 0));
+      this.cached = { at: Date.now(), ...r };
+    }
+    return this.cached;
+  }
+
+  forget(): void {
+    this.cached = null;
+  }
+
+  /**
+   * Asks the nodes for `f`, highest commit first. `systemId`: nodes of
+   * another database system are refused. A segment comes back complete, or
+   * with `partial` as what its node has committed of it.
+   */
+  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null; pgVersion: number | null }): Promise<Lookup> {
+    const { nodes, errors } = await this.nodes();
+    const errs = [...errors];
+    for (const n of nodes) {
+      const s = n.status;
+      const who = `node ${n.url}`;
+      if (opts.systemId !== null && s.systemId !== opts.systemId) {
+        errs.push(`${who}: stream ${this.stream} is database system ${s.systemId}, this server's is ${opts.systemId}`);
+        continue;
+      }
+      if (f.kind === 'segment') {
+        const segno = segnoOf(f, s.segmentSize);
+        if (segno === null) continue;
+        // (a hint only: the node answers 404 for what it removed since)
+        if (s.oldestLsn === null || s.oldestLsn > segno * BigInt(s.segmentSize)) continue;
+      }
+      let r: Awaited<ReturnType<typeof httpGet>>;
+      try {
+        r = await httpGet(`${n.url}/v1/streams/${encodeURIComponent(this.stream)}/wal/${f.name}${opts.partial ? '?partial=1' : ''}`, REQUEST_TIMEOUT_MS);
+      } catch (e) {
+        errs.push(`${who}: ${errText(e)}`);
+        this.forget();
+        continue;
+      }
+      if (r.status === 404) continue;
+      if (r.status !== 200) {
+        errs.push(`${who}: HTTP ${r.status} ${r.body.toString('utf8', 0, 200).trim()}`);
+        continue;
+      }
+      const sid = r.headers.get('x-walkeeper-system-id');
+      if (opts.systemId !== null && sid !== opts.systemId.toString()) {
+        errs.push(`${who}: served database system ${sid}, this server's is ${opts.systemId}`);
+        continue;
+      }
+      if (f.kind !== 'segment') return { found: { data: r.body, from: who, end: null } };
+      const endText = r.headers.get('x-walkeeper-end-lsn') ?? '';
+      const segSize = Number(r.headers.get('x-walkeeper-segment-size'));
+      const segno = segnoOf(f, segSize);
+      if (!isLsn(endText) || segno === null) {
+        errs.push(`${who}: ${f.name} served without its end or segment size`);
+        continue;
+      }
+      const end = parseLsn(endText);
+      const start = segno * BigInt(segSize);
+      if (r.body.length !== Number(end - start)) {
+        errs.push(`${who}: ${f.name} cut short (${r.body.length} of ${Number(end - start)} bytes)`);
+        continue;
+      }
+      const data = r.body.length === segSize ? r.body : Buffer.concat([r.body, Buffer.alloc(segSize - r.body.length)]);
+      try {
+        checkSegment(f, data, opts);
+      } catch (e) {
+        if (!(e instanceof BadWalError)) throw e;
+        errs.push(`${who}: ${e.message}`);
+        continue;
+      }
+      return { found: { data, from: who, end: r.body.length === segSize ? null : end } };
+    }
+    return { found: null, errors: errs };
+  }
+}
+
+/** The stream's objects in object storage (see offload/names.ts for the layout). */
+export class ObjectArchive {
+  private storage: Promise<RemoteStorage> | null = null;
+  private systemIds = new Map<string, Promise<bigint[]>>();
+
+  constructor(
+    private readonly loc: RemoteLocation,
+    private readonly stream: string,
+  ) {}
+
+  get location(): string {
+    return this.loc.kind === 'file' ? `file://${this.loc.dir}` : `s3://${this.loc.bucket}/${this.loc.prefix}`;
+  }
+
+  /** Opened on first use: a fetch served by a node or the spool never loads the S3 client. */
+  private open(): Promise<RemoteStorage> {
+    this.storage ??= openRemoteStorage(this.loc);
+    return this.storage;
+  }
+
+  close(): void {
+    void this.storage?.then((s) => s.close(), () => undefined);
+  }
+
+  /** Runs `op` up to three times (a busy gateway's 503, a reset connection), each bounded. */
+  private async attempt<T>(op: (s: RemoteStorage, signal: AbortSignal) => Promise<T>): Promise<T> {
+    const s = await this.open();
+    let last: unknown;
+    for (const wait of [0, 100, 500]) {
+      if (wait) await new Promise((r) => setTimeout(r, wait));
+      const ac = new AbortController();
+      const t = setTimeout(() => ac.abort(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)), REQUEST_TIMEOUT_MS);
+      try {
+        return await op(s, ac.signal);
+      } catch (e) {
+        last = e;
+      } finally {
+        clearTimeout(t);
+      }
+    }
+    throw last;
+  }
+
+  /** The database systems archived under this stream (when the caller does not know which it wants). */
+  private async archivedSystems(): Promise<bigint[]> {
+    let p = this.systemIds.get(this.stream);
+    if (!p) {
+      p = this.attempt((s, signal) => s.list(`${this.stream}/`, { signal })).then((objs) => {
+        const ids = new Set<string>();
+        for (const o of objs) {
+          const m = /^[^/]+\/(\d{1,20})\//.exec(o.key);
+          if (m) ids.add(m[1]!);
+        }
+        return [...ids].map((x) => BigInt(x));
+      });
+      this.systemIds.set(this.stream, p);
+    }
+    return p;
+  }
+
+  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null; pgVersion: number | null }): Promise<Lookup> {
+    const who = `object storage ${this.location}`;
+    try {
+      let systemId = opts.systemId;
+      if (systemId === null) {
+        const ids = await this.archivedSystems();
+        if (ids.length === 0) return { found: null, errors: [] };
+        if (ids.length > 1) return { found: null, errors: [`${who}: stream ${this.stream} holds ${ids.length} database systems (${ids.join(', ')}); run fetch in the data directory being recovered, whose global/pg_control says which`] };
+        systemId = ids[0]!;
+      }
+      const prefix = streamPrefix(this.stream, systemId);
+      if (f.kind === 'history') {
+        const b = await this.attempt((s, signal) => s.get(prefix + historyObject(f.tli), { signal }));
+        return b === null ? { found: null, errors: [] } : { found: { data: b, from: who, end: null } };
+      }
+      if (f.kind === 'backup') {
+        const b = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
+        return b === null ? { found: null, errors: [] } : { found: { data: b, from: who, end: null } };
+      }
+      const want = { systemId, pgVersion: opts.pgVersion };
+      const errors: string[] = [];
+      const check = (data: Buffer, end: Lsn | null, what: string): Lookup | null => {
+        try {
+          checkSegment(f, data, want);
+          return { found: { data, from: who, end } };
+        } catch (e) {
+          if (!(e instanceof BadWalError)) throw e;
+          errors.push(`${who}: ${what}: ${e.message}`);
+          return null;
+        }
+      };
+      // Ours, compressed; then one another tool put there under the plain name.
+      const z = await this.attempt((s, signal) => s.get(prefix + segmentObject(f.name), { signal }));
+      if (z !== null) {
+        const r = check(await this.decompress(z, f.name), null, segmentObject(f.name));
+        if (r) return r;
+      } else {
+        const plain = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
+        if (plain !== null) {
+          const r = check(plain, null, f.name);
+          if (r) return r;
+        }
+      }
+      if (opts.partial) {
+        // The newest partial object of this segment (any node's).
+        const objs = await this.attempt((s, signal) => s.list(`${prefix}${f.name}.`, { signal }));
+        const partials = objs
+          .map((o) => ({ key: o.key, p: parseObjectName(o.key.slice(prefix.length)) }))
+          .filter((x): x is { key: string; p: { kind: 'partial'; segment: string; end: Lsn; nodeId: number } } => x.p?.kind === 'partial' && x.p.segment === f.name)
+          .sort((a, b) => (a.p.end > b.p.end ? -1 : 1));
+        for (const x of partials) {
+          const b = await this.attempt((s, signal) => s.get(x.key, { signal }));
+          if (b === null) continue; // deleted meanwhile (a newer one is up)
+          const r = check(await this.decompress(b, x.key), x.p.end, partialObject(f.name, x.p.end, x.p.nodeId));
+          if (r) return r;
+        }
+      }
+      return { found: null, errors };
+    } catch (e) {
+      if (e instanceof BadWalError) return { found: null, errors: [`${who}: ${e.message}`] };
+      return { found: null, errors: [`${who}: ${errText(e)}`] };
+    }
+  }
+
+  private async decompress(z: Buffer, name: string): Promise<Buffer> {
+    try {
+      // (1 GiB: the largest segment size PostgreSQL allows)
+      return await zstdDecompress(z, 1 << 30);
+    } catch (e) {
+      throw new BadWalError(`${name}: does not decompress (${(e as Error).message})`);
+    }
+  }
+}
+
+/** Asks the sources in order (see the top of this file). */
+export class WalArchive {
+  constructor(
+    readonly nodes: NodeArchive | null,
+    readonly objects: ObjectArchive | null,
+    private readonly expect: { systemId: bigint | null; pgVersion: number | null },
+  ) {}
+
+  /** The system id to insist on: the caller's, else what the nodes report (one system). */
+  private async systemId(): Promise<bigint | null> {
+    if (this.expect.systemId !== null || !this.nodes) return this.expect.systemId;
+    const ids = new Set((await this.nodes.nodes()).nodes.map((n) => n.status.systemId));
+    return ids.size === 1 ? [...ids][0]! : null;
+  }
+
+  async get(f: WalFileName, opts: { partial: boolean }): Promise<Lookup> {
+    const want = { systemId: await this.systemId(), pgVersion: this.expect.pgVersion };
+    const errors: string[] = [];
+    const ask = async (partial: boolean): Promise<Fetched | null> => {
+      for (const src of [this.nodes, this.objects]) {
+        if (!src) continue;
+        const r = await src.get(f, { ...want, partial });
+        if (r.found) return r.found;
+        errors.push(...r.errors);
+      }
+      return null;
+    };
+    const whole = await ask(false);
+    if (whole) return { found: whole };
+    if (opts.partial && f.kind === 'segment') {
+      const part = await ask(true);
+      if (part) return { found: part };
+    }
+    return { found: null, errors: [...new Set(errors)] };
+  }
+
+  close(): void {
+    this.objects?.close();
+  }
+}
