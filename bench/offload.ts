@@ -19,18 +19,16 @@
  *   npm run bench:offload [-- --scale 100]
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { chmod, copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { asServerUser, chownToServerUser, createTempDir, lsnOf, NodeProcess, freePort, runPgTool, startPostgres, type PgCluster } from '../__test__/harness/index.js';
+import { chownToServerUser, createTempDir, lsnOf, NodeProcess, freePort, runPgTool, startPostgres, type PgCluster } from '../__test__/harness/index.js';
 import { startRgw } from '../__test__/harness/ceph.js';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { setupPgBackRest } from './pgbackrest.js';
 import { record } from './results.js';
 
-const run = promisify(execFile);
 const { values } = parseArgs({ options: { scale: { type: 'string', default: '100' } } });
 const scale = values.scale!;
 const log = (s: string) => process.stderr.write(`[offload] ${s}\n`);
@@ -193,46 +191,7 @@ async function main(): Promise<void> {
     // (3) capacity, pgBackRest
     log('(3) pgBackRest archive-push (async, zst level 3, process-max 2): the backlog PostgreSQL kept');
     const br = path.join(tmp.path, 'pgbackrest');
-    for (const d of ['', 'spool', 'lock', 'log']) await mkdir(path.join(br, d), { recursive: true });
-    await copyFile(rgw.caFile!, path.join(br, 'ca.crt'));
-    const conf = path.join(br, 'pgbackrest.conf');
-    await writeFile(
-      conf,
-      [
-        '[global]',
-        'repo1-type=s3',
-        'repo1-s3-endpoint=localhost',
-        `repo1-s3-port=${rgw.tlsPort}`,
-        'repo1-s3-bucket=pgbr',
-        `repo1-s3-key=${rgw.accessKey}`,
-        `repo1-s3-key-secret=${rgw.secretKey}`,
-        'repo1-s3-region=us-east-1',
-        'repo1-s3-uri-style=path',
-        `repo1-s3-ca-file=${path.join(br, 'ca.crt')}`,
-        'repo1-path=/pgbr',
-        'archive-async=y',
-        `spool-path=${path.join(br, 'spool')}`,
-        `lock-path=${path.join(br, 'lock')}`,
-        `log-path=${path.join(br, 'log')}`,
-        'log-level-console=warn',
-        'log-level-file=warn',
-        'process-max=2',
-        'compress-type=zst',
-        'compress-level=3',
-        '',
-        '[bench]',
-        `pg1-path=${pg.dataDir}`,
-        `pg1-port=${pg.port}`,
-        `pg1-socket-path=${pg.socketDir}`,
-        '',
-      ].join('\n'),
-    );
-    await chmod(tmp.path, 0o755);
-    await chownToServerUser(br);
-    for (const d of ['spool', 'lock', 'log']) await chownToServerUser(path.join(br, d));
-    for (const f of ['ca.crt', 'pgbackrest.conf']) await chownToServerUser(path.join(br, f));
-    const [cmd, args] = asServerUser('pgbackrest', [`--config=${conf}`, '--stanza=bench', 'stanza-create']);
-    await run(cmd, args);
+    const pgbr = await setupPgBackRest(br, rgw, 'pgbr', pg);
     // The backlog: every segment PostgreSQL kept as .ready during phases 1 and 2 (archive_command was empty).
     const readyCount = async () => Number((await pg!.query<{ n: string }>("SELECT count(*) AS n FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))[0]!.n);
     const stat = async () => (await pg!.query<{ c: string }>('SELECT archived_count::text AS c FROM pg_stat_archiver'))[0]!;
@@ -246,7 +205,7 @@ async function main(): Promise<void> {
     await writeFile(timeLog, '');
     await chownToServerUser(timeLog);
     const timed = existsSync('/usr/bin/time') ? `/usr/bin/time -a -o ${timeLog} -f "%U %S" ` : '';
-    await pg.query(`ALTER SYSTEM SET archive_command = '${timed}pgbackrest --config=${conf} --stanza=bench archive-push %p'`);
+    await pg.query(`ALTER SYSTEM SET archive_command = '${timed}${pgbr.command('archive-push %p')}'`);
     await pg.query('SELECT pg_reload_conf()');
     let pFirst: { t: number; c: number } | null = null;
     for (;;) {

@@ -10,15 +10,16 @@
  * `PG_VERSION` there when they exist.
  */
 import { spawn } from 'node:child_process';
-import { readFile, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 
 import { DEFAULT_STREAM } from '../defaults.js';
 import { parseEtcdEndpoints } from '../cluster/broker/broker.js';
 import { parseRemoteStorageUrl, RemoteStorageUrlError } from '../remote/remote_storage.js';
 import { NodeArchive, ObjectArchive, WalArchive, type NodeTarget } from '../restore/archive.js';
-import { parseWalFileName } from '../restore/names.js';
-import { installFile, runPrefetchWorker, Spool } from '../restore/spool.js';
+import { parseWalFileName, segmentAfter } from '../restore/names.js';
+import { installFile, prefetchOne, runPrefetchWorker, Spool } from '../restore/spool.js';
 import { intOption, parse, UsageError } from './args.js';
 
 export const FETCH_USAGE = `Usage: walkeeper fetch [--nodes URL,… | --broker ENDPOINTS] [--remote-storage URL] [options] %f %p
@@ -153,13 +154,29 @@ async function fetchFile(args: string[]): Promise<number> {
 
   try {
     const spool = prefetch > 0 && f.kind === 'segment' ? Spool.beside(dest) : null;
+    const partial = values.partial === true;
+    const workerArgs = args.filter((a) => !positionals.includes(a));
     let segmentSize: number | null = null;
+    const ahead: Promise<unknown>[] = [];
     if (spool) {
+      if (!partial && (await spool.missing(name)) && (await spool.workerRunning())) return 1;
       await spool.waitFor(name, 120_000);
-      if (await spool.take(name, dest)) segmentSize = (await spool.want())?.segmentSize ?? null;
+      if (await spool.take(name, dest)) {
+        segmentSize = (await spool.want())?.segmentSize ?? null;
+      } else {
+        // A miss (the first call, or PostgreSQL jumped): get the worker going on what follows while this
+        // call fetches its own segment, if the segment size is known (from the spool or the WAL beside %p).
+        const size = (await spool.want())?.segmentSize ?? (await segmentSizeIn(destDir));
+        if (size !== null && f.kind === 'segment') {
+          await spool.setWant(name, size);
+          if (!(await spool.workerRunning())) startWorker(spool.dir, workerArgs);
+          // The next segments come with this one (the worker needs a moment to start).
+          for (let i = 1; i <= Math.min(2, prefetch); i++) ahead.push(prefetchOne(spool, archive, segmentAfter(f, i, size)));
+        }
+      }
     }
     if (segmentSize === null) {
-      const r = await archive.get(f, { partial: values.partial === true });
+      const r = await archive.get(f, { partial });
       if (!r.found) {
         if (r.errors.length === 0) return 1;
         throw new FetchError(`${name} not fetched: ${r.errors.join('; ')}`);
@@ -167,9 +184,10 @@ async function fetchFile(args: string[]): Promise<number> {
       await installFile(dest, r.found.data);
       if (f.kind === 'segment') segmentSize = r.found.data.readUInt32LE(32);
     }
+    await Promise.allSettled(ahead);
     if (spool && segmentSize !== null) {
       await spool.setWant(name, segmentSize);
-      if (!(await spool.workerRunning())) startWorker(spool.dir, args.filter((a) => !positionals.includes(a)));
+      if (!(await spool.workerRunning())) startWorker(spool.dir, workerArgs);
     }
     return 0;
   } finally {
@@ -177,11 +195,38 @@ async function fetchFile(args: string[]): Promise<number> {
   }
 }
 
+/** The segment size of the WAL already in `dir` (a base backup's pg_wal), from a segment's long page header. */
+async function segmentSizeIn(dir: string): Promise<number | null> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /^[0-9A-F]{24}$/.test(n));
+  for (const n of names) {
+    const fh = await open(path.join(dir, n), 'r').catch(() => null);
+    if (!fh) continue;
+    try {
+      const b = Buffer.alloc(40);
+      const { bytesRead } = await fh.read(b, 0, 40, 0);
+      const size = b.readUInt32LE(32);
+      if (bytesRead === 40 && (b.readUInt16LE(2) & 0x2) !== 0 && size >= 1 << 20 && size <= 1 << 30 && (size & (size - 1)) === 0) return size;
+    } finally {
+      await fh.close();
+    }
+  }
+  return null;
+}
+
 /** Starts the prefetch worker in the background, detached: PostgreSQL waits for this command only. */
 function startWorker(spoolDir: string, args: string[]): void {
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'fetch', ...args, '--prefetch-worker', spoolDir], {
     detached: true,
     stdio: 'ignore',
+    // Two threads decompress (the nearest segments first, not eight at once), leaving
+    // the replaying server a core.
+    env: { ...process.env, UV_THREADPOOL_SIZE: '2' },
   });
   child.unref();
+  // Background work: the server's startup process, which waits on what it prefetches, comes first.
+  try {
+    if (child.pid !== undefined) os.setPriority(child.pid, 10);
+  } catch {
+    // (not permitted here: it runs at normal priority)
+  }
 }

@@ -173,6 +173,16 @@ export class Spool {
     await rm(this.file(`${name}.inflight`), { force: true });
   }
 
+  /** The worker found `name` in no source moments ago (it keeps the marker only while that holds). */
+  async missing(name: string): Promise<boolean> {
+    return exists(this.file(`${name}.missing`));
+  }
+
+  async setMissing(name: string, missing: boolean): Promise<void> {
+    if (missing) await writeFile(this.file(`${name}.missing`), '');
+    else await rm(this.file(`${name}.missing`), { force: true });
+  }
+
   async has(name: string): Promise<boolean> {
     return exists(this.file(name));
   }
@@ -184,9 +194,10 @@ export class Spool {
 
   /** Removes spooled segments PostgreSQL has gone past (on `want`'s timeline and before it), and any other timeline's. */
   async prune(want: string): Promise<void> {
-    for (const n of await readdir(this.dir).catch(() => [] as string[])) {
+    for (const entry of await readdir(this.dir).catch(() => [] as string[])) {
+      const n = entry.replace(/\.missing$/, '');
       if (parseWalFileName(n)?.kind !== 'segment') continue;
-      if (n.slice(0, 8) !== want.slice(0, 8) || n.slice(8) <= want.slice(8)) await rm(this.file(n), { force: true });
+      if (n.slice(0, 8) !== want.slice(0, 8) || n.slice(8) <= want.slice(8)) await rm(this.file(entry), { force: true });
     }
   }
 
@@ -208,6 +219,35 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /**
+ * Fetches segment `name` into the spool, if no live process is already
+ * fetching it: "found" once it is there, "missing" when no source has it
+ * (recorded for the shell's fast answer), "failed" on errors (left to
+ * fetch itself, which reports them), "busy" when another process has it.
+ */
+export async function prefetchOne(spool: Spool, archive: WalArchive, name: string, log: (line: string) => void = () => undefined): Promise<'found' | 'missing' | 'failed' | 'busy'> {
+  if (!(await spool.claim(name))) return 'busy';
+  try {
+    const r = await archive.get(parseWalFileName(name)!, { partial: false });
+    if (r.found && r.found.end === null) {
+      await spool.put(name, r.found.data);
+      await spool.setMissing(name, false);
+      return 'found';
+    }
+    // Only a clean "no source has it" answers PostgreSQL from the spool.
+    const clean = !r.found && r.errors.length === 0;
+    await spool.setMissing(name, clean);
+    if (!r.found && r.errors.length) log(`prefetch ${name}: ${r.errors.join('; ')}`);
+    return clean ? 'missing' : 'failed';
+  } catch (e) {
+    await spool.setMissing(name, false);
+    log(`prefetch ${name}: ${(e as Error).message}`);
+    return 'failed';
+  } finally {
+    await spool.release(name);
+  }
+}
+
+/**
  * The prefetch worker: keeps the `n` segments after the last one asked
  * for in the spool, fetching up to `n` at once, until nothing new has been
  * asked for in WORKER_IDLE_MS. Returns when it ends (or at once when
@@ -216,48 +256,47 @@ async function exists(p: string): Promise<boolean> {
 export async function runPrefetchWorker(spool: Spool, archive: WalArchive, n: number, log: (line: string) => void = () => undefined): Promise<void> {
   if (!(await spool.lockWorker())) return;
   const inflight = new Map<string, Promise<void>>();
+  /** When each segment was last found missing or failed (asked again after MISSING_RETRY_MS). */
   const missing = new Map<string, number>();
+  /**
+   * Segments this worker put in the spool. PostgreSQL takes them before it
+   * says so (the `want` file follows the rename), so "not in the spool" does
+   * not mean "fetch it": only a want that moved back (a new recovery
+   * attempt) makes them wanted again.
+   */
+  const delivered = new Set<string>();
   let last: string | null = null;
   let quietSince = Date.now();
   try {
     for (;;) {
       const want = await spool.want();
       if (want && want.name !== last) {
+        if (last !== null && want.name < last) delivered.clear();
+        for (const d of delivered) if (d <= want.name) delivered.delete(d);
         last = want.name;
         quietSince = Date.now();
         await spool.prune(want.name);
       }
-      if (want) {
-        const f = parseWalFileName(want.name);
-        if (f?.kind === 'segment') {
-          for (let i = 1; i <= n && inflight.size < n; i++) {
-            const name = segmentAfter(f, i, want.segmentSize);
-            if (inflight.has(name)) continue;
-            const miss = missing.get(name);
-            // Past the end of the archive: nothing further can be there either.
-            if (miss !== undefined && Date.now() - miss < MISSING_RETRY_MS) break;
-            if (await spool.has(name)) continue;
-            if (!(await spool.claim(name))) continue;
-            const job = (async () => {
-              try {
-                const r = await archive.get(parseWalFileName(name)!, { partial: false });
-                if (r.found && r.found.end === null) {
-                  await spool.put(name, r.found.data);
-                  missing.delete(name);
-                } else {
-                  missing.set(name, Date.now());
-                  if (!r.found && r.errors.length) log(`prefetch ${name}: ${r.errors.join('; ')}`);
-                }
-              } catch (e) {
-                missing.set(name, Date.now());
-                log(`prefetch ${name}: ${(e as Error).message}`);
-              } finally {
-                await spool.release(name);
-                inflight.delete(name);
-              }
-            })();
-            inflight.set(name, job);
-          }
+      const f = want ? parseWalFileName(want.name) : null;
+      if (want && f?.kind === 'segment') {
+        for (let i = 1; i <= n && inflight.size < n; i++) {
+          const name = segmentAfter(f, i, want.segmentSize);
+          if (inflight.has(name) || delivered.has(name)) continue;
+          const miss = missing.get(name);
+          // Past the end of the archive: nothing further can be there either.
+          if (miss !== undefined && Date.now() - miss < MISSING_RETRY_MS) break;
+          if (await spool.has(name)) continue;
+          const job = prefetchOne(spool, archive, name, log).then((r) => {
+            inflight.delete(name);
+            // (busy: fetch is getting it into the spool itself)
+            if (r === 'found' || r === 'busy') {
+              delivered.add(name);
+              missing.delete(name);
+            } else {
+              missing.set(name, Date.now());
+            }
+          });
+          inflight.set(name, job);
         }
       }
       if (inflight.size === 0 && Date.now() - quietSince > WORKER_IDLE_MS) break;

@@ -1,0 +1,154 @@
+/**
+ * bench/restore: archive recovery of a base backup through a
+ * restore_command, three ways in one run, each replaying the same WAL
+ * (`pgbench -i -s N`, ≥ 1 GiB at the default scale) to its end:
+ *
+ *   walkeeper   `walkeeper fetch --prefetch 8` from object storage (Ceph RGW,
+ *               the objects a node offloaded; the node is stopped first, so
+ *               every segment comes from the store)
+ *   pgBackRest  `archive-get`, asynchronous (archive-get-queue-max default),
+ *               from the same RGW (https: pgBackRest speaks nothing else)
+ *   cp          `cp` from a local directory: replay alone, the limit
+ *
+ * The figure is PostgreSQL's own: the elapsed time of redo from its "redo
+ * done" log line, and the WAL replayed in that time.
+ *
+ *   npm run bench:restore [-- --scale 70]
+ */
+import { cp as copyDir, mkdir, readdir, readFile, copyFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { execFile } from 'node:child_process';
+
+import { basebackup, createTempDir, freePort, lsnOf, NodeProcess, runPgTool, startPostgres, startRecovery, type PgCluster } from '../__test__/harness/index.js';
+import { startRgw } from '../__test__/harness/ceph.js';
+import { setupPgBackRest } from './pgbackrest.js';
+import { record } from './results.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const FETCH = path.join(root, 'bin', 'walkeeper-fetch');
+const { values } = parseArgs({ options: { scale: { type: 'string', default: '70' }, only: { type: 'string' } } });
+const scale = values.scale!;
+const log = (s: string) => process.stderr.write(`[restore] ${s}\n`);
+const SEG = 16 * 1024 * 1024;
+const run = promisify(execFile);
+
+/** When running as root, hands `dir` and everything in it to the server user (as PostgreSQL runs restore commands). */
+async function serverOwns(dir: string): Promise<void> {
+  if (process.getuid?.() === 0) await run('chown', ['-R', 'postgres:postgres', dir]);
+}
+
+async function flushLsn(pg: PgCluster): Promise<bigint> {
+  const [r] = await pg.query<{ l: string }>('SELECT pg_current_wal_flush_lsn()::text AS l');
+  return lsnOf(r!.l);
+}
+
+/** Recovers a copy of `backup` with `restoreCommand` to the end; PostgreSQL's redo time and where redo ended. */
+async function recover(backup: string, restoreCommand: (data: string) => string): Promise<{ secs: number; end: bigint }> {
+  const data = path.join(path.dirname(backup), `r${Math.random().toString(36).slice(2, 8)}`, 'data');
+  await mkdir(path.dirname(data), { recursive: true });
+  await copyDir(backup, data, { recursive: true, preserveTimestamps: true });
+  await serverOwns(path.dirname(data));
+  const c = await startRecovery(data, { restoreCommand: restoreCommand(data), readyTimeoutMs: 1_800_000 });
+  try {
+    for (;;) {
+      const text = await readFile(c.logFile, 'utf8');
+      const m = /redo done at ([0-9A-F]+\/[0-9A-F]+) .*elapsed: ([\d.]+) s/.exec(text);
+      if (m) return { secs: Number(m[2]), end: lsnOf(m[1]!) };
+      if (/FATAL: {2}(?!the database system is (starting up|not yet accepting))/.test(text)) throw new Error(`recovery failed:\n${text.split('\n').slice(-20).join('\n')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await c.destroy();
+  }
+}
+
+async function main(): Promise<void> {
+  const tmp = await createTempDir('walkeeper-bench-restore-');
+  const rgw = await startRgw({ tls: true, memstoreBytes: 12 * 1024 ** 3 });
+  let node: NodeProcess | null = null;
+  let pg: PgCluster | null = null;
+  try {
+    await rgw.createBucket('walkeeper');
+    await rgw.createBucket('pgbr');
+    pg = await startPostgres({ conf: { wal_keep_size: '16GB', max_wal_size: '8GB', max_wal_senders: 10, archive_mode: 'on', archive_command: '' } });
+    const pgbr = await setupPgBackRest(path.join(tmp.path, 'pgbackrest'), rgw, 'pgbr', pg);
+    await pg.query(`ALTER SYSTEM SET archive_command = '${pgbr.command('archive-push %p')}'`);
+    await pg.query('SELECT pg_reload_conf()');
+    node = new NodeProcess({ dataDir: path.join(tmp.path, 'node'), nodeId: 1, upstream: `host=127.0.0.1 port=${pg.port} user=postgres`, env: { ...rgw.env, WALKEEPER_LOG_LEVEL: 'warn' } });
+    node.pgPort = await freePort();
+    node.httpPort = await freePort();
+    node.opts.extraArgs = ['--remote-storage', 's3://walkeeper/bench', '--remote-endpoint', rgw.endpoint, '--offload-partial-after', '0', '--wal-keep-size', '64MB'];
+    await node.start();
+    const backup = await basebackup(pg);
+    const start = await flushLsn(pg);
+    log(`pgbench -i -s ${scale}`);
+    await runPgTool('pgbench', ['-i', '-q', '-s', scale, '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { check: true, timeoutMs: 3_600_000 });
+    await pg.query('CHECKPOINT');
+    await pg.query('SELECT pg_switch_wal()');
+    const end = await flushLsn(pg);
+    const last = (end - 1n) / BigInt(SEG);
+    const lastName = `00000001${(last / 256n).toString(16).toUpperCase().padStart(8, '0')}${(last % 256n).toString(16).toUpperCase().padStart(8, '0')}`;
+    log(`${(Number(end - start) / 2 ** 20).toFixed(0)} MiB of WAL; waiting for both archives to hold ${lastName}`);
+    for (;;) {
+      const st = (await node.status()) as { backup_lsn: string | null } | null;
+      const [a] = await pg.query<{ w: string | null }>('SELECT last_archived_wal AS w FROM pg_stat_archiver');
+      if (st?.backup_lsn && lsnOf(st.backup_lsn) >= end - (end % BigInt(SEG)) && a?.w !== null && a!.w! >= lastName) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await node.stop();
+    // The local archive for cp: the primary's segments, as archive_command would have copied them.
+    const local = path.join(tmp.path, 'archive');
+    await mkdir(local);
+    for (const n of await readdir(pg.walDir)) if (/^[0-9A-F]{24}$/.test(n) && n <= lastName) await copyFile(path.join(pg.walDir, n), path.join(local, n));
+    await serverOwns(local);
+    await pg.destroy();
+    pg = null;
+
+    const env = Object.entries(rgw.env)
+      .map(([k, v]) => `${k}='${v}'`)
+      .join(' ');
+    // (pgBackRest checks the recovering server's pg_control: its pg1-path is that server's data directory)
+    const all: [string, (data: string) => string][] = [
+      ['cp', () => `cp ${local}/%f %p`],
+      ['walkeeper', () => `PATH='${path.dirname(process.execPath)}':$PATH ${env} '${FETCH}' --remote-storage s3://walkeeper/bench --remote-endpoint ${rgw.endpoint} --prefetch 8 %f %p`],
+      ['pgBackRest', (data) => pgbr.command(`--pg1-path=${data} archive-get %f "%p"`)],
+    ];
+    const runs = all.filter(([n]) => values.only === undefined || values.only.split(',').includes(n));
+    const result = new Map<string, { rate: number; secs: number; mib: number }>();
+    for (const [name, cmd] of runs) {
+      log(`recovery with ${name}`);
+      const r = await recover(backup, cmd);
+      const mib = Number(r.end - start) / 2 ** 20;
+      result.set(name, { rate: mib / r.secs, secs: r.secs, mib });
+      log(`    redo of ${mib.toFixed(0)} MiB in ${r.secs.toFixed(2)} s = ${(mib / r.secs).toFixed(0)} MiB/s`);
+    }
+    if (result.size < 3) return; // (--only: the figures were logged)
+    const w = result.get('walkeeper')!;
+    const p = result.get('pgBackRest')!;
+    const c = result.get('cp')!;
+    const lines = [
+      `restore: archive recovery of pgbench -i -s ${scale} (${c.mib.toFixed(0)} MiB of WAL), 16 MiB segments, Ceph RGW (memstore) on loopback`,
+      `machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
+      `walkeeper fetch --prefetch 8: ${w.rate.toFixed(0).padStart(5)} MiB/s (${w.secs.toFixed(2)} s)`,
+      `pgBackRest archive-get async: ${p.rate.toFixed(0).padStart(5)} MiB/s (${p.secs.toFixed(2)} s)`,
+      `cp from a local directory:    ${c.rate.toFixed(0).padStart(5)} MiB/s (${c.secs.toFixed(2)} s)`,
+      `walkeeper ${(w.rate / p.rate).toFixed(2)}× pgBackRest (target ≥ 1.5×), ${(w.rate / c.rate).toFixed(2)}× local cp (target ≥ 0.9×)`,
+    ];
+    console.log(lines.join('\n'));
+    record({ bench: 'restore', what: 'archive recovery rate, walkeeper fetch --prefetch 8 (vs pgBackRest archive-get async)', unit: 'MiB/s', walkeeper: w.rate, postgres: p.rate, target: '≥ 1.5×', better: 'higher' });
+    record({ bench: 'restore', what: 'archive recovery rate, walkeeper fetch --prefetch 8 (vs cp from a local directory)', unit: 'MiB/s', walkeeper: w.rate, postgres: c.rate, target: '≥ 0.9×', better: 'higher' });
+  } finally {
+    await node?.kill();
+    await pg?.destroy();
+    await rgw.stop();
+    await tmp.cleanup();
+  }
+}
+
+main().catch((e) => {
+  console.error(`restore: ${(e as Error).stack ?? e}`);
+  process.exitCode = 1;
+});
