@@ -59,6 +59,30 @@ export interface ScanOptions {
   pgVersion?: number;
 }
 
+/** segmentWrite: a segment from an archive, checked as it is written (see crates/walcore/src/segment_file.rs). */
+export interface SegmentWriteOptions {
+  data: Buffer;
+  /** `data` is zstd, else the segment's bytes. */
+  compressed: boolean;
+  /** Zero-fill a short segment (a `.partial`) instead of refusing it. */
+  pad: boolean;
+  /** The file name's timeline and the two halves of its segment number. */
+  tli: number;
+  hi: number;
+  lo: number;
+  systemId?: bigint | null;
+  pgVersion?: number | null;
+  /** A new file (it must not exist); removed again on any error. */
+  path: string;
+  sync: boolean;
+}
+
+export interface SegmentIdentity {
+  systemId: bigint;
+  pgVersion: number;
+  segmentSize: number;
+}
+
 export interface SegmentInfo {
   tli: number;
   segno: number;
@@ -206,6 +230,7 @@ export interface SendPumpJob {
 export interface NativeBinding {
   zstdCompress(data: Buffer, level: number): Promise<Buffer>;
   zstdDecompress(data: Buffer, maxBytes: number): Promise<Buffer>;
+  segmentWrite(o: SegmentWriteOptions): Promise<SegmentIdentity>;
   zstdCompressFile(path: string, level: number, length?: number, padTo?: number): Promise<{ bytes: number; data: Buffer }>;
   version(): string;
   crc32cImplementation(): string;

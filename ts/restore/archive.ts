@@ -14,20 +14,35 @@ import { parseNodeStatus } from '../member_status.js';
 import { parseObjectName, partialObject, segmentObject, streamPrefix, historyObject } from '../offload/names.js';
 import { openRemoteStorage } from '../remote/open.js';
 import type { RemoteLocation, RemoteStorage } from '../remote/remote_storage.js';
-import { zstdDecompress } from '../wal/compress.js';
 import { segnoOf, type WalFileName } from './names.js';
-import { BadWalError, checkSegment } from './verify.js';
+import { installFile, installWith } from './install.js';
+import { writeSegment } from '../wal/segment_file.js';
+import { isWalcoreError } from '../wal/wal_storage.js';
 
-/** A file that passed its checks. */
-export interface Fetched {
-  data: Buffer;
-  /** Which node or store served it, for messages. */
+/** A file as a source holds it, before its checks. */
+export interface Candidate {
+  body: Buffer;
+  /** zstd (an object we offloaded), else the file's bytes. */
+  compressed: boolean;
+  /** A segment cut at commit_lsn: zeros fill the rest. */
+  pad: boolean;
+  /** Which node or store has it, for messages. */
   from: string;
   /** A partial segment: WAL ends here, zeros follow. */
   end: Lsn | null;
 }
 
-export type Lookup = { found: Fetched } | { found: null; errors: string[] };
+/**
+ * Takes a candidate to its destination, checking it on the way; throws
+ * BadWalError when it fails its checks (the next source is asked then).
+ */
+export type Sink = (c: Candidate) => Promise<void>;
+
+/** A file that passed its checks and is at its destination. */
+export type Lookup = { found: { from: string; end: Lsn | null } } | { found: null; errors: string[] };
+
+/** A file that fails its checks: it must not be used. */
+export class BadWalError extends Error {}
 
 const REQUEST_TIMEOUT_MS = 60_000;
 const STATUS_TIMEOUT_MS = 2000;
@@ -104,7 +119,7 @@ export class NodeArchive {
    * another database system are refused. A segment comes back complete, or
    * with `partial` as what its node has committed of it.
    */
-  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null; pgVersion: number | null }): Promise<Lookup> {
+  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null }, sink: Sink): Promise<Lookup> {
     const { nodes, errors } = await this.nodes();
     const errs = [...errors];
     for (const n of nodes) {
@@ -138,29 +153,30 @@ export class NodeArchive {
         errs.push(`${who}: served database system ${sid}, this server's is ${opts.systemId}`);
         continue;
       }
-      if (f.kind !== 'segment') return { found: { data: r.body, from: who, end: null } };
-      const endText = r.headers.get('x-walkeeper-end-lsn') ?? '';
       const segSize = Number(r.headers.get('x-walkeeper-segment-size'));
-      const segno = segnoOf(f, segSize);
-      if (!isLsn(endText) || segno === null) {
-        errs.push(`${who}: ${f.name} served without its end or segment size`);
-        continue;
+      let end: Lsn | null = null;
+      if (f.kind === 'segment') {
+        const endText = r.headers.get('x-walkeeper-end-lsn') ?? '';
+        const segno = segnoOf(f, segSize);
+        if (!isLsn(endText) || segno === null) {
+          errs.push(`${who}: ${f.name} served without its end or segment size`);
+          continue;
+        }
+        end = parseLsn(endText);
+        if (r.body.length !== Number(end - segno * BigInt(segSize))) {
+          errs.push(`${who}: ${f.name} cut short (${r.body.length} of ${Number(end - segno * BigInt(segSize))} bytes)`);
+          continue;
+        }
+        if (r.body.length === segSize) end = null;
       }
-      const end = parseLsn(endText);
-      const start = segno * BigInt(segSize);
-      if (r.body.length !== Number(end - start)) {
-        errs.push(`${who}: ${f.name} cut short (${r.body.length} of ${Number(end - start)} bytes)`);
-        continue;
-      }
-      const data = r.body.length === segSize ? r.body : Buffer.concat([r.body, Buffer.alloc(segSize - r.body.length)]);
       try {
-        checkSegment(f, data, opts);
+        await sink({ body: r.body, compressed: false, pad: end !== null, from: who, end });
       } catch (e) {
         if (!(e instanceof BadWalError)) throw e;
         errs.push(`${who}: ${e.message}`);
         continue;
       }
-      return { found: { data, from: who, end: r.body.length === segSize ? null : end } };
+      return { found: { from: who, end } };
     }
     return { found: null, errors: errs };
   }
@@ -226,7 +242,7 @@ export class ObjectArchive {
     return p;
   }
 
-  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null; pgVersion: number | null }): Promise<Lookup> {
+  async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null }, sink: Sink): Promise<Lookup> {
     const who = `object storage ${this.location}`;
     try {
       let systemId = opts.systemId;
@@ -237,37 +253,30 @@ export class ObjectArchive {
         systemId = ids[0]!;
       }
       const prefix = streamPrefix(this.stream, systemId);
-      if (f.kind === 'history') {
-        const b = await this.attempt((s, signal) => s.get(prefix + historyObject(f.tli), { signal }));
-        return b === null ? { found: null, errors: [] } : { found: { data: b, from: who, end: null } };
-      }
-      if (f.kind === 'backup') {
-        const b = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
-        return b === null ? { found: null, errors: [] } : { found: { data: b, from: who, end: null } };
-      }
-      const want = { systemId, pgVersion: opts.pgVersion };
       const errors: string[] = [];
-      const check = (data: Buffer, end: Lsn | null, what: string): Lookup | null => {
+      /** Hands a candidate on; false (and why, in errors) when it fails its checks. */
+      const offer = async (body: Buffer, compressed: boolean, end: Lsn | null, what: string): Promise<boolean> => {
         try {
-          checkSegment(f, data, want);
-          return { found: { data, from: who, end } };
+          await sink({ body, compressed, pad: end !== null, from: who, end });
+          return true;
         } catch (e) {
           if (!(e instanceof BadWalError)) throw e;
           errors.push(`${who}: ${what}: ${e.message}`);
-          return null;
+          return false;
         }
       };
+      if (f.kind !== 'segment') {
+        const b = await this.attempt((s, signal) => s.get(prefix + (f.kind === 'history' ? historyObject(f.tli) : f.name), { signal }));
+        if (b !== null && (await offer(b, false, null, f.name))) return { found: { from: who, end: null } };
+        return { found: null, errors };
+      }
       // Ours, compressed; then one another tool put there under the plain name.
       const z = await this.attempt((s, signal) => s.get(prefix + segmentObject(f.name), { signal }));
       if (z !== null) {
-        const r = check(await this.decompress(z, f.name), null, segmentObject(f.name));
-        if (r) return r;
+        if (await offer(z, true, null, segmentObject(f.name))) return { found: { from: who, end: null } };
       } else {
         const plain = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
-        if (plain !== null) {
-          const r = check(plain, null, f.name);
-          if (r) return r;
-        }
+        if (plain !== null && (await offer(plain, false, null, f.name))) return { found: { from: who, end: null } };
       }
       if (opts.partial) {
         // The newest partial object of this segment (any node's).
@@ -279,23 +288,12 @@ export class ObjectArchive {
         for (const x of partials) {
           const b = await this.attempt((s, signal) => s.get(x.key, { signal }));
           if (b === null) continue; // deleted meanwhile (a newer one is up)
-          const r = check(await this.decompress(b, x.key), x.p.end, partialObject(f.name, x.p.end, x.p.nodeId));
-          if (r) return r;
+          if (await offer(b, true, x.p.end, partialObject(f.name, x.p.end, x.p.nodeId))) return { found: { from: who, end: x.p.end } };
         }
       }
       return { found: null, errors };
     } catch (e) {
-      if (e instanceof BadWalError) return { found: null, errors: [`${who}: ${e.message}`] };
       return { found: null, errors: [`${who}: ${errText(e)}`] };
-    }
-  }
-
-  private async decompress(z: Buffer, name: string): Promise<Buffer> {
-    try {
-      // (1 GiB: the largest segment size PostgreSQL allows)
-      return await zstdDecompress(z, 1 << 30);
-    } catch (e) {
-      throw new BadWalError(`${name}: does not decompress (${(e as Error).message})`);
     }
   }
 }
@@ -315,23 +313,29 @@ export class WalArchive {
     return ids.size === 1 ? [...ids][0]! : null;
   }
 
-  async get(f: WalFileName, opts: { partial: boolean }): Promise<Lookup> {
-    const want = { systemId: await this.systemId(), pgVersion: this.expect.pgVersion };
+  /**
+   * Finds `f` and installs it at `dest` (written under a temporary name
+   * beside it, checked on the way, fsynced, renamed): the first candidate
+   * that passes its checks, in the order at the top of this file.
+   */
+  async get(f: WalFileName, opts: { partial: boolean }, dest: string): Promise<Lookup> {
+    const systemId = await this.systemId();
+    const sink = installer(f, dest, { systemId, pgVersion: this.expect.pgVersion });
     const errors: string[] = [];
-    const ask = async (partial: boolean): Promise<Fetched | null> => {
+    const ask = async (partial: boolean): Promise<Lookup | null> => {
       for (const src of [this.nodes, this.objects]) {
         if (!src) continue;
-        const r = await src.get(f, { ...want, partial });
-        if (r.found) return r.found;
+        const r = await src.get(f, { systemId, partial }, sink);
+        if (r.found) return r;
         errors.push(...r.errors);
       }
       return null;
     };
     const whole = await ask(false);
-    if (whole) return { found: whole };
+    if (whole) return whole;
     if (opts.partial && f.kind === 'segment') {
       const part = await ask(true);
-      if (part) return { found: part };
+      if (part) return part;
     }
     return { found: null, errors: [...new Set(errors)] };
   }
@@ -339,4 +343,19 @@ export class WalArchive {
   close(): void {
     this.objects?.close();
   }
+}
+
+/** The sink that installs candidates of `f` at `dest`: segments through the core's checked writer. */
+function installer(f: WalFileName, dest: string, expect: { systemId: bigint | null; pgVersion: number | null }): Sink {
+  return async (c) => {
+    if (f.kind !== 'segment') return installFile(dest, c.body);
+    await installWith(dest, async (tmp) => {
+      try {
+        await writeSegment({ data: c.body, compressed: c.compressed, pad: c.pad, tli: f.tli, hi: f.hi, lo: f.lo, systemId: expect.systemId, pgVersion: expect.pgVersion, path: tmp, sync: true });
+      } catch (e) {
+        if (isWalcoreError(e, 'WALCORE_CORRUPT')) throw new BadWalError(`${f.name}: ${(e as Error).message}`);
+        throw e;
+      }
+    });
+  };
 }

@@ -1,12 +1,5 @@
 /**
- * Files handed to PostgreSQL, and the prefetch spool.
- *
- * A restore_command must leave `%p` holding the whole file or nothing:
- * PostgreSQL reads whatever is there once the command exits 0, and a file
- * cut short by a crash of the command would be replayed as far as it goes.
- * So every file is written under a temporary name in `%p`'s own directory
- * (a rename across filesystems is a copy, not atomic: WAL-G 3.0's bug),
- * fsynced, and renamed.
+ * The prefetch spool.
  *
  * With `--prefetch N`, one background worker per recovery (pgBackRest's
  * asynchronous archive-get, Barman's `-p`) keeps the N segments after the
@@ -17,42 +10,12 @@
  * rather than fetched twice. The worker learns what PostgreSQL asked for
  * last from the `want` file each call writes, and ends after a quiet spell.
  */
-import { randomBytes } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { parseWalFileName, segmentAfter } from './names.js';
 import type { WalArchive } from './archive.js';
-
-/** Writes `data` to `dest` whole or not at all (see the top of this file). */
-export async function installFile(dest: string, data: Buffer): Promise<void> {
-  const dir = path.dirname(dest);
-  const tmp = path.join(dir, `.${path.basename(dest)}.walkeeper-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, dest);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await syncDir(dir);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const dh = await open(dir, 'r');
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
-}
+import { syncDir } from './install.js';
 
 function alive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -187,9 +150,9 @@ export class Spool {
     return exists(this.file(name));
   }
 
-  /** Puts a verified segment in the spool (whole or not at all). */
-  async put(name: string, data: Buffer): Promise<void> {
-    await installFile(this.file(name), data);
+  /** Where a prefetched segment goes (written there whole or not at all). */
+  path(name: string): string {
+    return this.file(name);
   }
 
   /** Removes spooled segments PostgreSQL has gone past (on `want`'s timeline and before it), and any other timeline's. */
@@ -227,9 +190,8 @@ async function exists(p: string): Promise<boolean> {
 export async function prefetchOne(spool: Spool, archive: WalArchive, name: string, log: (line: string) => void = () => undefined): Promise<'found' | 'missing' | 'failed' | 'busy'> {
   if (!(await spool.claim(name))) return 'busy';
   try {
-    const r = await archive.get(parseWalFileName(name)!, { partial: false });
-    if (r.found && r.found.end === null) {
-      await spool.put(name, r.found.data);
+    const r = await archive.get(parseWalFileName(name)!, { partial: false }, spool.path(name));
+    if (r.found) {
       await spool.setMissing(name, false);
       return 'found';
     }

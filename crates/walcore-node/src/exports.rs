@@ -46,10 +46,11 @@ fn js_err(e: walcore::Error) -> JsError {
 }
 
 pub fn register(env: &Env, exports: napi_value) -> JsResult<()> {
-    let fns: [(&str, crate::napi::Callback); 33] = [
+    let fns: [(&str, crate::napi::Callback); 34] = [
         ("zstdCompressFile", zstd_compress_file),
         ("zstdCompress", zstd_compress),
         ("zstdDecompress", zstd_decompress),
+        ("segmentWrite", segment_write),
         ("version", version),
         ("crc32cImplementation", crc32c_implementation),
         ("findEndOfWal", find_end),
@@ -687,6 +688,30 @@ fn zstd_decompress(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let max = args.u32(1, "maxBytes")? as usize;
     spawn_with_buffers(env, vec![data], move |bufs: &mut [BufferRef]| walcore::zstd::decompress(bufs[0].as_slice(), max).map_err(js_err), |env, out| env.buffer(&out))
 }
+
+/// `segmentWrite({ data, compressed, pad, tli, hi, lo, systemId?, pgVersion?, path, sync }):
+/// Promise<{ systemId, pgVersion, segmentSize }>` — a segment from an archive, checked as it is
+/// written to a new file, on the thread pool (see walcore/src/segment_file.rs).
+#[cfg(unix)]
+fn segment_write(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
+    use walcore::segment_file::{write_segment, Expect, SegmentName, WriteOptions};
+    let o = &args.object(0, "options", &["data", "compressed", "pad", "tli", "hi", "lo", "systemId", "pgVersion", "path", "sync"])?;
+    let data = o.buffer_ref(0, "data")?;
+    let opts = WriteOptions { compressed: o.bool(1, "compressed")?, pad: o.bool(2, "pad")?, sync: o.bool(9, "sync")? };
+    let name = SegmentName { tli: o.u32(3, "tli")?, hi: o.u32(4, "hi")?, lo: o.u32(5, "lo")? };
+    let expect = Expect { system_id: o.opt_bigint_u64(6, "systemId")?, pg_version: o.opt_u32(7, "pgVersion")? };
+    let path = PathBuf::from(o.string(8, "path")?);
+    spawn_with_buffers(env, vec![data], move |bufs: &mut [BufferRef]| write_segment(bufs[0].as_slice(), name, expect, &path, &opts).map_err(js_err), |env, id| {
+        let r = env.object()?;
+        env.set(r, "systemId", env.bigint(id.system_id)?)?;
+        env.set(r, "pgVersion", env.number(id.pg_version as f64)?)?;
+        env.set(r, "segmentSize", env.number(id.seg_size as f64)?)?;
+        Ok(r)
+    })
+}
+
+#[cfg(not(unix))]
+use pump_unsupported as segment_write;
 
 /// `zstdCompressFile(path, level, length?, padTo?): Promise<{ bytes, data }>` — a file's first
 /// `length` bytes (all by default), zero-padded to `padTo`, read and compressed on the thread pool.

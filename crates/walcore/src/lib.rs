@@ -22,6 +22,7 @@ pub mod receive_pump;
 pub mod record;
 pub mod scan;
 #[cfg(unix)]
+pub mod segment_file;
 pub mod send_pump;
 pub mod source;
 pub mod store;

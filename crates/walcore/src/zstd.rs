@@ -123,6 +123,23 @@ impl Drop for Stream {
 /// Decompresses every frame in `src`; an error if the result would exceed
 /// `max_out` bytes or the input ends inside a frame.
 pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(max_out.min(src.len().saturating_mul(8)).max(64 * 1024));
+    decompress_each(src, max_out, CHUNK, |chunk| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// What `decompress_each` hands on at a time: small enough to stay in cache
+/// between zstd writing it and the consumer reading it.
+const CHUNK: usize = 256 * 1024;
+
+/// Decompresses every frame in `src`, handing the output to `sink` in
+/// pieces of at most `chunk` bytes, in order; returns the total. An error
+/// if it would exceed `max_out` bytes, if the input ends inside a frame, or
+/// if `sink` fails (nothing more is decompressed then).
+pub fn decompress_each(src: &[u8], max_out: usize, chunk: usize, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<usize> {
     // SAFETY: the stream is freed by Drop; buffers point into live slices, and
     // zstd writes only within out.size and reports what it wrote in out.pos.
     unsafe {
@@ -132,11 +149,12 @@ pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
         }
         let zds = Stream(zds);
         check(ZSTD_initDStream(zds.0), "decompress")?;
-        let mut out = Vec::<u8>::with_capacity(max_out.min(src.len().saturating_mul(8)).max(64 * 1024));
+        let mut buf = vec![0u8; chunk.max(1)];
         let mut input = InBuffer { src: src.as_ptr().cast(), size: src.len(), pos: 0 };
+        let mut total = 0usize;
         let mut last = 0usize;
         loop {
-            if out.len() >= max_out {
+            if total >= max_out {
                 if input.pos == input.size && last == 0 {
                     break; // an exact fit: every frame ended, nothing left
                 }
@@ -152,14 +170,13 @@ pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
                 }
                 continue;
             }
-            if out.len() == out.capacity() {
-                out.reserve(out.capacity().min(max_out - out.len()));
-            }
-            let len = out.len();
-            let room = out.capacity().min(max_out) - len;
-            let mut o = OutBuffer { dst: out.as_mut_ptr().add(len).cast(), size: room, pos: 0 };
+            let room = buf.len().min(max_out - total);
+            let mut o = OutBuffer { dst: buf.as_mut_ptr().cast(), size: room, pos: 0 };
             last = check(ZSTD_decompressStream(zds.0, &mut o, &mut input), "decompress")?;
-            out.set_len(len + o.pos);
+            if o.pos > 0 {
+                sink(&buf[..o.pos])?;
+                total += o.pos;
+            }
             // All input taken: done when the last frame is complete and flushed (0), cut
             // short when zstd wants more and could give nothing (checked below). Output
             // that stopped short of the room is no sign of the end: zstd may return after
@@ -172,7 +189,7 @@ pub fn decompress(src: &[u8], max_out: usize) -> Result<Vec<u8>> {
         if last != 0 {
             return Err(Error::new(ErrorCode::Corrupt, "zstd: the data ends inside a frame (truncated object)".to_string()));
         }
-        Ok(out)
+        Ok(total)
     }
 }
 
