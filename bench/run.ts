@@ -36,7 +36,7 @@ const BENCHES: [string, string[]][] = [
   ['receiver', quick ? ['--mib', '1024', '--rounds', '3', '--kills', '5'] : []],
   ['cluster', quick ? ['--commits', '1000', '--seconds', '5'] : []],
   ['offload', quick ? ['--scale', '20'] : []],
-  ['restore', quick ? ['--scale', '20'] : []],
+  ['restore', quick ? ['--scale', '20', '--rounds', '1'] : []],
 ];
 
 function need(tool: string, pkg: string): void {
