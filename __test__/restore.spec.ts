@@ -19,6 +19,7 @@ import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 
 import { formatLsn, parseLsn, type Lsn } from '../ts/lsn.js';
 import { zstdCompress } from '../ts/wal/compress.js';
+import { ReplicationClient } from '../ts/client/client.js';
 import {
   basebackup,
   createTempDir,
@@ -29,6 +30,7 @@ import {
   runPgTool,
   startPostgres,
   startRecovery,
+  startStandby,
   until,
   type PgCluster,
   type TempDir,
@@ -122,7 +124,7 @@ test.before(async () => {
   await until(async () => (await Promise.all(nodes.map(status))).every((s) => s !== null), 'the nodes to follow the primary', 60_000);
   await pg.query('CREATE TABLE markers (n int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())');
   await pgbench(['-i', '-q', '-s', '2']);
-  for (let i = 0; i < 3; i++) backups.push(await basebackup(pg));
+  for (let i = 0; i < 4; i++) backups.push(await basebackup(pg));
 
   // Markers between bursts of pgbench: each marker's commit is acknowledged by two nodes.
   for (let n = 1; n <= 6; n++) {
@@ -261,6 +263,55 @@ test.serial('bad input: one line on stderr, non-zero, and %p never holds a parti
   t.is(r.code, 3);
   t.regex(r.stderr, new RegExp(`database system ${sysid}, this server's is ${await other.systemId()}`));
   t.deepEqual(await readdir(dir), [], 'nothing written');
+});
+
+test.serial('read-through: a standby from an old base backup, and a client starting below every node\'s oldest segment, are served from object storage as if the WAL were local', async (t) => {
+  const n = nodes[0]!;
+  const st = (await status(n))!;
+  const oldest = parseLsn(st.oldest_lsn!);
+  // A replication client below the horizon: the primary's exact bytes, across the horizon into local WAL.
+  const first = [...saved.keys()].sort()[2]!;
+  const start = BigInt(Number.parseInt(first.slice(16), 16)) * BigInt(SEG) + 8192n * 3n;
+  t.true(start < oldest, `${formatLsn(start)} is below the node's oldest ${formatLsn(oldest)}`);
+  const c = await ReplicationClient.connect({ host: '127.0.0.1', port: n.pgPort, user: 'postgres' });
+  t.teardown(() => c.close());
+  const copy = c.startReplication(`START_REPLICATION ${formatLsn(start)} TIMELINE 1`);
+  const chunks: Buffer[] = [];
+  let at = start;
+  const until2 = oldest + 8192n * 4n;
+  const got = new Promise<void>((resolve, reject) => {
+    copy.onXLogData = (m) => {
+      if (m.start !== at) reject(new Error(`gap: ${formatLsn(m.start)} after ${formatLsn(at)}`));
+      chunks.push(Buffer.from(m.data));
+      at = m.start + BigInt(m.data.length);
+      if (at >= until2) resolve();
+    };
+  });
+  await got;
+  await copy.end();
+  const all = Buffer.concat(chunks);
+  let off = 0;
+  for (let lsn = start; lsn < until2; ) {
+    const segno = lsn / BigInt(SEG);
+    const name = `00000001${(segno / 4096n).toString(16).toUpperCase().padStart(8, '0')}${(segno % 4096n).toString(16).toUpperCase().padStart(8, '0')}`;
+    const from = Number(lsn % BigInt(SEG));
+    const want = saved.get(name)!.subarray(from);
+    if (!all.subarray(off, off + want.length).equals(want.subarray(0, Math.min(want.length, all.length - off)))) {
+      t.fail(`${name} differs from the primary's`);
+      return;
+    }
+    off += want.length;
+    lsn += BigInt(want.length);
+  }
+  t.pass(`${formatLsn(start)} to ${formatLsn(until2)}: the primary's bytes, from object storage below ${formatLsn(oldest)} and local WAL above`);
+
+  // A real standby from the fourth base backup (taken before the markers) streams from the node.
+  const sb = await startStandby(backups[3]!, { primaryConninfo: n.conninfo() });
+  t.teardown(() => sb.destroy());
+  await sb.waitReplayed(finalLsn, 120_000);
+  t.deepEqual(await markersOf(sb), [1, 2, 3, 4, 5, 6]);
+  const [h] = await sb.query<{ c: string }>('SELECT count(*)::text AS c FROM pgbench_history');
+  t.is(Number(h!.c), historyCount);
 });
 
 test.serial('recovery to marker 4\'s time with every node down: object storage alone', async (t) => {

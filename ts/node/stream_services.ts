@@ -17,6 +17,7 @@ import type { NodeMetrics } from '../http/metrics.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Lsn } from '../lsn.js';
 import { Offloader, type OffloadConfig } from '../offload/offloader.js';
+import { ArchiveReader } from '../offload/archive_reader.js';
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { WalSender } from '../sender/send_wal.js';
 import type { Stream } from '../stream/stream.js';
@@ -73,6 +74,7 @@ export class StreamServices {
     );
     this.history = new StreamHistory(stream);
     this.offloader = host.remote ? new Offloader(stream, this.quorum, host.remote, { nodeId: host.nodeId }, host.metrics, host.offload) : null;
+    if (host.remote) stream.archive = new ArchiveReader(stream, host.remote);
   }
 
   get name(): string {

@@ -17,7 +17,7 @@
  *   up at once would otherwise all be framed and written on this one thread,
  *   while PostgreSQL's eight walsenders use every core.
  */
-import { formatLsn, type Lsn } from '../lsn.js';
+import { formatLsn, segmentFileName, type Lsn } from '../lsn.js';
 import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
 import type { FrontendMessage } from '../protocol/messages.js';
 import {
@@ -26,6 +26,7 @@ import {
   decodeStandbyStatus,
   keepalive,
   pgNow,
+  xlogDataHeader,
 } from '../protocol/replication.js';
 import { backend } from '../protocol/serializer.js';
 import type { ServerConnection } from '../server/connection.js';
@@ -254,6 +255,12 @@ export class WalSender {
       if (this.endReason) return this.sendEndError(this.endReason.code, this.endReason.message);
       if (this.stopRequested) return this.finishCopy();
       const end = stopAt !== null && stopAt < this.endPtr() ? stopAt : this.endPtr();
+      if (this.sent < end && stream.servedFromArchive(this.sent)) {
+        const r = await this.sendArchived(end);
+        if (r) return r;
+        idleSince = Date.now();
+        continue;
+      }
       if (this.sent < end && end - this.sent >= PUMP_MIN && this.pump !== false && this.cfg.sendPump) {
         const r = await this.pumpSend(end);
         if (r) return r;
@@ -277,6 +284,8 @@ export class WalSender {
           n = typeof r === 'number' ? r : await r;
         } catch (err) {
           this.release(i);
+          // Retention removed it meanwhile, after it was offloaded: read on from there.
+          if (isWalcoreError(err, 'WALCORE_REMOVED') && stream.servedFromArchive(this.sent)) continue;
           return this.readFailed(err as Error);
         }
         this.sent += BigInt(n - XLOGDATA_HEADER_SIZE);
@@ -360,10 +369,51 @@ export class WalSender {
         this.conn.close();
         return { kind: 'closed' };
       case 'store':
+        if (r.code === 'WALCORE_REMOVED' && this.stream.servedFromArchive(this.sent)) return null;
         return this.readFailed(Object.assign(new Error(r.message), { code: r.code }));
       default:
         return null;
     }
+  }
+
+  /**
+   * Read-through: the segment at `sent` from object storage, sent as
+   * XLogData exactly as local WAL would be (the client cannot tell), up to
+   * the segment's end or `end`. Returns how the copy ended, or null to go
+   * on (with the next segment, or with local WAL once `sent` reaches it).
+   */
+  private async sendArchived(end: Lsn): Promise<SenderEnd | null> {
+    const { stream } = this;
+    const seg = BigInt(stream.segmentSize);
+    const segno = this.sent / seg;
+    let data: Buffer | null;
+    try {
+      data = await stream.archive!.segment(segno);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, lsn: formatLsn(this.sent) }, 'cannot read WAL back from object storage');
+      return this.sendEndError(SQLSTATE.INTERNAL_ERROR, `could not read WAL at ${formatLsn(this.sent)} of stream ${stream.name} from object storage`);
+    }
+    if (data === null) {
+      const name = segmentFileName(this.req.tli, Number(segno), stream.segmentSize);
+      return this.sendEndError(SQLSTATE.UNDEFINED_FILE, `requested WAL segment ${name} has already been removed`);
+    }
+    if (this.replica.state === 'catchup' && this.sent % seg === 0n) this.log.debug({ lsn: formatLsn(this.sent) }, 'sending WAL read back from object storage');
+    const segStart = segno * seg;
+    const stop = segStart + seg < end ? segStart + seg : end;
+    while (this.sent < stop) {
+      if (this.conn.isClosed || this.endReason || this.stopRequested) return null;
+      const n = Number(stop - this.sent < BigInt(this.cfg.maxSendSize) ? stop - this.sent : BigInt(this.cfg.maxSendSize));
+      const off = Number(this.sent - segStart);
+      this.conn.write(xlogDataHeader(this.sent, this.walEnd(), pgNow(), n));
+      const more = this.conn.write(data.subarray(off, off + n));
+      this.sent += BigInt(n);
+      this.replica.sentLsn = this.sent;
+      stream.bytesSent += n;
+      // A slow client slows us down: wait for the kernel to take what is queued.
+      if (!more) await new Promise<void>((resolve) => this.conn.write(Buffer.alloc(0), () => resolve()));
+      this.maybePing();
+    }
+    return null;
   }
 
   /** Like PostgreSQL, ask for a reply when the client has been silent for half the timeout. */

@@ -239,7 +239,8 @@ export class ReplicationSession {
         if (start > end) {
           return new PgError(SQLSTATE.INTERNAL_ERROR, `requested starting point ${formatLsn(start)} is ahead of the WAL flush position of this server ${formatLsn(end)}`);
         }
-        if (oldest === null || start < oldest) {
+        // Below the oldest local segment: served from object storage when it is there (read-through).
+        if ((oldest === null || start < oldest) && !s.servedFromArchive(start)) {
           const name = segmentFileName(tli, segmentNumber(start, s.segmentSize), s.segmentSize);
           return new PgError(SQLSTATE.UNDEFINED_FILE, `requested WAL segment ${name} has already been removed`);
         }

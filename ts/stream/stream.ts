@@ -20,6 +20,16 @@ import { LsnWatch } from './watch.js';
 
 export type StreamState = 'active' | 'suspended' | 'removed';
 
+/**
+ * WAL that left this node for object storage, read back for clients that
+ * start below the oldest local segment (set when the node offloads; see
+ * offload/archive_reader.ts).
+ */
+export interface ArchivedWal {
+  /** Segment `segno` as it was offloaded, checked; null when the store has none. */
+  segment(segno: bigint): Promise<Buffer | null>;
+}
+
 export interface Slot {
   name: string;
   /** Oldest WAL the slot's consumer still needs (0 = none reserved). */
@@ -187,6 +197,18 @@ export class Stream extends EventEmitter {
     return this._oldest;
   }
   private _oldest: Lsn | null | undefined = undefined;
+
+  /** Read-through to object storage, when the node offloads (null: WAL below oldest_lsn is gone). */
+  archive: ArchivedWal | null = null;
+
+  /**
+   * True when a client at `lsn` must be served from object storage: below
+   * the oldest local segment, and below backup_lsn (complete there).
+   */
+  servedFromArchive(lsn: Lsn): boolean {
+    const oldest = this.oldestLsn;
+    return this.archive !== null && this._backupLsn !== null && lsn < this._backupLsn && (oldest === null || lsn < oldest);
+  }
 
   /** End of the WAL known to be complete in object storage; null until the first segment is offloaded. */
   get backupLsn(): Lsn | null {
