@@ -10,7 +10,7 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -265,7 +265,7 @@ test.serial('bad input: one line on stderr, non-zero, and %p never holds a parti
   t.deepEqual(await readdir(dir), [], 'nothing written');
 });
 
-test.serial('read-through: a standby from an old base backup, and a client starting below every node\'s oldest segment, are served from object storage as if the WAL were local', async (t) => {
+test.serial('read-through: a client starting below every node\'s oldest segment, walkeeper receive resuming there, and a standby from an old base backup are served from object storage as if the WAL were local', async (t) => {
   const n = nodes[0]!;
   const st = (await status(n))!;
   const oldest = parseLsn(st.oldest_lsn!);
@@ -304,6 +304,16 @@ test.serial('read-through: a standby from an old base backup, and a client start
     lsn += BigInt(want.length);
   }
   t.pass(`${formatLsn(start)} to ${formatLsn(until2)}: the primary's bytes, from object storage below ${formatLsn(oldest)} and local WAL above`);
+
+  // walkeeper receive resuming from a directory whose last segment is below the horizon.
+  const dir = path.join(tmp.path, 'receive');
+  await mkdir(dir);
+  await writeFile(path.join(dir, first), saved.get(first)!);
+  const rec = await run(['receive', '--nodes', nodeUrls(), '-D', dir, '--endpos', formatLsn(oldest + BigInt(SEG)), '--no-loop']);
+  t.is(rec.code, 0, rec.stderr);
+  const complete = (await readdir(dir)).filter((x) => /^[0-9A-F]{24}$/.test(x) && x !== first).sort();
+  t.true(complete.length >= 2, `${complete.join(' ')}`);
+  for (const x of complete) t.true((await readFile(path.join(dir, x))).equals(saved.get(x)!), `${x} received as the primary wrote it`);
 
   // A real standby from the fourth base backup (taken before the markers) streams from the node.
   const sb = await startStandby(backups[3]!, { primaryConninfo: n.conninfo() });
