@@ -10,6 +10,10 @@
  *               from the same RGW (https: pgBackRest speaks nothing else)
  *   cp          `cp` from a local directory: replay alone, the limit
  *
+ * and the read-through rate: pg_receivewal starting below the offloading
+ * node's oldest segment (served from object storage) against the same
+ * range from a node that kept every segment locally.
+ *
  * The figure is PostgreSQL's own: the elapsed time of redo from its "redo
  * done" log line, and the WAL replayed in that time.
  *
@@ -18,14 +22,14 @@
  *
  *   npm run bench:restore [-- --scale 85 --rounds 3 --only walkeeper,cp]
  */
-import { cp as copyDir, mkdir, readdir, readFile, copyFile } from 'node:fs/promises';
+import { cp as copyDir, mkdir, readdir, readFile, copyFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { execFile } from 'node:child_process';
 
-import { basebackup, createTempDir, freePort, lsnOf, NodeProcess, runPgTool, startPostgres, startRecovery, type PgCluster } from '../__test__/harness/index.js';
+import { basebackup, createTempDir, fmtLsn, freePort, lsnOf, NodeProcess, runPgTool, startPostgres, startRecovery, type PgCluster } from '../__test__/harness/index.js';
 import { startRgw } from '../__test__/harness/ceph.js';
 import { setupPgBackRest } from './pgbackrest.js';
 import { record } from './results.js';
@@ -71,10 +75,47 @@ async function recover(backup: string, restoreCommand: (data: string) => string)
   }
 }
 
+/**
+ * pg_receivewal from just after the first segment of the load to the last
+ * one the offloading node no longer holds: from that node (read-through
+ * from object storage) and from `keeper` (every segment local). A segment
+ * in the directory makes pg_receivewal resume after it.
+ */
+async function receiveRates(base: string, node: NodeProcess, keeper: NodeProcess, start: bigint, end: bigint): Promise<{ archive: number; local: number }> {
+  const seg = BigInt(SEG);
+  let oldest = 0n;
+  for (;;) {
+    const st = (await node.status()) as { oldest_lsn: string | null } | null;
+    oldest = st?.oldest_lsn ? lsnOf(st.oldest_lsn) : 0n;
+    if (oldest > start + 16n * seg) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const first = start / seg + 1n;
+  const until = oldest - (oldest % seg);
+  const seedName = (segno: bigint) => `00000001${(segno / 256n).toString(16).toUpperCase().padStart(8, '0')}${(segno % 256n).toString(16).toUpperCase().padStart(8, '0')}`;
+  const rate = async (n: NodeProcess, label: string): Promise<number> => {
+    const dir = path.join(base, `receive-${label}`);
+    await mkdir(dir);
+    // (the seed: any bytes under the name; pg_receivewal only reads the name)
+    await writeFile(path.join(dir, seedName(first)), Buffer.alloc(SEG));
+    await serverOwns(dir);
+    await run('sync', []);
+    const t0 = process.hrtime.bigint();
+    await runPgTool('pg_receivewal', ['-D', dir, '-h', '127.0.0.1', '-p', String(n.pgPort), '-U', 'postgres', '--endpos', fmtLsn(until), '--no-loop', '-w'], { check: true, timeoutMs: 1_800_000, asPostgres: true });
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const mib = Number(until - (first + 1n) * seg) / 2 ** 20;
+    log(`    pg_receivewal from ${label}: ${mib.toFixed(0)} MiB in ${secs.toFixed(2)} s = ${(mib / secs).toFixed(0)} MiB/s`);
+    return mib / secs;
+  };
+  log(`read-through: pg_receivewal from ${fmtLsn((first + 1n) * seg)} to ${fmtLsn(until)} (the offloading node's oldest segment is at ${fmtLsn(oldest)}; end ${fmtLsn(end)})`);
+  return { archive: await rate(node, 'read-through'), local: await rate(keeper, 'local') };
+}
+
 async function main(): Promise<void> {
   const tmp = await createTempDir('walkeeper-bench-restore-');
   const rgw = await startRgw({ tls: true, memstoreBytes: 12 * 1024 ** 3 });
   let node: NodeProcess | null = null;
+  let keeper: NodeProcess | null = null;
   let pg: PgCluster | null = null;
   try {
     await rgw.createBucket('walkeeper');
@@ -87,7 +128,12 @@ async function main(): Promise<void> {
     node.pgPort = await freePort();
     node.httpPort = await freePort();
     node.opts.extraArgs = ['--remote-storage', 's3://walkeeper/bench', '--remote-endpoint', rgw.endpoint, '--offload-partial-after', '0', '--wal-keep-size', '64MB'];
-    await node.start();
+    // A node that keeps every segment locally, for the read-through comparison.
+    keeper = new NodeProcess({ dataDir: path.join(tmp.path, 'keeper'), nodeId: 2, upstream: `host=127.0.0.1 port=${pg.port} user=postgres`, env: { WALKEEPER_LOG_LEVEL: 'warn' } });
+    keeper.pgPort = await freePort();
+    keeper.httpPort = await freePort();
+    keeper.opts.extraArgs = ['--wal-keep-size', '16GB', '--application-name', 'keeper'];
+    await Promise.all([node.start(), keeper.start()]);
     const backup = await basebackup(pg);
     const start = await flushLsn(pg);
     log(`pgbench -i -s ${scale}`);
@@ -104,7 +150,8 @@ async function main(): Promise<void> {
       if (st?.backup_lsn && lsnOf(st.backup_lsn) >= end - (end % BigInt(SEG)) && a?.w !== null && a!.w! >= lastName) break;
       await new Promise((r) => setTimeout(r, 200));
     }
-    await node.stop();
+    const readThrough = await receiveRates(tmp.path, node, keeper, start, end);
+    await Promise.all([node.stop(), keeper.stop()]);
     // The local archive for cp: the primary's segments, as archive_command would have copied them.
     const local = path.join(tmp.path, 'archive');
     await mkdir(local);
@@ -149,11 +196,16 @@ async function main(): Promise<void> {
       `cp from a local directory:    ${c.rate.toFixed(0).padStart(5)} MiB/s (${c.secs.toFixed(2)} s)`,
       `walkeeper ${(w.rate / p.rate).toFixed(2)}× pgBackRest (target ≥ 1.5×), ${(w.rate / c.rate).toFixed(2)}× local cp (target ≥ 0.9×)`,
     ];
+    lines.push(
+      `pg_receivewal below the node's horizon (read-through from RGW): ${readThrough.archive.toFixed(0)} MiB/s; the same range from local segments: ${readThrough.local.toFixed(0)} MiB/s (${(readThrough.archive / readThrough.local).toFixed(2)}×)`,
+    );
     console.log(lines.join('\n'));
+    record({ bench: 'restore', what: 'pg_receivewal starting below the local horizon: read-through from object storage (vs local segments)', unit: 'MiB/s', walkeeper: readThrough.archive, postgres: readThrough.local, better: 'higher' });
     record({ bench: 'restore', what: 'archive recovery rate, walkeeper fetch --prefetch 8 (vs pgBackRest archive-get async)', unit: 'MiB/s', walkeeper: w.rate, postgres: p.rate, target: '≥ 1.5×', better: 'higher' });
     record({ bench: 'restore', what: 'archive recovery rate, walkeeper fetch --prefetch 8 (vs cp from a local directory)', unit: 'MiB/s', walkeeper: w.rate, postgres: c.rate, target: '≥ 0.9×', better: 'higher' });
   } finally {
     await node?.kill();
+    await keeper?.kill();
     await pg?.destroy();
     await rgw.stop();
     await tmp.cleanup();
