@@ -21,7 +21,7 @@ const rooms = {
   remote: [],
   cluster: ['stream', 'receiver', 'wal'],
   offload: ['cluster', 'stream', 'wal', 'remote'],
-  restore: ['offload', 'remote', 'cluster', 'wal'],
+  restore: ['offload', 'remote', 'wal'],
   http: ['stream', 'cluster', 'ingest', 'sender', 'offload'],
   node: ['http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote'],
   cli: ['restore', 'node', 'http', 'offload', 'cluster', 'ingest', 'sender', 'receiver', 'stream', 'server', 'client', 'protocol', 'wal', 'remote', 'native'],

@@ -63,6 +63,11 @@ test('the packed tarball installs offline into an empty directory and runs witho
   t.is(help.code, 0, help.out);
   t.regex(help.out, /^walkeeper \d+\.\d+\.\d+ — a durable WAL service for PostgreSQL/m);
 
+  // The restore_command's shell fast path finds the package through npm's .bin link.
+  const fetchHelp = await run(path.join(app, 'node_modules', '.bin', 'walkeeper-fetch'), ['--help'], app);
+  t.is(fetchHelp.code, 0, fetchHelp.out);
+  t.regex(fetchHelp.out, /^Usage: walkeeper fetch /m);
+
   // A short node run: it starts (the native core loads), answers HTTP, and stops on SIGTERM with exit 0.
   const [pg, http] = [await freePort(), await freePort()];
   const node = spawn(path.join(app, 'node_modules', '.bin', 'walkeeper'), ['node', '--data-dir', path.join(app, 'data'), '--listen-pg', `127.0.0.1:${pg}`, '--listen-http', `127.0.0.1:${http}`], {

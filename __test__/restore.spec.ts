@@ -79,11 +79,16 @@ function run(args: string[], opts: { cwd?: string; env?: Record<string, string> 
   });
 }
 
-/** The restore_command PostgreSQL runs (as its own user, in its data directory). */
-function restoreCommand(fetchArgs: string): string {
+/**
+ * The restore_command PostgreSQL runs (as its own user, in its data
+ * directory): `walkeeper fetch`, or with `shell` bin/walkeeper-fetch (its
+ * /bin/sh fast path for prefetched segments).
+ */
+function restoreCommand(fetchArgs: string, shell = false): string {
   const env = Object.entries(rgw.env)
     .map(([k, v]) => `${k}='${v}'`)
     .join(' ');
+  if (shell) return `PATH='${path.dirname(process.execPath)}':$PATH ${env} '${path.join(root, 'bin', 'walkeeper-fetch')}' ${fetchArgs} %f %p`;
   return `${env} '${process.execPath}' '${CLI}' fetch ${fetchArgs} %f %p`;
 }
 
@@ -169,12 +174,12 @@ async function promoted(t: ExecutionContext, c: PgCluster): Promise<void> {
   await until(async () => !(await c.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r'))[0]!.r, 'the recovered server to promote', 120_000);
 }
 
-test.serial('recovery to marker 3\'s LSN through walkeeper fetch (nodes, then object storage, --prefetch 4): markers 1–3 present, 4–6 absent', async (t) => {
+test.serial('recovery to marker 3\'s LSN through walkeeper-fetch (nodes, then object storage, --prefetch 4 and the shell\'s fast path): markers 1–3 present, 4–6 absent', async (t) => {
   const target = markers[2]!;
   const oldest = Math.min(...(await Promise.all(nodes.map(status))).map((s) => Number(parseLsn(s!.oldest_lsn!))));
   t.true(BigInt(oldest) > target.lsn, 'the nodes no longer hold the WAL up to the target: object storage must serve it');
   const c = await startRecovery(backups[0]!, {
-    restoreCommand: restoreCommand(`--nodes ${nodeUrls()} ${remoteArgs()} --prefetch 4`),
+    restoreCommand: restoreCommand(`--nodes ${nodeUrls()} ${remoteArgs()} --prefetch 4`, true),
     conf: { recovery_target_lsn: formatLsn(target.lsn), recovery_target_inclusive: false },
   });
   t.teardown(() => c.destroy());
@@ -183,6 +188,7 @@ test.serial('recovery to marker 3\'s LSN through walkeeper fetch (nodes, then ob
   const log = await readFile(c.logFile, 'utf8');
   t.regex(log, /recovery stopping before .*location/);
   t.regex(log, /restored log file "[0-9A-F]{24}" from archive/);
+  t.true(existsSync(path.join(c.walDir, 'walkeeper-prefetch')), 'the prefetch spool beside %p');
 });
 
 test.serial('recovery to the end with --partial: every commit the primary acknowledged is there', async (t) => {
