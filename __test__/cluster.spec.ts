@@ -8,7 +8,10 @@
 // the nodes keep flushing, and moves again when etcd is back.
 // Acceptance c: peer recovery while the primary is down.
 
+import { spawn } from 'node:child_process';
+import { mkdir, readFile } from 'node:fs/promises';
 import http from 'node:http';
+import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 
 import test, { type ExecutionContext } from 'ava';
@@ -32,6 +35,8 @@ import {
   type TempDir,
 } from './harness/index.js';
 import { etcdAvailable, startEtcd, type EtcdServer } from './harness/etcd.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 
 registerCleanupHooks(test);
 
@@ -172,6 +177,21 @@ async function scenario(t: ExecutionContext, mode: 'peers' | 'etcd'): Promise<vo
   await settled(nodes, 'after the load');
 
   if (etcd) {
+    // walkeeper fetch finds the nodes through etcd: a committed segment, exactly the primary's.
+    const c = parseLsn((await status(n1)).commit_lsn);
+    const segno = c / BigInt(SEG) - 1n;
+    const name = `00000001${(segno / 4096n).toString(16).toUpperCase().padStart(8, '0')}${(segno % 4096n).toString(16).toUpperCase().padStart(8, '0')}`;
+    const dir = `${tmp.path}/etcd-fetch`;
+    await mkdir(dir, { recursive: true });
+    const fetched = await new Promise<{ code: number | null; err: string }>((resolve) => {
+      const p = spawn(process.execPath, [CLI, 'fetch', '--broker', etcd!.endpoint, name, `${dir}/RECOVERYXLOG`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      p.stderr.on('data', (b: Buffer) => (err += b.toString()));
+      p.on('close', (code) => resolve({ code, err }));
+    });
+    t.is(fetched.code, 0, fetched.err);
+    t.true((await readFile(`${dir}/RECOVERYXLOG`)).equals(await readFile(`${pg.walDir}/${name}`)), `${name} through --broker equals the primary's`);
+
     // etcd away: the nodes keep following the primary, but commit_lsn stays
     // where the members' last known flushes put it.
     await etcd.stop();

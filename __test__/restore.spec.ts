@@ -205,6 +205,21 @@ test.serial('recovery to the end with --partial: every commit the primary acknow
   const dir = path.join(tmp.path, 'partial');
   await mkdir(dir);
   t.is((await run(['fetch', '--nodes', nodeUrls(), last, path.join(dir, 'whole')])).code, 1, 'without --partial the unfinished segment is not there');
+  // The endpoint itself: nothing past commit_lsn, and what a file name must be.
+  const wal = (f: string) => fetch(`${nodes[0]!.httpUrl}/v1/streams/main/wal/${f}`);
+  t.is((await wal(last)).status, 404);
+  const p = await wal(`${last}?partial=1`);
+  t.is(p.status, 200);
+  t.is(p.headers.get('x-walkeeper-system-id'), sysid);
+  t.is(p.headers.get('x-walkeeper-segment-size'), String(SEG));
+  const endLsn = parseLsn(p.headers.get('x-walkeeper-end-lsn')!);
+  t.is(endLsn, parseLsn(p.headers.get('x-walkeeper-commit-lsn')!), 'a partial segment ends at commit_lsn');
+  t.is((await p.arrayBuffer()).byteLength, Number(endLsn % BigInt(SEG)));
+  const next = `00000001${last.slice(8, 16)}${(Number.parseInt(last.slice(16), 16) + 1).toString(16).toUpperCase().padStart(8, '0')}`;
+  t.is((await wal(`${next}?partial=1`)).status, 404, 'nothing of a segment past commit_lsn');
+  t.is((await wal('pg_hba.conf')).status, 400);
+  t.is((await wal('000000010000000000001000')).status, 400, 'not a name for 1 MiB segments');
+  t.is((await wal('00000002.history')).status, 404);
   const r = await run(['fetch', '--nodes', nodeUrls(), '--partial', last, path.join(dir, 'part')]);
   t.is(r.code, 0, r.stderr);
   const part = await readFile(path.join(dir, 'part'));
