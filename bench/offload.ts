@@ -84,10 +84,12 @@ async function flushLsn(pg: PgCluster): Promise<bigint> {
   return lsnOf(r!.l);
 }
 
-async function pgbenchInit(pg: PgCluster): Promise<{ start: bigint; end: bigint; secs: number }> {
+/** The load; `atEnd` runs the moment pgbench returns, before the segment switch that completes the last segment for the backlog phases. */
+async function pgbenchInit(pg: PgCluster, atEnd: () => Promise<void> = async () => undefined): Promise<{ start: bigint; end: bigint; secs: number }> {
   const start = await flushLsn(pg);
   const t0 = Date.now();
   await runPgTool('pgbench', ['-i', '-q', '-s', scale, '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { check: true, timeoutMs: 1_800_000 });
+  await atEnd();
   await pg.query('SELECT pg_switch_wal()');
   await pg.query('CREATE TABLE IF NOT EXISTS bench_tick (t timestamptz); INSERT INTO bench_tick VALUES (now())');
   return { start, end: await flushLsn(pg), secs: (Date.now() - t0) / 1000 };
@@ -144,10 +146,12 @@ async function main(): Promise<void> {
 
     // (1) live
     log(`(1) live: pgbench -i -s ${scale} with three nodes offloading`);
-    const live = await pgbenchInit(pg);
-    const off1 = await offloader();
-    const v1 = await view(off1);
-    const lagSegs = (v1?.offload?.lag_bytes ?? 0) / SEG;
+    // The lag when the load ends: commit_lsn − backup_lsn on the offloader, the unfinished segment included.
+    let lagSegs = 0;
+    const live = await pgbenchInit(pg, async () => {
+      const v1 = await view(await offloader());
+      lagSegs = (v1?.offload?.lag_bytes ?? 0) / SEG;
+    });
     const liveMiB = Number(live.end - live.start) / 2 ** 20;
     const tLive = Date.now();
     await backupAt(live.end - (live.end % BigInt(SEG)));

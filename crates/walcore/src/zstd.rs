@@ -49,8 +49,18 @@ extern "C" {
     fn ZSTD_initDStream(zds: *mut DStream) -> usize;
     fn ZSTD_decompressStream(zds: *mut DStream, output: *mut OutBuffer, input: *mut InBuffer) -> usize;
     fn ZSTD_minCLevel() -> c_int;
+    fn ZSTD_CCtx_reset(cctx: *mut CCtx, reset: c_int) -> usize;
+    fn ZSTD_CCtx_setParameter(cctx: *mut CCtx, param: c_int, value: c_int) -> usize;
+    fn ZSTD_CCtx_setPledgedSrcSize(cctx: *mut CCtx, pledged_src_size: u64) -> usize;
+    fn ZSTD_compressStream2(cctx: *mut CCtx, output: *mut OutBuffer, input: *mut InBuffer, end_op: c_int) -> usize;
     fn ZSTD_maxCLevel() -> c_int;
 }
+
+// zstd.h's enum values (ZSTD_ResetDirective, ZSTD_cParameter, ZSTD_EndDirective).
+const ZSTD_RESET_SESSION_AND_PARAMETERS: c_int = 3;
+const ZSTD_C_COMPRESSION_LEVEL: c_int = 100;
+const ZSTD_E_CONTINUE: c_int = 0;
+const ZSTD_E_END: c_int = 2;
 
 fn check(code: usize, what: &str) -> Result<usize> {
     // SAFETY: ZSTD_isError and ZSTD_getErrorName accept any value and return a static string.
@@ -74,11 +84,7 @@ thread_local! {
 
 /// Compresses `src` into one zstd frame (with its content size) at `level`.
 pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
-    // SAFETY: plain functions without arguments.
-    let (lo, hi) = unsafe { (ZSTD_minCLevel(), ZSTD_maxCLevel()) };
-    if level < lo || level > hi {
-        return Err(Error::new(ErrorCode::InvalidArgument, format!("zstd level must be in {lo}..={hi}, not {level}")));
-    }
+    check_level(level)?;
     // SAFETY: `bound` bytes are reserved before the call, and the length is set to what zstd wrote.
     unsafe {
         let bound = check(ZSTD_compressBound(src.len()), "compress")?;
@@ -97,18 +103,66 @@ pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
 /// Compresses the first `len` bytes of the file at `path` (all of it when
 /// `len` is None), followed by zeros up to `pad_to` when given: a segment
 /// for upload, read and compressed on the calling (pool) thread, so that
-/// its 16 MiB never become a JavaScript buffer.
+/// its 16 MiB never become a JavaScript buffer. It streams the file through
+/// a 1 MiB buffer into one frame (with its content size): no 16 MiB
+/// allocation to fault in and zero per segment, and each piece is
+/// compressed while it is still in cache.
 pub fn compress_file(path: &std::path::Path, level: i32, len: Option<usize>, pad_to: Option<usize>) -> Result<(usize, Vec<u8>)> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::Io, format!("cannot open {}: {e}", path.display())))?;
+    check_level(level)?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::Io, format!("cannot open {}: {e}", path.display())))?;
     let size = f.metadata().map_err(|e| Error::new(ErrorCode::Io, format!("cannot stat {}: {e}", path.display())))?.len() as usize;
     let want = len.unwrap_or(size);
     if want > size {
         return Err(Error::new(ErrorCode::InvalidArgument, format!("{} holds {size} bytes, {want} asked for", path.display())));
     }
-    let mut buf = vec![0u8; pad_to.unwrap_or(want).max(want)];
-    f.take(want as u64).read_exact(&mut buf[..want]).map_err(|e| Error::new(ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
-    Ok((want, compress(&buf, level)?))
+    let total = pad_to.unwrap_or(want).max(want);
+    CCTX.with(|c| {
+        if c.0.is_null() {
+            return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
+        }
+        // SAFETY: the context is this thread's; every buffer handed to zstd is a live slice
+        // (or the spare capacity of `out`, whose length is set to what zstd reports written).
+        unsafe {
+            check(ZSTD_CCtx_reset(c.0, ZSTD_RESET_SESSION_AND_PARAMETERS), "compress")?;
+            check(ZSTD_CCtx_setParameter(c.0, ZSTD_C_COMPRESSION_LEVEL, level), "compress")?;
+            check(ZSTD_CCtx_setPledgedSrcSize(c.0, total as u64), "compress")?;
+            let bound = check(ZSTD_compressBound(total), "compress")?;
+            let mut out = Vec::<u8>::with_capacity(bound);
+            let mut chunk = vec![0u8; (1 << 20).min(total.max(1))];
+            let mut fed = 0usize;
+            loop {
+                let n = chunk.len().min(total - fed);
+                let from_file = want.saturating_sub(fed).min(n);
+                f.read_exact(&mut chunk[..from_file]).map_err(|e| Error::new(ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
+                chunk[from_file..n].fill(0);
+                fed += n;
+                let last = fed == total;
+                let mut input = InBuffer { src: chunk.as_ptr().cast(), size: n, pos: 0 };
+                loop {
+                    let len = out.len();
+                    let mut o = OutBuffer { dst: out.as_mut_ptr().add(len).cast(), size: out.capacity() - len, pos: 0 };
+                    let left = check(ZSTD_compressStream2(c.0, &mut o, &mut input, if last { ZSTD_E_END } else { ZSTD_E_CONTINUE }), "compress")?;
+                    out.set_len(len + o.pos);
+                    if if last { left == 0 } else { input.pos == input.size } {
+                        break;
+                    }
+                }
+                if last {
+                    return Ok((want, out));
+                }
+            }
+        }
+    })
+}
+
+fn check_level(level: i32) -> Result<()> {
+    // SAFETY: plain functions without arguments.
+    let (lo, hi) = unsafe { (ZSTD_minCLevel(), ZSTD_maxCLevel()) };
+    if level < lo || level > hi {
+        return Err(Error::new(ErrorCode::InvalidArgument, format!("zstd level must be in {lo}..={hi}, not {level}")));
+    }
+    Ok(())
 }
 
 struct Stream(*mut DStream);
@@ -220,6 +274,28 @@ mod tests {
         want.extend(&b);
         assert_eq!(decompress(&z, 1 << 20).unwrap(), want);
         assert_eq!(decompress(&compress(&[], 3).unwrap(), 10).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_file_compresses_as_a_stream_with_its_content_size_and_padding() {
+        let dir = std::env::temp_dir().join(format!("walcore-zstd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("seg");
+        let src = wal_like(3 * (1 << 20) + 12345);
+        std::fs::write(&p, &src).unwrap();
+        let (n, z) = compress_file(&p, 3, None, None).unwrap();
+        assert_eq!(n, src.len());
+        assert_eq!(decompress(&z, src.len()).unwrap(), src);
+        // The frame header carries the content size (Frame_Content_Size_flag set).
+        assert_ne!(z[4] & 0xC0, 0, "content size in the frame header");
+        let (n, z) = compress_file(&p, 3, Some(100_000), Some(1 << 21)).unwrap();
+        assert_eq!(n, 100_000);
+        let d = decompress(&z, 1 << 21).unwrap();
+        assert_eq!(d.len(), 1 << 21);
+        assert_eq!(&d[..100_000], &src[..100_000]);
+        assert!(d[100_000..].iter().all(|&b| b == 0));
+        assert_eq!(compress_file(&p, 3, Some(src.len() + 1), None).unwrap_err().code, ErrorCode::InvalidArgument);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
