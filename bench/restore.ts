@@ -87,7 +87,16 @@ async function recover(backup: string, restoreCommand: (data: string) => string)
       await c.destroy();
     }
   } finally {
-    await rm(base, { recursive: true, force: true });
+    // The prefetch worker outlives the recovery by a second: stop it before its spool goes.
+    const pid = Number.parseInt(await readFile(path.join(data, 'pg_wal', 'walkeeper-prefetch', 'worker.pid'), 'utf8').catch(() => ''), 10);
+    if (pid > 0) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // (gone already)
+      }
+    }
+    await rm(base, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 });
   }
 }
 

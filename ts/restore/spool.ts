@@ -34,6 +34,8 @@ const readPid = async (file: string): Promise<number | null> => {
 
 /** Quiet time after which the worker ends (PostgreSQL asked for nothing new). */
 export const WORKER_IDLE_MS = 10_000;
+/** The same, once the archive's end was reached. */
+export const WORKER_IDLE_AT_END_MS = 1000;
 /** A segment the archive did not have is asked for again after this long (it may be archived meanwhile). */
 const MISSING_RETRY_MS = 1000;
 const POLL_MS = 5;
@@ -261,7 +263,10 @@ export async function runPrefetchWorker(spool: Spool, archive: WalArchive, n: nu
           inflight.set(name, job);
         }
       }
-      if (inflight.size === 0 && Date.now() - quietSince > WORKER_IDLE_MS) break;
+      // Quiet: PostgreSQL asked for nothing new. At the archive's end (the segment after the
+      // last one asked for is missing) that means recovery ended or moved to streaming: leave soon.
+      const atEnd = want !== null && f?.kind === 'segment' && missing.has(segmentAfter(f, 1, want.segmentSize));
+      if (inflight.size === 0 && Date.now() - quietSince > (atEnd ? WORKER_IDLE_AT_END_MS : WORKER_IDLE_MS)) break;
       await new Promise((r) => setTimeout(r, 20));
     }
   } finally {
