@@ -1,7 +1,7 @@
 // The names a restore_command is handed (%f), and the segment arithmetic of the prefetch.
 import test from 'ava';
 
-import { parseWalFileName, segmentAfter, segnoOf } from '../ts/restore/names.js';
+import { parseWalFileName, segmentAfter, segnoOf } from '../ts/lsn.js';
 
 test('%f is a segment, a timeline history or a backup history file name; nothing else', (t) => {
   t.deepEqual(parseWalFileName('00000002000000010000003F'), { kind: 'segment', name: '00000002000000010000003F', tli: 2, hi: 1, lo: 0x3f });

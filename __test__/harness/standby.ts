@@ -398,33 +398,53 @@ export async function startStandby(dataDir: string, opts: StartStandbyOptions): 
   }
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) throw new Error(`startStandby: ${dataDir} is not a data directory`);
 
+  return startFromBackup(dataDir, tmp, {
+    signal: 'standby.signal',
+    heading: 'standby',
+    settings: {
+      primary_conninfo: opts.primaryConninfo,
+      hot_standby: hotStandby,
+      wal_retrieve_retry_interval: '1s',
+      ...(opts.restoreCommand !== undefined ? { restore_command: opts.restoreCommand } : {}),
+      ...opts.conf,
+    },
+    readyTimeoutMs,
+    cluster: { primaryConninfo: opts.primaryConninfo, hotStandby, waitReady },
+  });
+}
+
+/**
+ * Starts a server on a base backup's data directory: `signal` (standby or
+ * recovery), `settings` appended to postgresql.conf under `heading`. The
+ * temp dir is removed again when it does not start.
+ */
+async function startFromBackup(
+  dataDir: string,
+  tmp: TempDir,
+  o: {
+    signal: 'standby.signal' | 'recovery.signal';
+    heading: string;
+    settings: Record<string, string | number | boolean>;
+    readyTimeoutMs: number;
+    cluster: { primaryConninfo: string; hotStandby: boolean; waitReady: boolean };
+  },
+): Promise<StandbyCluster> {
   let cluster: StandbyCluster | null = null;
   try {
     const cd = await controlData(dataDir);
     const segBytes = Number(cd['Bytes per WAL segment']);
-    if (!Number.isInteger(segBytes) || segBytes <= 0) throw new Error(`startStandby: cannot read the WAL segment size of ${dataDir}`);
+    if (!Number.isInteger(segBytes) || segBytes <= 0) throw new Error(`cannot read the WAL segment size of ${dataDir}`);
 
     await makeServerDir(path.join(tmp.path, 'sock'), 0o755);
-    const signalFile = path.join(dataDir, 'standby.signal');
+    const signalFile = path.join(dataDir, o.signal);
     await writeFile(signalFile, '');
     await chownToServerUser(signalFile);
 
-    const settings: Record<string, string | number | boolean> = {
-      primary_conninfo: opts.primaryConninfo,
-      hot_standby: hotStandby,
-      wal_retrieve_retry_interval: '1s',
-    };
-    if (opts.restoreCommand !== undefined) settings.restore_command = opts.restoreCommand;
-    Object.assign(settings, opts.conf ?? {});
-    const lines = ['', '# --- walkeeper test harness: standby ---'];
-    for (const [k, v] of Object.entries(settings)) lines.push(`${k} = ${confValue(v)}`);
+    const lines = ['', `# --- walkeeper test harness: ${o.heading} ---`];
+    for (const [k, v] of Object.entries(o.settings)) lines.push(`${k} = ${confValue(v)}`);
     await appendFile(path.join(dataDir, 'postgresql.conf'), lines.join('\n') + '\n');
 
-    cluster = new StandbyCluster(tmp, await freePort(HOST), segBytes / (1024 * 1024), readyTimeoutMs, {
-      primaryConninfo: opts.primaryConninfo,
-      hotStandby,
-      waitReady,
-    });
+    cluster = new StandbyCluster(tmp, await freePort(HOST), segBytes / (1024 * 1024), o.readyTimeoutMs, o.cluster);
     trackCluster(cluster);
     await startWithPortRetry(cluster);
     return cluster;
@@ -678,25 +698,11 @@ export async function startRecovery(dataDir: string, opts: StartRecoveryOptions)
   let tmp = backups.get(dataDir);
   if (tmp !== undefined) backups.delete(dataDir);
   else tmp = { path: path.dirname(dataDir), cleanup: async () => undefined };
-  let cluster: PgCluster | null = null;
-  try {
-    const cd = await controlData(dataDir);
-    const segBytes = Number(cd['Bytes per WAL segment']);
-    await makeServerDir(path.join(tmp.path, 'sock'), 0o755);
-    const signalFile = path.join(dataDir, 'recovery.signal');
-    await writeFile(signalFile, '');
-    await chownToServerUser(signalFile);
-    const settings: Record<string, string | number | boolean> = { restore_command: opts.restoreCommand, recovery_target_action: 'promote', ...opts.conf };
-    const lines = ['', '# --- walkeeper test harness: archive recovery ---'];
-    for (const [k, v] of Object.entries(settings)) lines.push(`${k} = ${confValue(v)}`);
-    await appendFile(path.join(dataDir, 'postgresql.conf'), lines.join('\n') + '\n');
-    cluster = new StandbyCluster(tmp, await freePort(HOST), segBytes / (1024 * 1024), opts.readyTimeoutMs ?? 120_000, { primaryConninfo: '', hotStandby: true, waitReady: true });
-    trackCluster(cluster);
-    await startWithPortRetry(cluster);
-    return cluster;
-  } catch (e) {
-    if (cluster) await cluster.destroy().catch(() => undefined);
-    else await tmp.cleanup().catch(() => undefined);
-    throw e;
-  }
+  return startFromBackup(dataDir, tmp, {
+    signal: 'recovery.signal',
+    heading: 'archive recovery',
+    settings: { restore_command: opts.restoreCommand, recovery_target_action: 'promote', ...opts.conf },
+    readyTimeoutMs: opts.readyTimeoutMs ?? 120_000,
+    cluster: { primaryConninfo: '', hotStandby: true, waitReady: true },
+  });
 }

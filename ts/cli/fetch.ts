@@ -18,7 +18,7 @@ import { DEFAULT_STREAM } from '../defaults.js';
 import { parseEtcdEndpoints } from '../cluster/broker/broker.js';
 import { parseRemoteStorageUrl, RemoteStorageUrlError } from '../remote/remote_storage.js';
 import { NodeArchive, ObjectArchive, WalArchive, type NodeTarget } from '../restore/archive.js';
-import { parseWalFileName, segmentAfter } from '../restore/names.js';
+import { parseWalFileName, segmentAfter } from '../lsn.js';
 import { prefetchOne, runPrefetchWorker, Spool } from '../restore/spool.js';
 import { intOption, parse, UsageError } from './args.js';
 
@@ -181,7 +181,7 @@ async function fetchFile(args: string[]): Promise<number> {
         if (r.errors.length === 0) return 1;
         throw new FetchError(`${name} not fetched: ${r.errors.join('; ')}`);
       }
-      if (f.kind === 'segment') segmentSize = await segmentSizeIn(destDir, [path.basename(dest)]);
+      segmentSize = r.found.segmentSize;
     }
     await Promise.allSettled(ahead);
     if (spool && segmentSize !== null) {
@@ -195,8 +195,8 @@ async function fetchFile(args: string[]): Promise<number> {
 }
 
 /** The segment size of the WAL already in `dir` (a base backup's pg_wal), from a segment's long page header. */
-async function segmentSizeIn(dir: string, names?: string[]): Promise<number | null> {
-  names ??= (await readdir(dir).catch(() => [] as string[])).filter((n) => /^[0-9A-F]{24}$/.test(n));
+async function segmentSizeIn(dir: string): Promise<number | null> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /^[0-9A-F]{24}$/.test(n));
   for (const n of names) {
     const fh = await open(path.join(dir, n), 'r').catch(() => null);
     if (!fh) continue;

@@ -6,7 +6,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 
-import { formatLsn, type Lsn } from '../lsn.js';
+import { formatLsn, parseWalFileName, segnoOf, type Lsn } from '../lsn.js';
 import type { Quorum } from '../cluster/quorum.js';
 import type { StreamHistory } from './history.js';
 import { STATUS_PAGE } from './status_page.js';
@@ -176,9 +176,6 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-const SEGMENT_NAME = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/;
-const HISTORY_NAME = /^([0-9A-F]{8})\.history$/;
-
 /**
  * `GET /v1/streams/<name>/wal/<file>`: a segment or history file under
  * PostgreSQL's name, for `walkeeper fetch` (a restore_command). Only WAL at
@@ -188,9 +185,9 @@ const HISTORY_NAME = /^([0-9A-F]{8})\.history$/;
  * headers say whose WAL it is, so that the reader checks it before use.
  */
 function serveWalFile(res: http.ServerResponse, s: Stream, name: string, partial: boolean): void {
-  const h = HISTORY_NAME.exec(name);
-  if (h) {
-    void s.historyFile(Number.parseInt(h[1]!, 16)).then(
+  const f = parseWalFileName(name);
+  if (f?.kind === 'history') {
+    void s.historyFile(f.tli).then(
       (text) => {
         if (text === null) return send(res, 404, { error: `stream ${s.name} has no ${name}` });
         const body = Buffer.from(text, 'utf8');
@@ -201,13 +198,10 @@ function serveWalFile(res: http.ServerResponse, s: Stream, name: string, partial
     );
     return;
   }
-  const m = SEGMENT_NAME.exec(name);
-  if (!m) return send(res, 400, { error: `${JSON.stringify(name)} is not a WAL segment or timeline history file name` });
-  const perId = 0x1_0000_0000n / BigInt(s.segmentSize);
-  const low = BigInt(`0x${m[3]}`);
-  if (low >= perId) return send(res, 400, { error: `${name} is not a segment name for ${s.segmentSize}-byte segments` });
-  const segno = BigInt(`0x${m[2]}`) * perId + low;
-  const r = s.readableSegment(Number.parseInt(m[1]!, 16), segno);
+  if (f?.kind !== 'segment') return send(res, 400, { error: `${JSON.stringify(name)} is not a WAL segment or timeline history file name` });
+  const segno = segnoOf(f, s.segmentSize);
+  if (segno === null) return send(res, 400, { error: `${name} is not a segment name for ${s.segmentSize}-byte segments` });
+  const r = s.readableSegment(f.tli, segno);
   if (r === null) return send(res, 404, { error: `stream ${s.name} holds no committed WAL of ${name} here` });
   if (!r.complete && !partial) return send(res, 404, { error: `${name} is not complete below commit_lsn ${formatLsn(s.commitLsn)} (ask with ?partial=1 for what is)` });
   const length = Number(r.end - r.start);

@@ -47,7 +47,7 @@ export class ArchiveReader implements ArchivedWal {
     const start: Lsn = segno * seg;
     // The segment's newest timeline, as the offloader uploaded it: after a switch inside it, that
     // file holds the old timeline's bytes up to the switch point.
-    const tli = timelineOfLsn([...s.history], start + seg - 1n);
+    const tli = timelineOfLsn(s.history, start + seg - 1n);
     const name = segmentName(tli, segno, s.segmentSize);
     const z = await this.remote.get(streamPrefix(s.name, s.systemId) + segmentObject(name));
     if (z === null) return null;

@@ -8,13 +8,12 @@
  * "to the end" replays every committed transaction — but only after every
  * source was asked for the complete segment.
  */
-import { parseLsn, isLsn, type Lsn } from '../lsn.js';
+import { parseLsn, isLsn, segnoOf, type Lsn, type WalFileName } from '../lsn.js';
 import type { NodeStatus } from '../member_status.js';
 import { parseNodeStatus } from '../member_status.js';
 import { parseObjectName, partialObject, segmentObject, streamPrefix, historyObject } from '../offload/names.js';
 import { openRemoteStorage } from '../remote/open.js';
 import type { RemoteLocation, RemoteStorage } from '../remote/remote_storage.js';
-import { segnoOf, type WalFileName } from './names.js';
 import { installFile, installWith } from './install.js';
 import { writeSegment } from '../wal/segment_file.js';
 import { isWalcoreError } from '../wal/wal_storage.js';
@@ -33,13 +32,14 @@ export interface Candidate {
 }
 
 /**
- * Takes a candidate to its destination, checking it on the way; throws
+ * Takes a candidate to its destination, checking it on the way, and says
+ * the segment size its long header gave (null: not a segment); throws
  * BadWalError when it fails its checks (the next source is asked then).
  */
-export type Sink = (c: Candidate) => Promise<void>;
+export type Sink = (c: Candidate) => Promise<{ segmentSize: number | null }>;
 
 /** A file that passed its checks and is at its destination. */
-export type Lookup = { found: { from: string; end: Lsn | null } } | { found: null; errors: string[] };
+export type Lookup = { found: { from: string; end: Lsn | null; segmentSize: number | null } } | { found: null; errors: string[] };
 
 /** A file that fails its checks: it must not be used. */
 export class BadWalError extends Error {}
@@ -170,13 +170,12 @@ export class NodeArchive {
         if (r.body.length === segSize) end = null;
       }
       try {
-        await sink({ body: r.body, compressed: false, pad: end !== null, from: who, end });
+        const { segmentSize } = await sink({ body: r.body, compressed: false, pad: end !== null, from: who, end });
+        return { found: { from: who, end, segmentSize } };
       } catch (e) {
         if (!(e instanceof BadWalError)) throw e;
         errs.push(`${who}: ${e.message}`);
-        continue;
       }
-      return { found: { from: who, end } };
     }
     return { found: null, errors: errs };
   }
@@ -185,7 +184,7 @@ export class NodeArchive {
 /** The stream's objects in object storage (see offload/names.ts for the layout). */
 export class ObjectArchive {
   private storage: Promise<RemoteStorage> | null = null;
-  private systemIds = new Map<string, Promise<bigint[]>>();
+  private systemIds: Promise<bigint[]> | null = null;
 
   constructor(
     private readonly loc: RemoteLocation,
@@ -225,23 +224,20 @@ export class ObjectArchive {
     throw last;
   }
 
-  /** The database systems archived under this stream (when the caller does not know which it wants). */
-  private async archivedSystems(): Promise<bigint[]> {
-    let p = this.systemIds.get(this.stream);
-    if (!p) {
-      p = this.attempt((s, signal) => s.list(`${this.stream}/`, { signal })).then((objs) => {
-        const ids = new Set<string>();
-        for (const o of objs) {
-          const m = /^[^/]+\/(\d{1,20})\//.exec(o.key);
-          if (m) ids.add(m[1]!);
-        }
-        return [...ids].map((x) => BigInt(x));
-      });
-      this.systemIds.set(this.stream, p);
-    }
-    return p;
+  /** The database systems archived under this stream (when the caller does not know which it wants); listed once. */
+  private archivedSystems(): Promise<bigint[]> {
+    this.systemIds ??= this.attempt((s, signal) => s.list(`${this.stream}/`, { signal })).then((objs) => {
+      const ids = new Set<string>();
+      for (const o of objs) {
+        const m = /^[^/]+\/(\d{1,20})\//.exec(o.key);
+        if (m) ids.add(m[1]!);
+      }
+      return [...ids].map((x) => BigInt(x));
+    });
+    return this.systemIds;
   }
 
+  /** `f` from the store: the complete segment, or with `partial` only the newest partial object of it. */
   async get(f: WalFileName, opts: { partial: boolean; systemId: bigint | null }, sink: Sink): Promise<Lookup> {
     const who = `object storage ${this.location}`;
     try {
@@ -254,31 +250,33 @@ export class ObjectArchive {
       }
       const prefix = streamPrefix(this.stream, systemId);
       const errors: string[] = [];
-      /** Hands a candidate on; false (and why, in errors) when it fails its checks. */
-      const offer = async (body: Buffer, compressed: boolean, end: Lsn | null, what: string): Promise<boolean> => {
+      /** Hands a candidate on: found, or null (and why, in errors) when it fails its checks. */
+      const offer = async (body: Buffer, compressed: boolean, end: Lsn | null, what: string): Promise<Lookup | null> => {
         try {
-          await sink({ body, compressed, pad: end !== null, from: who, end });
-          return true;
+          const { segmentSize } = await sink({ body, compressed, pad: end !== null, from: who, end });
+          return { found: { from: who, end, segmentSize } };
         } catch (e) {
           if (!(e instanceof BadWalError)) throw e;
           errors.push(`${who}: ${what}: ${e.message}`);
-          return false;
+          return null;
         }
       };
       if (f.kind !== 'segment') {
         const b = await this.attempt((s, signal) => s.get(prefix + (f.kind === 'history' ? historyObject(f.tli) : f.name), { signal }));
-        if (b !== null && (await offer(b, false, null, f.name))) return { found: { from: who, end: null } };
-        return { found: null, errors };
+        return (b !== null ? await offer(b, false, null, f.name) : null) ?? { found: null, errors };
       }
-      // Ours, compressed; then one another tool put there under the plain name.
-      const z = await this.attempt((s, signal) => s.get(prefix + segmentObject(f.name), { signal }));
-      if (z !== null) {
-        if (await offer(z, true, null, segmentObject(f.name))) return { found: { from: who, end: null } };
+      if (!opts.partial) {
+        // Ours, compressed; then one another tool put there under the plain name.
+        const z = await this.attempt((s, signal) => s.get(prefix + segmentObject(f.name), { signal }));
+        if (z !== null) {
+          const r = await offer(z, true, null, segmentObject(f.name));
+          if (r) return r;
+        } else {
+          const plain = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
+          const r = plain !== null ? await offer(plain, false, null, f.name) : null;
+          if (r) return r;
+        }
       } else {
-        const plain = await this.attempt((s, signal) => s.get(prefix + f.name, { signal }));
-        if (plain !== null && (await offer(plain, false, null, f.name))) return { found: { from: who, end: null } };
-      }
-      if (opts.partial) {
         // The newest partial object of this segment (any node's).
         const objs = await this.attempt((s, signal) => s.list(`${prefix}${f.name}.`, { signal }));
         const partials = objs
@@ -288,7 +286,8 @@ export class ObjectArchive {
         for (const x of partials) {
           const b = await this.attempt((s, signal) => s.get(x.key, { signal }));
           if (b === null) continue; // deleted meanwhile (a newer one is up)
-          if (await offer(b, true, x.p.end, partialObject(f.name, x.p.end, x.p.nodeId))) return { found: { from: who, end: x.p.end } };
+          const r = await offer(b, true, x.p.end, partialObject(f.name, x.p.end, x.p.nodeId));
+          if (r) return r;
         }
       }
       return { found: null, errors };
@@ -348,14 +347,19 @@ export class WalArchive {
 /** The sink that installs candidates of `f` at `dest`: segments through the core's checked writer. */
 function installer(f: WalFileName, dest: string, expect: { systemId: bigint | null; pgVersion: number | null }): Sink {
   return async (c) => {
-    if (f.kind !== 'segment') return installFile(dest, c.body);
+    if (f.kind !== 'segment') {
+      await installFile(dest, c.body);
+      return { segmentSize: null };
+    }
+    let segmentSize = 0;
     await installWith(dest, async (tmp) => {
       try {
-        await writeSegment({ data: c.body, compressed: c.compressed, pad: c.pad, tli: f.tli, hi: f.hi, lo: f.lo, systemId: expect.systemId, pgVersion: expect.pgVersion, path: tmp, sync: true });
+        ({ segmentSize } = await writeSegment({ data: c.body, compressed: c.compressed, pad: c.pad, tli: f.tli, hi: f.hi, lo: f.lo, systemId: expect.systemId, pgVersion: expect.pgVersion, path: tmp, sync: true }));
       } catch (e) {
         if (isWalcoreError(e, 'WALCORE_CORRUPT')) throw new BadWalError(`${f.name}: ${(e as Error).message}`);
         throw e;
       }
     });
+    return { segmentSize };
   };
 }

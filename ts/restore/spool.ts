@@ -13,7 +13,7 @@
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { parseWalFileName, segmentAfter } from './names.js';
+import { parseWalFileName, segmentAfter } from '../lsn.js';
 import type { WalArchive } from './archive.js';
 import { syncDir } from './install.js';
 

@@ -58,7 +58,7 @@ export function nextTimeline(history: TimelineEntry[], tli: number): { tli: numb
 }
 
 /** The timeline whose WAL holds `lsn` (the latest one that began at or before it). */
-export function timelineOfLsn(history: TimelineEntry[], lsn: Lsn): number {
+export function timelineOfLsn(history: readonly TimelineEntry[], lsn: Lsn): number {
   for (const e of history) if (e.end === null || lsn < e.end) return e.tli;
   return history[history.length - 1]!.tli;
 }
