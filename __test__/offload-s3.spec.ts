@@ -41,7 +41,8 @@ let rgw: Rgw;
 let s3: S3Client;
 test.before(async () => {
   tmp = await createTempDir('walkeeper-offload-s3-');
-  rgw = await startRgw();
+  // (https too: the three-node test offloads over TLS, as to AWS; the others over http)
+  rgw = await startRgw({ tls: true });
   await rgw.createBucket(BUCKET);
   s3 = rgw.client();
 });
@@ -111,7 +112,7 @@ async function checkArchive(t: ExecutionContext, prefix: string, end: Lsn, walDi
   return segs;
 }
 
-test('three nodes offload to RGW under pgbench: one offloader at a time, a handover after SIGKILL without a gap, every segment once and identical, the promotion history', async (t) => {
+test('three nodes offload to RGW over https under pgbench: one offloader at a time, a handover after SIGKILL without a gap, every segment once and identical, the promotion history', async (t) => {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB', max_wal_senders: '10' } });
   t.teardown(() => pg.destroy());
   await pg.query('CREATE TABLE marks (n int)');
@@ -119,13 +120,13 @@ test('three nodes offload to RGW under pgbench: one offloader at a time, a hando
   t.teardown(() => up.destroy());
   const nodes: NodeProcess[] = [];
   for (let i = 1; i <= 3; i++) {
-    const n = new NodeProcess({ dataDir: path.join(tmp.path, `c${i}`), nodeId: i, upstream: conninfoOf(up), env: { ...rgw.env, WALKEEPER_LOG_LEVEL: 'info' } });
+    const n = new NodeProcess({ dataDir: path.join(tmp.path, `c${i}`), nodeId: i, upstream: conninfoOf(up), env: { ...rgw.env, NODE_EXTRA_CA_CERTS: rgw.caFile!, WALKEEPER_LOG_LEVEL: 'info' } });
     n.pgPort = await freePort();
     n.httpPort = await freePort();
     nodes.push(n);
   }
   for (const n of nodes) {
-    n.opts.extraArgs = ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(','), '--remote-storage', `s3://${BUCKET}/cluster`, '--remote-endpoint', rgw.endpoint, '--offload-partial-after', '0'];
+    n.opts.extraArgs = ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(','), '--remote-storage', `s3://${BUCKET}/cluster`, '--remote-endpoint', rgw.tlsEndpoint!, '--offload-partial-after', '0'];
   }
   t.teardown(() => Promise.all(nodes.map((n) => n.kill())).then(() => undefined));
   await Promise.all(nodes.map((n) => n.start()));

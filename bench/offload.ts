@@ -1,7 +1,7 @@
 /**
  * bench/offload: WAL offload to object storage, walkeeper against
  * pgBackRest's archive-push (async, zstd level 3 like ours, to the same Ceph
- * RGW over https), in one run:
+ * RGW, both over https), in one run:
  *
  *   (1) live: three nodes follow a primary under `pgbench -i -s N` and
  *       offload as it runs; the offload lag (commit_lsn − backup_lsn) when
@@ -16,7 +16,7 @@
  *       segment to the last, and the CPU of every pgbackrest process
  *       (sampled from /proc every 50 ms) per GiB archived.
  *
- *   npm run bench:offload [-- --scale 100]
+ *   npm run bench:offload [-- --scale 100] [--walkeeper http]
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -29,7 +29,9 @@ import { startRgw } from '../__test__/harness/ceph.js';
 import { setupPgBackRest } from './pgbackrest.js';
 import { record } from './results.js';
 
-const { values } = parseArgs({ options: { scale: { type: 'string', default: '100' } } });
+const { values } = parseArgs({ options: { scale: { type: 'string', default: '100' }, walkeeper: { type: 'string', default: 'https' } } });
+// pgBackRest speaks only https; walkeeper goes the same way unless asked for http (`--walkeeper http`).
+const tls = values.walkeeper !== 'http';
 const scale = values.scale!;
 const log = (s: string) => process.stderr.write(`[offload] ${s}\n`);
 const SEG = 16 * 1024 * 1024;
@@ -121,13 +123,13 @@ async function main(): Promise<void> {
     pg = await startPostgres({ conf: { wal_keep_size: '8GB', max_wal_size: '8GB', max_wal_senders: 10, archive_mode: 'on', archive_command: '' } });
     const conninfo = `host=127.0.0.1 port=${pg.port} user=postgres`;
     for (let i = 1; i <= 3; i++) {
-      const n = new NodeProcess({ dataDir: path.join(tmp.path, `n${i}`), nodeId: i, upstream: conninfo, env: { ...rgw.env, WALKEEPER_LOG_LEVEL: 'warn' } });
+      const n = new NodeProcess({ dataDir: path.join(tmp.path, `n${i}`), nodeId: i, upstream: conninfo, env: { ...rgw.env, ...(tls ? { NODE_EXTRA_CA_CERTS: rgw.caFile! } : {}), WALKEEPER_LOG_LEVEL: 'warn' } });
       n.pgPort = await freePort();
       n.httpPort = await freePort();
       nodes.push(n);
     }
     for (const n of nodes) {
-      n.opts.extraArgs = ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(','), '--remote-storage', 's3://walkeeper/bench', '--remote-endpoint', rgw.endpoint, '--offload-partial-after', '0', '--wal-keep-size', '64MB'];
+      n.opts.extraArgs = ['--peers', nodes.filter((m) => m !== n).map((m) => m.httpUrl).join(','), '--remote-storage', 's3://walkeeper/bench', '--remote-endpoint', tls ? rgw.tlsEndpoint! : rgw.endpoint, '--offload-partial-after', '0', '--wal-keep-size', '64MB'];
     }
     await Promise.all(nodes.map((n) => n.start()));
     const offloader = async (): Promise<NodeProcess> => {
@@ -148,14 +150,30 @@ async function main(): Promise<void> {
     log(`(1) live: pgbench -i -s ${scale} with three nodes offloading`);
     // The lag when the load ends: commit_lsn − backup_lsn on the offloader, the unfinished segment included.
     let lagSegs = 0;
+    // And every 100 ms during the load, to show the lag's course rather than one sample.
+    const series: { t: number; lag: number; commit: bigint }[] = [];
+    let sampling = true;
+    const t0 = Date.now();
+    const sampler = (async () => {
+      while (sampling) {
+        const v = await view(await offloader());
+        if (v?.offload) series.push({ t: Date.now() - t0, lag: v.offload.lag_bytes / SEG, commit: lsnOf(v.commit_lsn) });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
     const live = await pgbenchInit(pg, async () => {
       const v1 = await view(await offloader());
       lagSegs = (v1?.offload?.lag_bytes ?? 0) / SEG;
+      sampling = false;
     });
+    await sampler;
+    if (process.env.BENCH_OFFLOAD_SERIES) await writeFile(process.env.BENCH_OFFLOAD_SERIES, series.map((x) => `${x.t} ${x.lag.toFixed(2)} ${Number(x.commit) / SEG}`).join('\n') + '\n');
+    const lags = series.map((x) => x.lag).sort((a, b) => a - b);
+    const pct = (q: number) => lags[Math.min(lags.length - 1, Math.floor(q * lags.length))] ?? 0;
     const liveMiB = Number(live.end - live.start) / 2 ** 20;
     const tLive = Date.now();
     await backupAt(live.end - (live.end % BigInt(SEG)));
-    log(`    ${liveMiB.toFixed(0)} MiB of WAL in ${live.secs.toFixed(1)} s; lag at the end of the load ${lagSegs.toFixed(1)} segments; caught up ${((Date.now() - tLive) / 1000).toFixed(1)} s later`);
+    log(`    ${liveMiB.toFixed(0)} MiB of WAL in ${live.secs.toFixed(1)} s; lag at the end of the load ${lagSegs.toFixed(1)} segments (during it: median ${pct(0.5).toFixed(1)}, p95 ${pct(0.95).toFixed(1)}, max ${pct(1).toFixed(1)}); caught up ${((Date.now() - tLive) / 1000).toFixed(1)} s later`);
 
     // (2) capacity, walkeeper
     log('(2) walkeeper: the same load with the gateway down, then the backlog');
@@ -229,7 +247,7 @@ async function main(): Promise<void> {
     log(`    archived ${(pBytes / 2 ** 20).toFixed(0)} MiB in ${pSecs.toFixed(2)} s = ${pRate.toFixed(0)} MiB/s; ${pCpuGiB.toFixed(2)} CPU s/GiB`);
 
     const lines = [
-      `offload: pgbench -i -s ${scale} (${liveMiB.toFixed(0)} MiB of WAL per load), 16 MiB segments, Ceph RGW (memstore) on loopback`,
+      `offload: pgbench -i -s ${scale} (${liveMiB.toFixed(0)} MiB of WAL per load), 16 MiB segments, Ceph RGW (memstore) on loopback, walkeeper over ${tls ? "https" : "http"}, pgBackRest over https`,
       `machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
       `(1) live, three nodes: offload lag when the load ended ${lagSegs.toFixed(1)} segments (target ≤ 2)`,
       `(2) walkeeper backlog:  ${wRate.toFixed(0).padStart(5)} MiB/s  ${wCpuGiB.toFixed(2)} CPU s/GiB  zstd ${ratio.toFixed(2)}×`,

@@ -286,7 +286,11 @@ export function createHttpServer(node: HttpNodeView): http.Server {
           // moves. A held-open response saves the peer a request per flush,
           // which a synchronous commit waiting on the quorum would feel; a
           // peer with no client waiting on commit_lsn asks for the heartbeat
-          // only.
+          // only — and a line when flush_lsn enters a new segment: the
+          // offloader uploads a segment once commit_lsn passes its end, and
+          // would otherwise learn of it up to a heartbeat late (a quarter
+          // second of WAL behind at the end of every burst), for the cost of
+          // one line per segment.
           //
           // The line is written from inside the flush notification and
           // leaves at once (uncork), so that on a node whose ingest then
@@ -310,7 +314,14 @@ export function createHttpServer(node: HttpNodeView): http.Server {
             }
             res.socket?.uncork();
           };
-          const unlisten = watch === 'flush' ? s.flushWatch.listen(push) : () => undefined;
+          const seg = BigInt(s.segmentSize);
+          let pushedSeg = s.flushLsn / seg;
+          const unlisten = s.flushWatch.listen((lsn) => {
+            if (watch === 'flush') return push();
+            if (lsn / seg === pushedSeg) return;
+            pushedSeg = lsn / seg;
+            push();
+          });
           s.followedBy[watch]++;
           res.on('close', () => {
             s.followedBy[watch]--;

@@ -101,6 +101,10 @@ export class Offloader {
   /** When commit_lsn last moved, and to what (for the quiet period of partial uploads). */
   private lastCommit: { lsn: Lsn; at: number } = { lsn: 0n, at: Date.now() };
   private readonly log: Logger;
+  /** Wakes the upload loop when another segment was committed while its window has room. */
+  private kick: (() => void) | null = null;
+  /** Uploads waiting out a backoff, woken as soon as another attempt succeeds. */
+  private readonly backingOff = new Set<() => void>();
 
   constructor(
     private readonly stream: Stream,
@@ -132,7 +136,10 @@ export class Offloader {
     this.unlisten = this.stream.commitWatch.listen((lsn) => {
       if (lsn / seg === lastSeg) return;
       lastSeg = lsn / seg;
-      if (this.election.offloader === this.self.nodeId) this.tick();
+      if (this.election.offloader !== this.self.nodeId) return;
+      // (an upload loop waiting on its oldest segment takes the new one into its window at once)
+      this.kick?.();
+      this.tick();
     });
     this.tick();
   }
@@ -144,6 +151,7 @@ export class Offloader {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.abort.abort();
+    for (const wake of this.backingOff) wake();
     await this.running;
   }
 
@@ -230,15 +238,26 @@ export class Offloader {
           if (start === null) break;
           const { segno, file } = start;
           next = segno + 1n;
-          inflight.push({ end: (segno + 1n) * seg, done: this.uploadSegment(file) });
+          const done = this.uploadSegment(file);
+          // (handled where it is awaited, maybe after a later one failed first)
+          done.catch(() => undefined);
+          inflight.push({ end: (segno + 1n) * seg, done });
         }
-        const oldest = inflight.shift();
+        const oldest = inflight[0];
         if (!oldest) return;
-        await oldest.done;
+        // The oldest's completion, or — with room in the window — the next committed segment,
+        // which then starts at once rather than behind the oldest: under a burst, every segment
+        // would otherwise wait for the one before it to be up.
+        const kicked = inflight.length < WINDOW ? new Promise<false>((r) => (this.kick = () => r(false))) : null;
+        const completed = await (kicked ? Promise.race([oldest.done.then(() => true), kicked]) : oldest.done.then(() => true));
+        this.kick = null;
+        if (!completed) continue;
+        inflight.shift();
         s.advanceBackupLsn(oldest.end);
         await this.cleanPartials();
       }
     } finally {
+      this.kick = null;
       // Stopping or failing: let the others settle (their results are not recorded) before returning.
       await Promise.allSettled(inflight.map((i) => i.done));
     }
@@ -353,6 +372,9 @@ export class Offloader {
         const r = await op(attempt.signal);
         if (!this.healthy) this.log.info({ location: this.remote.location }, 'object storage answers again: offload continues');
         this.healthy = true;
+        // The other uploads backing off try again now, not when their own wait (up to 5 s) ends.
+        for (const wake of this.backingOff) wake();
+        this.backingOff.clear();
         this.lastError = null;
         return r;
       } catch (err) {
@@ -364,7 +386,15 @@ export class Offloader {
         }
         this.healthy = false;
         this.lastError = msg;
-        await new Promise((r) => setTimeout(r, wait));
+        await new Promise<void>((r) => {
+          const wake = (): void => {
+            clearTimeout(t);
+            this.backingOff.delete(wake);
+            r();
+          };
+          const t = setTimeout(wake, wait);
+          this.backingOff.add(wake);
+        });
         wait = Math.min(wait * 2, BACKOFF_MAX_MS);
       } finally {
         clearTimeout(timer);

@@ -289,3 +289,78 @@ pub fn send_file(
         Err(io::ErrorKind::Unsupported.into())
     }
 }
+
+/// The first `len` bytes of a file, readable in place: mapped read-only
+/// where the platform can (the page cache's own pages, no copy), read into
+/// memory otherwise. The caller must know that the file keeps at least
+/// `len` bytes while the mapping lives (a mapped page past a truncation
+/// raises SIGBUS): WAL segments at or below commit_lsn are never shortened
+/// — truncation writes zeros past its point and unlinks later segments,
+/// neither of which touches a mapping.
+pub struct FileBytes {
+    #[cfg(unix)]
+    map: Option<(*mut u8, usize)>,
+    owned: Vec<u8>,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone.
+unsafe impl Send for FileBytes {}
+
+#[cfg(unix)]
+mod unix_mmap {
+    use std::ffi::{c_int, c_void};
+    pub const PROT_READ: c_int = 1;
+    pub const MAP_PRIVATE: c_int = 2;
+    /// Linux: fault every page in at once (one call instead of a fault per page).
+    #[cfg(target_os = "linux")]
+    pub const MAP_POPULATE: c_int = 0x8000;
+    #[cfg(not(target_os = "linux"))]
+    pub const MAP_POPULATE: c_int = 0;
+    extern "C" {
+        pub fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void;
+        pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
+    }
+}
+
+impl FileBytes {
+    pub fn open(file: &File, len: usize) -> io::Result<FileBytes> {
+        #[cfg(unix)]
+        if len > 0 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a fresh read-only private mapping of an fd we hold; checked against MAP_FAILED.
+            let p = unsafe { unix_mmap::mmap(std::ptr::null_mut(), len, unix_mmap::PROT_READ, unix_mmap::MAP_PRIVATE | unix_mmap::MAP_POPULATE, file.as_raw_fd(), 0) };
+            if p as isize != -1 {
+                return Ok(FileBytes { map: Some((p.cast(), len)), owned: Vec::new() });
+            }
+        }
+        let mut owned = vec![0u8; len];
+        let n = read_full_at(file, &mut owned, 0)?;
+        if n < len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("file holds {n} bytes, {len} expected")));
+        }
+        Ok(FileBytes {
+            #[cfg(unix)]
+            map: None,
+            owned,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        #[cfg(unix)]
+        if let Some((p, len)) = self.map {
+            // SAFETY: mapped for `len` bytes until Drop.
+            return unsafe { std::slice::from_raw_parts(p, len) };
+        }
+        &self.owned
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some((p, len)) = self.map.take() {
+            // SAFETY: unmapping what open() mapped, once.
+            unsafe { unix_mmap::munmap(p.cast(), len) };
+        }
+    }
+}
