@@ -55,13 +55,15 @@ export const DEFAULT_OFFLOAD: OffloadConfig = {
 const BACKOFF_MIN_MS = 10;
 /**
  * Segments read, compressed and uploaded at once. Compression runs on the
- * thread pool (four threads: at most four 16 MiB segments in memory at a
- * time) and uploads wait on the network, so that eight in flight keep both
- * busy (bench/offload: 560 MiB/s with two, 605 with four, 720 with eight on
- * 2 Xeon cores); backup_lsn still moves strictly in order, past each segment
- * once it and every one before it are complete in the store.
+ * thread pool (four threads, each reading a mapped segment) and uploads wait
+ * on the network, so that eight in flight keep both busy (bench/offload:
+ * 560 MiB/s with two, 605 with four, 720 with eight on 2 Xeon cores, before
+ * later changes); backup_lsn still moves strictly in order, past each
+ * segment once it and every one before it are complete in the store.
  */
 const WINDOW = 8;
+/** How far past the oldest segment still uploading the window reaches (segments). */
+const WINDOW_SPAN = 4 * WINDOW;
 const BACKOFF_MAX_MS = 5000;
 
 /** What the node is told about an offloader's work (metrics). */
@@ -225,41 +227,56 @@ export class Offloader {
     }
   }
 
-  /** Complete segments from backup_lsn up to commit_lsn: up to WINDOW at once, backup_lsn advanced in order. */
+  /**
+   * Complete segments from backup_lsn up to commit_lsn: up to WINDOW uploading at once, each
+   * finished one replaced at once (a slow object does not hold the others back), backup_lsn
+   * advanced in order over the segments that are up — at most WINDOW_SPAN past the oldest still
+   * uploading.
+   */
   private async uploadSegments(): Promise<void> {
     const s = this.stream;
     const seg = BigInt(s.segmentSize);
-    const inflight: { end: Lsn; done: Promise<void> }[] = [];
+    // In segment order; `up` once the object is complete in the store.
+    const window: { end: Lsn; done: Promise<void>; up: boolean }[] = [];
+    let uploading = 0;
     let next: bigint | null = null;
     try {
       for (;;) {
-        while (inflight.length < WINDOW && !this.stopped) {
+        while (uploading < WINDOW && window.length < WINDOW_SPAN && !this.stopped) {
           const start = this.nextSegment(next);
           if (start === null) break;
           const { segno, file } = start;
           next = segno + 1n;
-          const done = this.uploadSegment(file);
-          // (handled where it is awaited, maybe after a later one failed first)
-          done.catch(() => undefined);
-          inflight.push({ end: (segno + 1n) * seg, done });
+          const entry = { end: (segno + 1n) * seg, done: this.uploadSegment(file), up: false };
+          // (a failure is handled where it is awaited, maybe after a later one failed first)
+          entry.done.then(
+            () => {
+              entry.up = true;
+              uploading--;
+            },
+            () => undefined,
+          );
+          uploading++;
+          window.push(entry);
         }
-        const oldest = inflight[0];
-        if (!oldest) return;
-        // The oldest's completion, or — with room in the window — the next committed segment,
-        // which then starts at once rather than behind the oldest: under a burst, every segment
-        // would otherwise wait for the one before it to be up.
-        const kicked = inflight.length < WINDOW ? new Promise<false>((r) => (this.kick = () => r(false))) : null;
-        const completed = await (kicked ? Promise.race([oldest.done.then(() => true), kicked]) : oldest.done.then(() => true));
+        if (window.length === 0) return;
+        // Any upload finishing, or — with room in the window — the next committed segment, which
+        // then starts at once: under a burst, a segment would otherwise wait for earlier ones.
+        const kicked = uploading < WINDOW && window.length < WINDOW_SPAN ? new Promise<void>((r) => (this.kick = r)) : null;
+        const pending = window.filter((w) => !w.up).map((w) => w.done);
+        await Promise.race(kicked ? [...pending, kicked] : pending);
         this.kick = null;
-        if (!completed) continue;
-        inflight.shift();
-        s.advanceBackupLsn(oldest.end);
-        await this.cleanPartials();
+        let advanced = false;
+        while (window[0]?.up) {
+          s.advanceBackupLsn(window.shift()!.end);
+          advanced = true;
+        }
+        if (advanced) await this.cleanPartials();
       }
     } finally {
       this.kick = null;
       // Stopping or failing: let the others settle (their results are not recorded) before returning.
-      await Promise.allSettled(inflight.map((i) => i.done));
+      await Promise.allSettled(window.map((w) => w.done));
     }
   }
 

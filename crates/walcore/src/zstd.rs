@@ -54,11 +54,51 @@ extern "C" {
     fn ZSTD_CCtx_setPledgedSrcSize(cctx: *mut CCtx, pledged_src_size: u64) -> usize;
     fn ZSTD_compressStream2(cctx: *mut CCtx, output: *mut OutBuffer, input: *mut InBuffer, end_op: c_int) -> usize;
     fn ZSTD_maxCLevel() -> c_int;
+    fn ZSTD_compress2(cctx: *mut CCtx, dst: *mut c_void, dst_capacity: usize, src: *const c_void, src_size: usize) -> usize;
+    fn ZSTD_getCParams(level: c_int, estimated_src_size: u64, dict_size: usize) -> CParams;
+}
+
+/// zstd.h's ZSTD_compressionParameters (static-linking section; we link statically).
+#[repr(C)]
+struct CParams {
+    window_log: c_uint,
+    chain_log: c_uint,
+    hash_log: c_uint,
+    search_log: c_uint,
+    min_match: c_uint,
+    target_length: c_uint,
+    strategy: c_int,
 }
 
 // zstd.h's enum values (ZSTD_ResetDirective, ZSTD_cParameter, ZSTD_EndDirective).
 const ZSTD_RESET_SESSION_AND_PARAMETERS: c_int = 3;
 const ZSTD_C_COMPRESSION_LEVEL: c_int = 100;
+const ZSTD_C_WINDOW_LOG: c_int = 101;
+const ZSTD_C_HASH_LOG: c_int = 102;
+
+/// At most a 1 MiB window and a 64 Ki-entry hash table for a segment. At
+/// level 3 (zstd's choice for a 16 MiB input: 2 MiB, 128 Ki) this costs no
+/// ratio on WAL and less CPU: pgbench -i WAL 0.40 → 0.32 CPU s per 384 MiB at
+/// 19.2× either way (+0.02% bytes), pgbench TPC-B WAL 0.97 → 0.95 s per
+/// 688 MiB at +0.7% bytes (Intel Xeon); the table then fits in L2. Lower
+/// levels already use less and are left alone; a smaller window also halves
+/// what restoring a segment needs.
+const SEGMENT_WINDOW_LOG: c_uint = 20;
+const SEGMENT_HASH_LOG: c_uint = 16;
+
+/// Resets `cctx` for one frame of `size` bytes at `level`, with the segment parameters above.
+///
+/// # Safety
+/// `cctx` is a live compression context used by this thread only.
+unsafe fn start_frame(cctx: *mut CCtx, level: i32, size: usize) -> Result<()> {
+    check(ZSTD_CCtx_reset(cctx, ZSTD_RESET_SESSION_AND_PARAMETERS), "compress")?;
+    check(ZSTD_CCtx_setParameter(cctx, ZSTD_C_COMPRESSION_LEVEL, level), "compress")?;
+    let p = ZSTD_getCParams(level, size as u64, 0);
+    check(ZSTD_CCtx_setParameter(cctx, ZSTD_C_WINDOW_LOG, p.window_log.min(SEGMENT_WINDOW_LOG) as c_int), "compress")?;
+    check(ZSTD_CCtx_setParameter(cctx, ZSTD_C_HASH_LOG, p.hash_log.min(SEGMENT_HASH_LOG) as c_int), "compress")?;
+    check(ZSTD_CCtx_setPledgedSrcSize(cctx, size as u64), "compress")?;
+    Ok(())
+}
 const ZSTD_E_CONTINUE: c_int = 0;
 const ZSTD_E_END: c_int = 2;
 
@@ -119,8 +159,12 @@ fn compress_kept(src: &[u8], level: i32) -> Result<Vec<u8>> {
             if c.0.is_null() {
                 return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
             }
-            // SAFETY: zstd writes at most `bound` bytes into the spare capacity and returns how many.
-            let n = check(unsafe { ZSTD_compressCCtx(c.0, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len(), level) }, "compress")?;
+            // SAFETY: the context is this thread's; zstd writes at most `bound` bytes into the spare
+            // capacity and returns how many.
+            let n = unsafe {
+                start_frame(c.0, level, src.len())?;
+                check(ZSTD_compress2(c.0, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len()), "compress")?
+            };
             // SAFETY: the first n bytes were written by zstd just now.
             Ok(unsafe { std::slice::from_raw_parts(out.as_ptr(), n) }.to_vec())
         })
@@ -160,9 +204,7 @@ pub fn compress_file(path: &std::path::Path, level: i32, len: Option<usize>, pad
         // SAFETY: the context is this thread's; every buffer handed to zstd is a live slice
         // (or the spare capacity of `out`, whose length is set to what zstd reports written).
         unsafe {
-            check(ZSTD_CCtx_reset(c.0, ZSTD_RESET_SESSION_AND_PARAMETERS), "compress")?;
-            check(ZSTD_CCtx_setParameter(c.0, ZSTD_C_COMPRESSION_LEVEL, level), "compress")?;
-            check(ZSTD_CCtx_setPledgedSrcSize(c.0, total as u64), "compress")?;
+            start_frame(c.0, level, total)?;
             let bound = check(ZSTD_compressBound(total), "compress")?;
             let mut out = Vec::<u8>::with_capacity(bound);
             let mut chunk = vec![0u8; (1 << 20).min(total.max(1))];
