@@ -7,9 +7,10 @@
  *       offload as it runs; the offload lag (commit_lsn − backup_lsn) when
  *       the load ends, in segments (target ≤ 2);
  *   (2) capacity, walkeeper: the gateway is stopped, the same load runs
- *       (WAL waits on the nodes), the gateway returns; the drain rate from
- *       the first upload to the last, and the offloading node's CPU per GiB
- *       of WAL (its process CPU minus an idle peer's over the same window);
+ *       (WAL waits on the nodes), the gateway returns and the nodes restart
+ *       (nothing compressed in advance); the drain rate from the first
+ *       upload to the last, and the offloading node's CPU per GiB of WAL
+ *       (its process CPU minus an idle peer's over the same window);
  *   (3) capacity, pgBackRest: archive_command was empty during both loads
  *       (PostgreSQL kept the WAL as .ready); it is set to `pgbackrest
  *       archive-push` and reloaded; the drain rate from the first archived
@@ -184,12 +185,14 @@ async function main(): Promise<void> {
       if (vs.every((v) => v && lsnOf(v.commit_lsn) >= w.end)) break;
       await new Promise((r) => setTimeout(r, 100));
     }
+    // The nodes restart with the gateway back, so that the drain starts with nothing done: while the
+    // gateway was down, the offloader held a window of segments compressed and waiting to go up.
+    const b0 = (await Promise.all(nodes.map(view))).reduce((a, v) => (v?.backup_lsn && lsnOf(v.backup_lsn) > a ? lsnOf(v.backup_lsn) : a), 0n);
+    await Promise.all(nodes.map((n) => n.stop()));
+    await rgw.startGateway();
+    await Promise.all(nodes.map((n) => n.start()));
     const off2 = await offloader();
     const idle = nodes.find((n) => n !== off2)!;
-    const b0 = lsnOf((await view(off2))!.backup_lsn!);
-    const bytes0 = await metric(off2, 'walkeeper_offload_bytes_total');
-    const comp0 = await metric(off2, 'walkeeper_offload_compressed_bytes_total');
-    await rgw.startGateway();
     let first: { t: number; lsn: bigint; cpu: number; idleCpu: number } | null = null;
     const target = w.end - (w.end % BigInt(SEG));
     for (;;) {
@@ -205,8 +208,8 @@ async function main(): Promise<void> {
     const wCpu = cpuOf(off2.pid!) - first!.cpu - (cpuOf(idle.pid!) - first!.idleCpu);
     const wRate = wBytes / 2 ** 20 / wSecs;
     const wCpuGiB = wCpu / (wBytes / 2 ** 30);
-    const ratio = (Number(target - b0) / ((await metric(off2, 'walkeeper_offload_compressed_bytes_total')) - comp0)) || 0;
-    const raw = (await metric(off2, 'walkeeper_offload_bytes_total')) - bytes0;
+    const ratio = Number(target - b0) / (await metric(off2, 'walkeeper_offload_compressed_bytes_total')) || 0;
+    const raw = await metric(off2, 'walkeeper_offload_bytes_total');
     log(`    drained ${(wBytes / 2 ** 20).toFixed(0)} MiB in ${wSecs.toFixed(2)} s = ${wRate.toFixed(0)} MiB/s; ${wCpuGiB.toFixed(2)} CPU s/GiB; compression ${ratio.toFixed(2)}× (${(raw / 2 ** 20).toFixed(0)} MiB in)`);
     await Promise.all(nodes.map((n) => n.stop()));
 
