@@ -22,6 +22,10 @@ export interface ConsumeResult {
   endedAt: number;
   /** CPU (user + system) this process used while streaming, in seconds. */
   cpuSeconds: number;
+  userSeconds: number;
+  systemSeconds: number;
+  /** Socket reads it took (bytes / reads: how full the receive queue was when it read). */
+  reads: number;
 }
 
 /**
@@ -34,6 +38,7 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
     let phase: 'startup' | 'copy' | 'done' = 'startup';
     let received = start;
     let bytes = 0;
+    let reads = 0;
     let t0 = 0n;
     let startedAt = 0;
     let cpu0 = process.cpuUsage();
@@ -65,7 +70,7 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
             phase = 'done';
             sock.end(Buffer.concat([frontend.copyDone(), frontend.terminate()]));
             const cpu = process.cpuUsage(cpu0);
-            resolve({ bytes, seconds: secs, startedAt, endedAt: performance.timeOrigin + performance.now(), cpuSeconds: (cpu.user + cpu.system) / 1e6 });
+            resolve({ bytes, seconds: secs, startedAt, endedAt: performance.timeOrigin + performance.now(), cpuSeconds: (cpu.user + cpu.system) / 1e6, userSeconds: cpu.user / 1e6, systemSeconds: cpu.system / 1e6, reads });
           }
         } else if (tag === 0x6b && small[17] === 1) {
           sock.write(standbyStatus({ write: received, flush: received, apply: received, replyRequested: false }));
@@ -122,7 +127,7 @@ export function consume(host: string, port: number, start: bigint, end: bigint, 
     const sock = net.connect({
       host,
       port,
-      onread: { buffer: Buffer.alloc(1 << 20), callback: (n: number, buf: Uint8Array) => (feed(buf as Buffer, n), true) },
+      onread: { buffer: Buffer.alloc(1 << 20), callback: (n: number, buf: Uint8Array) => (reads++, feed(buf as Buffer, n), true) },
     });
     sock.setNoDelay(true);
     sock.on('error', fail);

@@ -20,6 +20,7 @@ import { parseArgs } from 'node:util';
 
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
+import type { ConsumeResult } from './consumer.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
@@ -35,7 +36,7 @@ interface ConsumerRun {
   /** Resolves once the consumer is connected and waits for go() (gated runs only). */
   ready: Promise<void>;
   go(): void;
-  done: Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number; cpuSeconds: number }>;
+  done: Promise<ConsumeResult>;
 }
 
 /** bench/consumer.ts in its own process; `gated`: it streams only after go(). */
@@ -54,14 +55,14 @@ function startConsumer(port: number, start: bigint, end: bigint, app: string, ga
     if (out.startsWith('ready\n')) onReady();
   });
   p.stderr.on('data', (b: Buffer) => (err += b));
-  const done = new Promise<{ bytes: number; seconds: number; startedAt: number; endedAt: number; cpuSeconds: number }>((resolve, reject) =>
+  const done = new Promise<ConsumeResult>((resolve, reject) =>
     p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').at(-1)!)) : reject(new Error(err || `consumer exited ${code}`)))),
   );
   done.catch(() => onReady());
   return { ready, go: () => p.stdin.end('go\n'), done };
 }
 
-function runConsumer(port: number, start: bigint, end: bigint, app: string): Promise<{ bytes: number; seconds: number }> {
+function runConsumer(port: number, start: bigint, end: bigint, app: string): Promise<ConsumeResult> {
   return startConsumer(port, start, end, app).done;
 }
 
@@ -132,10 +133,21 @@ async function main() {
     if (receivewalCpus) log(`pg_receivewal runs on CPU ${receivewalCpus} (taskset)`);
     const res: Record<string, Record<string, number[]>> = {};
     const add = (server: string, what: string, mibs: number) => ((res[what] ??= {})[server] ??= []).push(mibs);
+    // The consumers' own CPU per GiB (the same program for both servers): what a client pays to read from each.
+    const cpu: Record<string, Record<string, number[]>> = {};
+    const addCpu = (server: string, what: string, runs: ConsumeResult[]) =>
+      ((cpu[what] ??= {})[server] ??= []).push((runs.reduce((a, c) => a + c.cpuSeconds, 0) / runs.reduce((a, c) => a + c.bytes, 0)) * 2 ** 30);
+    const how = (runs: ConsumeResult[]) => {
+      const bytes = runs.reduce((a, c) => a + c.bytes, 0);
+      const reads = runs.reduce((a, c) => a + c.reads, 0);
+      const per = (x: number) => ((x / bytes) * 2 ** 30).toFixed(3);
+      return `consumer CPU ${per(runs.reduce((a, c) => a + c.userSeconds, 0))} user + ${per(runs.reduce((a, c) => a + c.systemSeconds, 0))} system s/GiB, ${reads} reads of ${(bytes / reads / 1024).toFixed(0)} KiB`;
+    };
     for (let r = 0; r < rounds; r++) {
       for (const s of servers) {
         const c = await runConsumer(s.port, start, end, 'bench');
         add(s.name, 'discarding consumer', c.bytes / 1048576 / c.seconds);
+        addCpu(s.name, 'discarding consumer', [c]);
         const dir = path.join(shm, `walkeeper-bench-rw-${process.pid}`);
         await rm(dir, { recursive: true, force: true });
         await mkdir(dir);
@@ -147,7 +159,7 @@ async function main() {
         await rm(dir, { recursive: true, force: true });
         if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
         add(s.name, 'pg_receivewal (tmpfs)', total / 1048576 / secs);
-        log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s, pg_receivewal ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
+        log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s (${how([c])}), pg_receivewal ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
       }
     }
     // Fan-out: N consumers at once, each server `rounds` times, alternating;
@@ -168,20 +180,22 @@ async function main() {
       const secs = (Math.max(...all.map((c) => c.endedAt)) - Math.min(...all.map((c) => c.startedAt))) / 1000;
       const bytes = all.reduce((a, c) => a + c.bytes, 0);
       add(s.name, `${fanout} discarding consumers (aggregate)`, bytes / 1048576 / secs);
-      // Where the two cores went: the consumers are the same program for both servers.
-      log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s; the consumers used ${((all.reduce((a, c) => a + c.cpuSeconds, 0) / bytes) * 2 ** 30).toFixed(3)} CPU s per GiB`);
+      addCpu(s.name, `${fanout} discarding consumers (aggregate)`, all);
+      log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s (${how(all)})`);
     }
     const peakRss = await rssKiB(nodePid, 'VmHWM');
 
     const lines: string[] = [];
     lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds`);
     lines.push(`machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
-    lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio`);
+    lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio  consumer CPU s/GiB (PostgreSQL / walkeeper)`);
     for (const [what, by] of Object.entries(res)) {
       const p = median(by['PostgreSQL walsender']!);
       const w = median(by['walkeeper node']!);
-      lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×`);
-      record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.5×' : /pg_receivewal/.test(what) ? '≥ 1.0×' : /consumers/.test(what) ? '≥ 1.5×' : undefined, better: 'higher', chart: 'throughput' });
+      const c = cpu[what];
+      const cpuCol = c ? `  ${median(c['PostgreSQL walsender']!).toFixed(3)} / ${median(c['walkeeper node']!).toFixed(3)}` : '  (not measured: pg_receivewal)';
+      lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×${cpuCol}`);
+      record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.2× or ≥ 90% of loopback' : /pg_receivewal/.test(what) ? '≥ 1.1×' : /consumers/.test(what) ? '≥ 1.3×' : undefined, better: 'higher', chart: 'throughput' });
     }
     lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; idle ${(idleRss / 1024).toFixed(0)} MiB; with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
     console.log(lines.join('\n'));

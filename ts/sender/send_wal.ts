@@ -69,10 +69,18 @@ const PUMP_MIN = 512 * 1024;
 const PUMP_BUDGET = 16 * 1024 * 1024;
 
 /**
- * Pump runs share libuv's thread pool with the ingest's appends and fsyncs,
- * which a synchronous commit waits on: however many clients catch up at
- * once, their runs take turns on all but two of its threads (at least one).
- * Two runs at a time already keep two cores busy.
+ * Pump runs share libuv's thread pool with the store's reads and writes and
+ * offload's compression: however many clients catch up at once, their runs
+ * take turns on all but two of its threads (at least one).
+ *
+ * What this costs the clients (bench/sender, 8 consumers, Intel Xeon): with
+ * Node's four threads, the runs of the clients waiting for one start late,
+ * their receive queues run dry, and they read in twice as many, smaller
+ * pieces as from PostgreSQL's eight walsenders (≈ 25,000 reads against
+ * 11,000; their CPU per GiB 0.26 against 0.19). More slots on the same four
+ * threads changed nothing; ten threads (UV_THREADPOOL_SIZE=10 before Node
+ * starts) brought it to 16,600 reads and 0.20. Each catching-up client needs
+ * a writer of its own, as the receive pump has its own thread.
  */
 class Slots {
   private free: number;
@@ -94,14 +102,6 @@ class Slots {
   }
 }
 const pumpSlots = new Slots(Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2));
-
-/**
- * Senders of this process now catching up through the pump. sendfile saves
- * the node a copy per byte but its page-cache segments cost the receiver
- * more (pg_receivewal alone: 10% slower); so zero copy only while the node's
- * CPU is what several catching-up clients share (8 consumers: +10–15%).
- */
-const catchingUp = new Set<WalSender>();
 
 export interface StartRequest {
   start: Lsn;
@@ -218,7 +218,6 @@ export class WalSender {
       end = await this.sendLoop();
     } finally {
       this.copyOver = true;
-      catchingUp.delete(this);
       this.conn.interruptRead();
       if (this.pump) await this.pump.close();
     }
@@ -268,7 +267,6 @@ export class WalSender {
         this.maybePing();
         continue;
       }
-      catchingUp.delete(this);
       if (this.sent < end) {
         const i = await this.acquireBuffer();
         if (i < 0) return { kind: 'closed' };
@@ -342,8 +340,8 @@ export class WalSender {
     const release = await pumpSlots.acquire();
     try {
       if (!this.pump) this.pump = this.stream.store.sendPump(fd, this.req.tli, this.cfg.maxSendSize);
-      catchingUp.add(this);
-      r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET, catchingUp.size > 1);
+      // Payloads copied, never sendfile'd: see "Zero copy or not" in send_pump.rs.
+      r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET, false);
     } catch (err) {
       this.conn.returnWrites();
       this.log.info({ err: (err as Error).message }, 'send pump unavailable, sending from JS');
