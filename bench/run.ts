@@ -154,6 +154,37 @@ async function main(): Promise<void> {
     const haveTp = chart('throughput', 'bench-throughput.png', 'MiB/s', loop);
     const haveLat = chart('latency', 'bench-latency.png', 'ms', null);
 
+    // A full run adds its line to the record of every full run (bench/runs.md, committed).
+    const runsFile = path.join(root, 'bench', 'runs.md');
+    if (!quick && failed.length === 0) {
+      const find = (re: RegExp) => rows.find((r) => re.test(r.what));
+      const ratio = (re: RegExp) => {
+        const r = find(re);
+        return r?.postgres ? `${(r.walkeeper / r.postgres).toFixed(2)}×` : '';
+      };
+      const diff = (re: RegExp) => {
+        const r = find(re);
+        return r?.postgres !== undefined ? `${r.walkeeper - r.postgres >= 0 ? '+' : ''}${(r.walkeeper - r.postgres).toFixed(2)} ${r.unit}` : '';
+      };
+      const cpuName = (os.cpus()[0]?.model ?? 'unknown CPU').replace(/\(R\)|\(TM\)|\bProcessor\b|\bCPU\b|@.*$/g, '').replace(/\s+/g, ' ').trim();
+      const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+      const cells = [
+        new Date().toISOString().slice(0, 10),
+        `${cpuName} × ${os.cpus().length}`,
+        commit,
+        ratio(/^send WAL to discarding consumer/),
+        ratio(/^send WAL to pg_receivewal/),
+        ratio(/^send WAL to \d+ discarding consumers/),
+        ratio(/^pgbench TPS with one node/),
+        ratio(/^pgbench TPS with ANY 2/),
+        diff(/^commit → commit record at a consumer, p99/),
+        diff(/^commit → commit record at a consumer, median/),
+        ratio(/^WAL offload to S3/),
+        ratio(/^archive recovery rate.*vs pgBackRest/),
+      ];
+      writeFileSync(runsFile, `${readFileSync(runsFile, 'utf8').trimEnd()}\n| ${cells.join(' | ')} |\n`);
+    }
+
     const md = [
       '# walkeeper benchmarks',
       '',
@@ -168,6 +199,7 @@ async function main(): Promise<void> {
       ...(haveTp ? ['![throughput](bench-throughput.png)', ''] : []),
       ...(haveLat ? ['![commit latency](bench-latency.png)', ''] : []),
       ...(failed.length ? [`Benchmarks that failed in this run: ${failed.join(', ')}.`, ''] : []),
+      readFileSync(runsFile, 'utf8'),
       readFileSync(path.join(root, 'bench', 'profile-pass.md'), 'utf8'),
     ].join('\n');
     writeFileSync(path.join(root, 'BENCHMARKS.md'), md);
