@@ -13,9 +13,10 @@
  * - two reused message buffers per connection: a slow client holds at most
  *   two messages' worth of memory, a fast one is never throttled by timers;
  * - a client more than PUMP_MIN behind is caught up by the Rust send pump
- *   (sendfile from the segment, on the thread pool): eight replicas catching
- *   up at once would otherwise all be framed and written on this one thread,
- *   while PostgreSQL's eight walsenders use every core.
+ *   (on a thread of its own per connection, as PostgreSQL has a walsender
+ *   per client): eight replicas catching up at once would otherwise all be
+ *   framed and written on this one thread, while PostgreSQL's eight
+ *   walsenders use every core.
  */
 import { formatLsn, segmentFileName, type Lsn } from '../lsn.js';
 import { PgError, ProtocolError, SQLSTATE } from '../protocol/errors.js';
@@ -58,50 +59,15 @@ export const DEFAULT_SENDER_CONFIG: SenderConfig = {
 /**
  * A client at least this far behind is served by the send pump. Closer to
  * the end — a caught-up replica getting each commit — one message framed on
- * this thread from the page cache costs less than a thread-pool round trip.
+ * this thread from the page cache costs less than a round trip to the pump's thread.
  */
 const PUMP_MIN = 512 * 1024;
 /**
  * Bytes one pump run may send: bounds how long the client's own writes
  * (keepalive replies) wait, ~10 ms at loopback speed. Each run costs a
- * thread-pool round trip; with 1 MiB runs eight consumers got 15% less.
+ * round trip to another thread; with 1 MiB runs eight consumers got 15% less.
  */
 const PUMP_BUDGET = 16 * 1024 * 1024;
-
-/**
- * Pump runs share libuv's thread pool with the store's reads and writes and
- * offload's compression: however many clients catch up at once, their runs
- * take turns on all but two of its threads (at least one).
- *
- * What this costs the clients (bench/sender, 8 consumers, Intel Xeon): with
- * Node's four threads, the runs of the clients waiting for one start late,
- * their receive queues run dry, and they read in twice as many, smaller
- * pieces as from PostgreSQL's eight walsenders (≈ 25,000 reads against
- * 11,000; their CPU per GiB 0.26 against 0.19). More slots on the same four
- * threads changed nothing; ten threads (UV_THREADPOOL_SIZE=10 before Node
- * starts) brought it to 16,600 reads and 0.20. Each catching-up client needs
- * a writer of its own, as the receive pump has its own thread.
- */
-class Slots {
-  private free: number;
-  private readonly queue: (() => void)[] = [];
-  constructor(n: number) {
-    this.free = n;
-  }
-  async acquire(): Promise<() => void> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.queue.push(resolve));
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      const next = this.queue.shift();
-      if (next) next();
-      else this.free++;
-    };
-  }
-}
-const pumpSlots = new Slots(Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2));
 
 export interface StartRequest {
   start: Lsn;
@@ -337,7 +303,6 @@ export class WalSender {
       return null;
     }
     let r;
-    const release = await pumpSlots.acquire();
     try {
       if (!this.pump) this.pump = this.stream.store.sendPump(fd, this.req.tli, this.cfg.maxSendSize);
       // Payloads copied, never sendfile'd: see "Zero copy or not" in send_pump.rs.
@@ -347,8 +312,6 @@ export class WalSender {
       this.log.info({ err: (err as Error).message }, 'send pump unavailable, sending from JS');
       this.pump = false;
       return null;
-    } finally {
-      release();
     }
     const n = r.sent - this.sent;
     this.sent = r.sent;

@@ -235,7 +235,7 @@ export class SendPump extends LentPump<SendPumpReport> {
   }
 
   /**
-   * Sends [start, end) without blocking, on the thread pool, until done,
+   * Sends [start, end) without blocking, on the pump's own thread, until done,
    * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs).
    */
   run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean): Promise<SendPumpReport> {

@@ -1200,3 +1200,159 @@ unsafe extern "C" fn finalize_build_arg(_env: napi_env, data: *mut c_void, _hint
     // SAFETY: data is the BuildArg leaked in ThreadsafeCall::new; finalized once.
     drop(unsafe { Box::from_raw(data.cast::<BuildArg>()) });
 }
+
+// ---------------------------------------------------------------------------
+// Work on a thread of its own, returning a Promise
+// ---------------------------------------------------------------------------
+
+type OwnJob = Box<dyn FnOnce() + Send + 'static>;
+/// What runs on the JS thread once an [`OwnThread`] job is done: builds the value and settles its promise.
+type OwnCompletion = Box<dyn FnOnce(&Env) + Send + 'static>;
+
+/// A raw Node-API handle carried to another thread and back; only ever used on the JS thread.
+#[derive(Clone, Copy)]
+struct JsThreadOnly<P>(P);
+// SAFETY: the wrapped handle is dereferenced only by Node-API calls on the JS thread.
+unsafe impl<P> Send for JsThreadOnly<P> {}
+
+/// The threadsafe function through which [`OwnThread`]s hand completions back
+/// to one environment's JS thread: one per environment, created on first
+/// use and kept until the environment is torn down. Node deletes a
+/// threadsafe function at teardown whoever still holds it, so it is never
+/// released by us; a cleanup hook, which runs before Node's own for the
+/// function (hooks run in reverse order of registration), marks it gone
+/// under the lock every `post` takes, so no thread calls it afterwards.
+struct CompletionQueue {
+    tsfn: sys::napi_threadsafe_function,
+    gone: std::sync::Mutex<bool>,
+}
+// SAFETY: Node-API documents napi_call_threadsafe_function as callable from
+// any thread; `gone` stops every call before Node deletes the function.
+unsafe impl Send for CompletionQueue {}
+unsafe impl Sync for CompletionQueue {}
+
+impl CompletionQueue {
+    /// Queues `done` for the JS thread; false (and `done` dropped here) once the environment is going.
+    fn post(&self, done: OwnCompletion) -> bool {
+        let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if *gone {
+            return false;
+        }
+        let data = Box::into_raw(Box::new(done));
+        // SAFETY: not gone, so the function exists (the hook waits for this lock); data is handed over on success.
+        let ok = unsafe { sys::napi_call_threadsafe_function(self.tsfn, data.cast::<c_void>(), sys::napi_tsfn_nonblocking) == sys::napi_ok };
+        if !ok {
+            // SAFETY: not taken by Node-API, still ours.
+            drop(unsafe { Box::from_raw(data) });
+        }
+        ok
+    }
+}
+
+/// Each environment's queue (keyed by its napi_env), until its teardown.
+static QUEUES: std::sync::Mutex<Vec<(usize, Arc<CompletionQueue>)>> = std::sync::Mutex::new(Vec::new());
+
+fn completion_queue(env: &Env) -> JsResult<Arc<CompletionQueue>> {
+    let mut all = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, q)) = all.iter().find(|(e, _)| *e == env.0 as usize) {
+        return Ok(q.clone());
+    }
+    let resource = env.string("walkeeper-completions")?;
+    let mut tsfn = ptr::null_mut();
+    // SAFETY: no JS function (run_completion does the work); out-pointer.
+    env.check(unsafe {
+        sys::napi_create_threadsafe_function(env.0, ptr::null_mut(), ptr::null_mut(), resource, 0, 1, ptr::null_mut(), None, ptr::null_mut(), Some(run_completion), &mut tsfn)
+    })?;
+    // SAFETY: created just now on this (the JS) thread. Pending work keeps the loop alive by other means
+    // (the sockets it serves); an idle queue must not.
+    env.check(unsafe { sys::napi_unref_threadsafe_function(env.0, tsfn) })?;
+    // SAFETY: the hook gets the env's address as a plain number; registered after the function, so it runs first.
+    env.check(unsafe { sys::napi_add_env_cleanup_hook(env.0, Some(completion_queue_gone), env.0.cast::<c_void>()) })?;
+    let q = Arc::new(CompletionQueue { tsfn, gone: std::sync::Mutex::new(false) });
+    all.push((env.0 as usize, q.clone()));
+    Ok(q)
+}
+
+unsafe extern "C" fn completion_queue_gone(arg: *mut c_void) {
+    let mut all = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = all.iter().position(|(e, _)| *e == arg as usize) {
+        let (_, q) = all.swap_remove(i);
+        *q.gone.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
+unsafe extern "C" fn run_completion(raw_env: napi_env, _js_cb: napi_value, _context: *mut c_void, data: *mut c_void) {
+    // SAFETY: data is an OwnCompletion boxed by CompletionQueue::post, taken back once.
+    let done = unsafe { Box::from_raw(data.cast::<OwnCompletion>()) };
+    // A null env: Node is tearing the queue down; the promise is left unsettled with it.
+    if raw_env.is_null() {
+        return;
+    }
+    done(&Env(raw_env));
+}
+
+/// A worker thread of its own, for work that must neither wait behind
+/// libuv's four shared threads nor hold one of them: a send pump per client
+/// catching up, as PostgreSQL has a walsender per client. Jobs given to
+/// [`spawn_on`] run in order; each completion runs on the JS thread and
+/// settles the job's promise. [`OwnThread::end`] (or dropping it) lets the
+/// thread finish its queue and exit. It does not keep Node's event loop
+/// alive by itself.
+pub struct OwnThread {
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<OwnJob>>>,
+    queue: Arc<CompletionQueue>,
+}
+
+impl OwnThread {
+    pub fn new(env: &Env, name: &str) -> JsResult<OwnThread> {
+        let queue = completion_queue(env)?;
+        let (tx, rx) = std::sync::mpsc::channel::<OwnJob>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| JsError::error(NAPI_CODE, format!("cannot start a {name} thread: {e}")))?;
+        Ok(OwnThread { jobs: std::sync::Mutex::new(Some(tx)), queue })
+    }
+
+    /// The thread finishes what it was given, then exits; later jobs are refused.
+    pub fn end(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// [`spawn`], on `thread` instead of the thread pool (`complete` must be Send:
+/// it travels with the job).
+pub fn spawn_on<T, W, C>(env: &Env, thread: &OwnThread, work: W, complete: C) -> JsResult<napi_value>
+where
+    T: Send + 'static,
+    W: FnOnce() -> JsResult<T> + Send + 'static,
+    C: FnOnce(&Env, T) -> JsResult<napi_value> + Send + 'static,
+{
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: valid env, out-pointers.
+    env.check(unsafe { sys::napi_create_promise(env.0, &mut deferred, &mut promise) })?;
+    let d = JsThreadOnly(deferred);
+    let queue = thread.queue.clone();
+    let job: OwnJob = Box::new(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|payload| Err(JsError::from_panic(&*payload)));
+        queue.post(Box::new(move |env: &Env| {
+            let d = d;
+            let result = catch_unwind(AssertUnwindSafe(|| outcome.and_then(|v| complete(env, v)))).unwrap_or_else(|payload| Err(JsError::from_panic(&*payload)));
+            settle(env, d.0, result);
+        }));
+    });
+    let sent = match thread.jobs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(tx) => tx.send(job).is_ok(),
+        None => false,
+    };
+    if !sent {
+        settle(env, deferred, Err(JsError::error(NAPI_CODE, "the worker thread has ended")));
+    }
+    Ok(promise)
+}

@@ -376,4 +376,6 @@ extern "C" {
         func: napi_threadsafe_function,
         mode: c_int,
     ) -> napi_status;
+    pub fn napi_unref_threadsafe_function(env: napi_env, func: napi_threadsafe_function) -> napi_status;
+    pub fn napi_add_env_cleanup_hook(env: napi_env, fun: Option<unsafe extern "C" fn(arg: *mut c_void)>, arg: *mut c_void) -> napi_status;
 }
