@@ -11,7 +11,7 @@
  * The node runs as its own process (dist/: run `npm run build` first).
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -72,6 +72,36 @@ async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** A process's user + system CPU so far (/proc; 0 once it is gone). */
+function cpuSecondsOf(pid: number): number {
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Two modes when the rounds split at a gap of more than 25% between
+ * neighbouring values (on 2 cores a round is sometimes twice as slow,
+ * whichever server): each side's median and count, else null.
+ */
+function modes(xs: number[]): string | null {
+  const v = [...xs].sort((a, b) => a - b);
+  let at = -1;
+  let widest = 1.25;
+  for (let i = 1; i < v.length; i++) {
+    if (v[i]! / v[i - 1]! > widest) {
+      widest = v[i]! / v[i - 1]!;
+      at = i;
+    }
+  }
+  if (at < 0) return null;
+  return `${median(v.slice(0, at)).toFixed(0)} (${at}) | ${median(v.slice(at)).toFixed(0)} (${v.length - at})`;
+}
 
 async function main() {
   const tmp = await createTempDir('walkeeper-bench-sender-');
@@ -148,18 +178,31 @@ async function main() {
         const c = await runConsumer(s.port, start, end, 'bench');
         add(s.name, 'discarding consumer', c.bytes / 1048576 / c.seconds);
         addCpu(s.name, 'discarding consumer', [c]);
-        const dir = path.join(shm, `walkeeper-bench-rw-${process.pid}`);
-        await rm(dir, { recursive: true, force: true });
-        await mkdir(dir);
-        await copyFile(path.join(pg.walDir, segName(firstSeg)), path.join(dir, segName(firstSeg)));
-        const t0 = process.hrtime.bigint();
-        const rw = startReceivewal({ host: '127.0.0.1', port: s.port, dir, endpos: end - 1n, noLoop: true, cpus: receivewalCpus });
-        const out = await rw.wait(600_000);
-        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-        await rm(dir, { recursive: true, force: true });
-        if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
-        add(s.name, 'pg_receivewal (tmpfs)', total / 1048576 / secs);
-        log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s (${how([c])}), pg_receivewal ${(total / 1048576 / secs).toFixed(0)} MiB/s`);
+        // pg_receivewal both ways: pinned (see above) and where the scheduler puts it.
+        const rwRates: string[] = [];
+        for (const pinned of receivewalCpus ? [true, false] : [false]) {
+          const what = pinned ? 'pg_receivewal (tmpfs), pinned' : 'pg_receivewal (tmpfs), unpinned';
+          const dir = path.join(shm, `walkeeper-bench-rw-${process.pid}`);
+          await rm(dir, { recursive: true, force: true });
+          await mkdir(dir);
+          await copyFile(path.join(pg.walDir, segName(firstSeg)), path.join(dir, segName(firstSeg)));
+          const t0 = process.hrtime.bigint();
+          const rw = startReceivewal({ host: '127.0.0.1', port: s.port, dir, endpos: end - 1n, noLoop: true, cpus: pinned ? receivewalCpus : undefined });
+          // Its CPU, from /proc while it runs (the last sample before it exits).
+          let rwCpu = 0;
+          const pid = rw.pid;
+          const sampler = setInterval(() => (rwCpu = pid ? Math.max(rwCpu, cpuSecondsOf(pid)) : 0), 10);
+          const out = await rw.wait(600_000);
+          clearInterval(sampler);
+          const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+          await rm(dir, { recursive: true, force: true });
+          if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
+          add(s.name, what, total / 1048576 / secs);
+          (cpu[what] ??= {})[s.name] ??= [];
+          cpu[what]![s.name]!.push((rwCpu / total) * 2 ** 30);
+          rwRates.push(`${pinned ? 'pinned' : 'unpinned'} ${(total / 1048576 / secs).toFixed(0)} MiB/s (${((rwCpu / total) * 2 ** 30).toFixed(3)} CPU s/GiB)`);
+        }
+        log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s (${how([c])}), pg_receivewal ${rwRates.join(', ')}`);
       }
     }
     // Fan-out: N consumers at once, each server `rounds` times, alternating;
@@ -193,8 +236,10 @@ async function main() {
       const p = median(by['PostgreSQL walsender']!);
       const w = median(by['walkeeper node']!);
       const c = cpu[what];
-      const cpuCol = c ? `  ${median(c['PostgreSQL walsender']!).toFixed(3)} / ${median(c['walkeeper node']!).toFixed(3)}` : '  (not measured: pg_receivewal)';
+      const cpuCol = c ? `  ${median(c['PostgreSQL walsender']!).toFixed(3)} / ${median(c['walkeeper node']!).toFixed(3)}` : '';
       lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×${cpuCol}`);
+      const [mp, mw] = [modes(by['PostgreSQL walsender']!), modes(by['walkeeper node']!)];
+      if (mp || mw) lines.push(`${''.padEnd(40)}   two modes, MiB/s (rounds): PostgreSQL ${mp ?? 'one'}; walkeeper ${mw ?? 'one'}`);
       record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.2× or ≥ 90% of loopback' : /pg_receivewal/.test(what) ? '≥ 1.1×' : /consumers/.test(what) ? '≥ 1.3×' : undefined, better: 'higher', chart: 'throughput' });
     }
     lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; idle ${(idleRss / 1024).toFixed(0)} MiB; with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
