@@ -134,17 +134,37 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
     record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), better: 'lower', chart: 'latency' });
     record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 2 ms', better: 'lower', chart: 'latency' });
     const line = (name: string, xs: number[]) => `${name}: median ${pct(xs, 50).toFixed(3)} ms, p99 ${pct(xs, 99).toFixed(3)} ms`;
+    // Where the node's share went, from node 1's own histograms (the bucket holding each quantile).
+    const metrics = await (await fetch(`${nodes[0]!.httpUrl}/metrics`)).text();
+    const steps = [
+      ['fsync (ingest, before the flush is acknowledged)', 'walkeeper_fsync_seconds'],
+      ['own flush → commit_lsn (the quorum)', 'walkeeper_commit_wait_seconds'],
+      ['commit_lsn → message written to the client', 'walkeeper_send_delay_seconds'],
+    ].map(([what, name]) => `  node 1, ${what!.padEnd(48)} ${histogramQuantiles(metrics, name!)}`);
     return [
       `commit latency, ${commits} commits, commit sent → commit record received (same run; node data in ${path.dirname(tmpDir)}):`,
       `  ${line('consumer of the primary          ', d)}`,
       `  ${line(`consumer of a walkeeper node (${nodes.length} node${nodes.length > 1 ? `s, Q=${Math.floor(nodes.length / 2) + 1}` : ''})`.padEnd(34), w)}`,
       `  difference: median +${(pct(w, 50) - pct(d, 50)).toFixed(3)} ms, p99 +${(pct(w, 99) - pct(d, 99)).toFixed(3)} ms (target: p99 within 2 ms)`,
       ...(cpuMs.length ? [`  node CPU per commit: ${cpuMs.map((c) => `${c.toFixed(3)} ms`).join(', ')} (2 cores shared with PostgreSQL and this benchmark)`] : []),
+      ...steps,
     ];
   } finally {
     await Promise.all(nodes.map((n) => n.stop()));
     await pg.destroy();
   }
+}
+
+/** Median and p99 of a Prometheus histogram as "≤ bucket" bounds, with its count. */
+function histogramQuantiles(metrics: string, name: string): string {
+  const buckets = [...metrics.matchAll(new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"[^}]*\\} (\\d+)$`, 'gm'))].map((m) => ({ le: m[1]!, n: Number(m[2]) }));
+  const total = buckets.at(-1)?.n ?? 0;
+  if (total === 0) return 'no observations';
+  const at = (q: number) => {
+    const b = buckets.find((x) => x.n >= q * total)!;
+    return b.le === '+Inf' ? '> 1 s' : `≤ ${(Number(b.le) * 1000).toFixed(2)} ms`;
+  };
+  return `median ${at(0.5)}, p99 ${at(0.99)} (${total} observations)`;
 }
 
 async function brokerLoad(tmpDir: string, seconds: number): Promise<string[]> {

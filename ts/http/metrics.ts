@@ -9,6 +9,9 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { neededLsn } from '../stream/replica.js';
 import type { Stream } from '../stream/stream.js';
 
+/** Sub-millisecond to a second: a commit's steps through a node. */
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1];
+
 export interface MetricsNodeView {
   readonly nodeId: number;
   readonly streams: ReadonlyMap<string, { readonly stream: Stream; readonly offloader: { status(): { active: boolean; healthy: boolean } } | null }>;
@@ -17,6 +20,8 @@ export interface MetricsNodeView {
 export class NodeMetrics {
   readonly registry = new Registry();
   private readonly fsyncSeconds: Histogram<'stream'>;
+  private readonly commitWaitSeconds: Histogram<'stream'>;
+  private readonly sendDelaySeconds: Histogram<'stream'>;
   private readonly switches: Counter<'stream' | 'reason'>;
   private readonly offloadBytes: Counter<'stream' | 'kind'>;
   private readonly offloadCompressed: Counter<'stream' | 'kind'>;
@@ -142,6 +147,23 @@ export class NodeMetrics {
       buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
       registers: [r],
     });
+    // Where a commit's time goes on its way through a node to a caught-up client (issue 19's tail):
+    // this node's flush → commit_lsn (the quorum: peers' status pushes), then commit_lsn → the
+    // message written to the client (the sender's wake-up and framing).
+    this.commitWaitSeconds = new Histogram({
+      name: 'walkeeper_commit_wait_seconds',
+      help: "From this node's flush of WAL to commit_lsn passing it (waiting for the quorum).",
+      labelNames: ['stream'],
+      buckets: LATENCY_BUCKETS,
+      registers: [r],
+    });
+    this.sendDelaySeconds = new Histogram({
+      name: 'walkeeper_send_delay_seconds',
+      help: 'From commit_lsn (flush_lsn for recovery clients) moving to the message carrying it written to a caught-up client.',
+      labelNames: ['stream'],
+      buckets: LATENCY_BUCKETS,
+      registers: [r],
+    });
     this.switches = new Counter({
       name: 'walkeeper_receiver_switches_total',
       help: "Switches of this node's receivers (peer recovery) by reason.",
@@ -152,6 +174,14 @@ export class NodeMetrics {
 
   fsync(stream: string, seconds: number): void {
     this.fsyncSeconds.observe({ stream }, seconds);
+  }
+
+  commitWait(stream: string, seconds: number): void {
+    this.commitWaitSeconds.observe({ stream }, seconds);
+  }
+
+  sendDelay(stream: string, seconds: number): void {
+    this.sendDelaySeconds.observe({ stream }, seconds);
   }
 
   uploaded(stream: string, kind: 'segment' | 'history' | 'partial', bytes: number, compressedBytes: number): void {

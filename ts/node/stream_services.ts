@@ -87,6 +87,8 @@ export class StreamServices {
     // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
     s.commitWatch.listen(() => this.host.broker.changed(s.name));
     s.onFsync = (secs) => this.host.metrics.fsync(s.name, secs);
+    s.onSendDelay = (secs) => this.host.metrics.sendDelay(s.name, secs);
+    this.measureCommitWait();
     this.recovery.start();
     this.offloader?.start();
     this.history.sample();
@@ -155,6 +157,28 @@ export class StreamServices {
   /** Persists the control file; the last step of a stop. */
   async close(): Promise<void> {
     await this.stream.close().catch((err: Error) => this.stream.log.error({ err: err.message }, 'cannot persist control file'));
+  }
+
+  /**
+   * How long each flush of this node waits for commit_lsn to pass it (the
+   * quorum: its peers' flushes and their status pushes), into a histogram.
+   * commit_lsn never passes this node's own flush_lsn, so every flush noted
+   * here is observed once commit_lsn reaches it; at most PENDING are kept
+   * while commit_lsn stands still (peers away).
+   */
+  private measureCommitWait(): void {
+    const s = this.stream;
+    const PENDING = 4096;
+    const pending: { lsn: Lsn; at: number }[] = [];
+    s.flushWatch.listen((lsn) => {
+      if (pending.length < PENDING) pending.push({ lsn, at: performance.now() });
+    });
+    s.commitWatch.listen((lsn) => {
+      const now = performance.now();
+      let i = 0;
+      for (; i < pending.length && pending[i]!.lsn <= lsn; i++) this.host.metrics.commitWait(s.name, (now - pending[i]!.at) / 1000);
+      pending.splice(0, i);
+    });
   }
 
   /** Asks the peers for every flush while a client here waits on commit_lsn (see PeerDemand). */

@@ -215,6 +215,8 @@ export class WalSender {
     // Recovery clients get what is flushed now and then a clean end (Neon's stop_pos).
     const stopAt = req.recovery && this.historicEnd === null ? stream.flushLsn : null;
     let idleSince = Date.now();
+    /** When the watch moved that last woke this (caught-up) sender: the next message's delay is measured from it. */
+    let wokenAt: number | null = null;
     for (;;) {
       if (this.conn.isClosed) return { kind: 'closed' };
       if (this.endReason) return this.sendEndError(this.endReason.code, this.endReason.message);
@@ -227,6 +229,7 @@ export class WalSender {
         continue;
       }
       if (this.sent < end && end - this.sent >= PUMP_MIN && this.pump !== false && this.cfg.sendPump) {
+        wokenAt = null; // (a run of the pump is not a caught-up client's next message)
         const r = await this.pumpSend(end);
         if (r) return r;
         idleSince = Date.now();
@@ -256,6 +259,11 @@ export class WalSender {
         this.replica.sentLsn = this.sent;
         stream.bytesSent += n - XLOGDATA_HEADER_SIZE;
         this.conn.write(buf.subarray(0, n), () => this.release(i));
+        if (wokenAt !== null) {
+          // The first message after waking for new WAL: how long since the watch moved.
+          stream.onSendDelay?.((performance.now() - wokenAt) / 1000);
+          wokenAt = null;
+        }
         idleSince = Date.now();
         this.maybePing();
         continue;
@@ -275,6 +283,7 @@ export class WalSender {
       this.wakeSender = w.cancel;
       const r = await w.promise;
       this.wakeSender = null;
+      if (r === 'advanced') wokenAt = watch.raisedAt;
       if (r === 'timeout') {
         this.sendKeepalive(true);
         idleSince = Date.now();

@@ -279,6 +279,8 @@ export class Stream extends EventEmitter {
   bytesPumped = 0;
   /** Called with each fsync's duration in seconds (metrics). */
   onFsync: ((seconds: number) => void) | null = null;
+  /** Told how long a caught-up sender took from commit_lsn (flush_lsn) moving to writing the message that carries it (metrics). */
+  onSendDelay: ((seconds: number) => void) | null = null;
 
   /** Appends received WAL at exactly `lsn` (ingest's path into the store). */
   async appendWal(lsn: Lsn, data: Buffer): Promise<Lsn> {

@@ -17,6 +17,9 @@ export class LsnWatch {
   private waiters = new Set<Waiter>();
   private listeners = new Set<(lsn: Lsn) => void>();
 
+  /** When the value was last raised (performance.now(), ms): how late a waiter got to it is measured from here. */
+  raisedAt = 0;
+
   constructor(private current: Lsn = 0n) {}
 
   get value(): Lsn {
@@ -27,6 +30,7 @@ export class LsnWatch {
   set(lsn: Lsn): boolean {
     if (lsn <= this.current) return false;
     this.current = lsn;
+    this.raisedAt = performance.now();
     for (const w of this.waiters) {
       if (lsn > w.above) this.settle(w, 'advanced');
     }
