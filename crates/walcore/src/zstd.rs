@@ -41,7 +41,6 @@ struct CCtx {
 extern "C" {
     fn ZSTD_compressBound(src_size: usize) -> usize;
     fn ZSTD_createCCtx() -> *mut CCtx;
-    fn ZSTD_compressCCtx(cctx: *mut CCtx, dst: *mut c_void, dst_capacity: usize, src: *const c_void, src_size: usize, level: c_int) -> usize;
     fn ZSTD_isError(code: usize) -> c_uint;
     fn ZSTD_getErrorName(code: usize) -> *const c_char;
     fn ZSTD_createDStream() -> *mut DStream;
@@ -75,6 +74,8 @@ const ZSTD_RESET_SESSION_AND_PARAMETERS: c_int = 3;
 const ZSTD_C_COMPRESSION_LEVEL: c_int = 100;
 const ZSTD_C_WINDOW_LOG: c_int = 101;
 const ZSTD_C_HASH_LOG: c_int = 102;
+const ZSTD_E_CONTINUE: c_int = 0;
+const ZSTD_E_END: c_int = 2;
 
 /// At most a 1 MiB window and a 64 Ki-entry hash table for a segment. At
 /// level 3 (zstd's choice for a 16 MiB input: 2 MiB, 128 Ki) this costs no
@@ -85,6 +86,17 @@ const ZSTD_C_HASH_LOG: c_int = 102;
 /// what restoring a segment needs.
 const SEGMENT_WINDOW_LOG: c_uint = 20;
 const SEGMENT_HASH_LOG: c_uint = 16;
+
+fn check(code: usize, what: &str) -> Result<usize> {
+    // SAFETY: ZSTD_isError and ZSTD_getErrorName accept any value and return a static string.
+    unsafe {
+        if ZSTD_isError(code) != 0 {
+            let name = CStr::from_ptr(ZSTD_getErrorName(code)).to_string_lossy();
+            return Err(Error::new(ErrorCode::Corrupt, format!("zstd {what}: {name}")));
+        }
+    }
+    Ok(code)
+}
 
 /// Resets `cctx` for one frame of `size` bytes at `level`, with the segment parameters above.
 ///
@@ -99,19 +111,6 @@ unsafe fn start_frame(cctx: *mut CCtx, level: i32, size: usize) -> Result<()> {
     check(ZSTD_CCtx_setPledgedSrcSize(cctx, size as u64), "compress")?;
     Ok(())
 }
-const ZSTD_E_CONTINUE: c_int = 0;
-const ZSTD_E_END: c_int = 2;
-
-fn check(code: usize, what: &str) -> Result<usize> {
-    // SAFETY: ZSTD_isError and ZSTD_getErrorName accept any value and return a static string.
-    unsafe {
-        if ZSTD_isError(code) != 0 {
-            let name = CStr::from_ptr(ZSTD_getErrorName(code)).to_string_lossy();
-            return Err(Error::new(ErrorCode::Corrupt, format!("zstd {what}: {name}")));
-        }
-    }
-    Ok(code)
-}
 
 /// A compression context per thread, kept: a fresh one per segment would
 /// allocate and fault in its tables every time.
@@ -122,22 +121,40 @@ thread_local! {
     static CCTX: Ctx = Ctx(unsafe { ZSTD_createCCtx() });
 }
 
+/// Runs `f` with this thread's compression context.
+fn with_cctx<T>(f: impl FnOnce(*mut CCtx) -> Result<T>) -> Result<T> {
+    CCTX.with(|c| {
+        if c.0.is_null() {
+            return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
+        }
+        f(c.0)
+    })
+}
+
+/// One frame of `src` (with its content size) in `out`, replacing what it held.
+fn compress_into(src: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    // SAFETY: ZSTD_compressBound is a pure function.
+    let bound = check(unsafe { ZSTD_compressBound(src.len()) }, "compress")?;
+    out.clear();
+    out.reserve(bound);
+    with_cctx(|c| {
+        // SAFETY: the context is this thread's; zstd writes at most `bound` bytes into the spare
+        // capacity, and the length is set to what it reports written.
+        unsafe {
+            start_frame(c, level, src.len())?;
+            let n = check(ZSTD_compress2(c, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len()), "compress")?;
+            out.set_len(n);
+        }
+        Ok(())
+    })
+}
+
 /// Compresses `src` into one zstd frame (with its content size) at `level`.
 pub fn compress(src: &[u8], level: i32) -> Result<Vec<u8>> {
     check_level(level)?;
-    // SAFETY: `bound` bytes are reserved before the call, and the length is set to what zstd wrote.
-    unsafe {
-        let bound = check(ZSTD_compressBound(src.len()), "compress")?;
-        let mut out = Vec::<u8>::with_capacity(bound);
-        let n = CCTX.with(|c| {
-            if c.0.is_null() {
-                return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
-            }
-            check(ZSTD_compressCCtx(c.0, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len(), level), "compress")
-        })?;
-        out.set_len(n);
-        Ok(out)
-    }
+    let mut out = Vec::new();
+    compress_into(src, level, &mut out)?;
+    Ok(out)
 }
 
 thread_local! {
@@ -150,24 +167,8 @@ thread_local! {
 fn compress_kept(src: &[u8], level: i32) -> Result<Vec<u8>> {
     OUT.with(|o| {
         let mut out = o.borrow_mut();
-        // SAFETY: ZSTD_compressBound is a pure function.
-        let bound = check(unsafe { ZSTD_compressBound(src.len()) }, "compress")?;
-        if out.capacity() < bound {
-            *out = Vec::with_capacity(bound);
-        }
-        CCTX.with(|c| {
-            if c.0.is_null() {
-                return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
-            }
-            // SAFETY: the context is this thread's; zstd writes at most `bound` bytes into the spare
-            // capacity and returns how many.
-            let n = unsafe {
-                start_frame(c.0, level, src.len())?;
-                check(ZSTD_compress2(c.0, out.as_mut_ptr().cast(), bound, src.as_ptr().cast(), src.len()), "compress")?
-            };
-            // SAFETY: the first n bytes were written by zstd just now.
-            Ok(unsafe { std::slice::from_raw_parts(out.as_ptr(), n) }.to_vec())
-        })
+        compress_into(src, level, &mut out)?;
+        Ok(out.as_slice().to_vec())
     })
 }
 
@@ -197,14 +198,11 @@ pub fn compress_file(path: &std::path::Path, level: i32, len: Option<usize>, pad
         let bytes = crate::sys::FileBytes::open(&f, want).map_err(|e| Error::new(ErrorCode::Io, format!("cannot read {}: {e}", path.display())))?;
         return Ok((want, compress_kept(bytes.as_slice(), level)?));
     }
-    CCTX.with(|c| {
-        if c.0.is_null() {
-            return Err(Error::new(ErrorCode::Io, "zstd: cannot allocate a compression context".to_string()));
-        }
+    with_cctx(|c| {
         // SAFETY: the context is this thread's; every buffer handed to zstd is a live slice
         // (or the spare capacity of `out`, whose length is set to what zstd reports written).
         unsafe {
-            start_frame(c.0, level, total)?;
+            start_frame(c, level, total)?;
             let bound = check(ZSTD_compressBound(total), "compress")?;
             let mut out = Vec::<u8>::with_capacity(bound);
             let mut chunk = vec![0u8; (1 << 20).min(total.max(1))];
@@ -220,7 +218,7 @@ pub fn compress_file(path: &std::path::Path, level: i32, len: Option<usize>, pad
                 loop {
                     let len = out.len();
                     let mut o = OutBuffer { dst: out.as_mut_ptr().add(len).cast(), size: out.capacity() - len, pos: 0 };
-                    let left = check(ZSTD_compressStream2(c.0, &mut o, &mut input, if last { ZSTD_E_END } else { ZSTD_E_CONTINUE }), "compress")?;
+                    let left = check(ZSTD_compressStream2(c, &mut o, &mut input, if last { ZSTD_E_END } else { ZSTD_E_CONTINUE }), "compress")?;
                     out.set_len(len + o.pos);
                     if if last { left == 0 } else { input.pos == input.size } {
                         break;
