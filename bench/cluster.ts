@@ -31,6 +31,7 @@ import { createLogger } from '../ts/log.js';
 import { ReplicationClient } from '../ts/client/client.js';
 import { createTempDir, freePort, lsnOf, NodeProcess, startPostgres } from '../__test__/harness/index.js';
 import { startEtcd } from '../__test__/harness/etcd.js';
+import { cpuSecondsOf } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { commits: { type: 'string', default: '5000' }, seconds: { type: 'string', default: '10' }, only: { type: 'string' }, nodes: { type: 'string', default: '3' }, 'node-dir': { type: 'string' } } });
@@ -108,8 +109,10 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
     const direct = await consumer(pg.host, pg.port, 'bench_direct');
     const viaNode = await consumer('127.0.0.1', nodes[0]!.pgPort, 'bench_via_walkeeper');
     const client = await pg.connect();
-    const cpu = () => nodes.map((n) => { const f = readFileSync(`/proc/${n.pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return Number(f[11]) + Number(f[12]); });
+    const cpu = () => nodes.map((n) => cpuSecondsOf(n.pid!));
     const cpu0 = process.platform === 'linux' ? cpu() : [];
+    // (node 1's histograms as they stand now: the steps below count only this run's commits, not the start-up)
+    const metricsBefore = await (await fetch(`${nodes[0]!.httpUrl}/metrics`)).text();
     const d: number[] = [];
     const w: number[] = [];
     try {
@@ -129,7 +132,7 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       await direct.close();
       await viaNode.close();
     }
-    const cpuMs = process.platform === "linux" ? cpu().map((c, i) => ((c - cpu0[i]!) * 10) / (commits + 50)) : [];
+    const cpuMs = process.platform === "linux" ? cpu().map((c, i) => ((c - cpu0[i]!) * 1000) / (commits + 50)) : [];
     if (process.env.BENCH_CPU_SPLIT) for (const n of nodes) log(`pid ${n.pid} utime/stime ticks: ${readFileSync(`/proc/${n.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).join(" ")} threads: ${readFileSync(`/proc/${n.pid}/status`, "utf8").match(/Threads:\s+(\d+)/)![1]}`);
     record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), better: 'lower', chart: 'latency' });
     record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 2 ms', better: 'lower', chart: 'latency' });
@@ -140,7 +143,7 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       ['fsync (ingest, before the flush is acknowledged)', 'walkeeper_fsync_seconds'],
       ['own flush → commit_lsn (the quorum)', 'walkeeper_commit_wait_seconds'],
       ['commit_lsn → message written to the client', 'walkeeper_send_delay_seconds'],
-    ].map(([what, name]) => `  node 1, ${what!.padEnd(48)} ${histogramQuantiles(metrics, name!)}`);
+    ].map(([what, name]) => `  node 1, ${what!.padEnd(48)} ${histogramQuantiles(metricsBefore, metrics, name!)}`);
     return [
       `commit latency, ${commits} commits, commit sent → commit record received (same run; node data in ${path.dirname(tmpDir)}):`,
       `  ${line('consumer of the primary          ', d)}`,
@@ -155,13 +158,15 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
   }
 }
 
-/** Median and p99 of a Prometheus histogram as "≤ bucket" bounds, with its count. */
-function histogramQuantiles(metrics: string, name: string): string {
-  const buckets = [...metrics.matchAll(new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"[^}]*\\} (\\d+)$`, 'gm'))].map((m) => ({ le: m[1]!, n: Number(m[2]) }));
-  const total = buckets.at(-1)?.n ?? 0;
+/** Median and p99 of what a Prometheus histogram observed between two scrapes, as "≤ bucket" bounds, with the count. */
+function histogramQuantiles(before: string, after: string, name: string): string {
+  const buckets = (m: string) => [...m.matchAll(new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"[^}]*\\} (\\d+)$`, 'gm'))].map((x) => ({ le: x[1]!, n: Number(x[2]) }));
+  const was = new Map(buckets(before).map((b) => [b.le, b.n]));
+  const now = buckets(after).map((b) => ({ le: b.le, n: b.n - (was.get(b.le) ?? 0) }));
+  const total = now.at(-1)?.n ?? 0;
   if (total === 0) return 'no observations';
   const at = (q: number) => {
-    const b = buckets.find((x) => x.n >= q * total)!;
+    const b = now.find((x) => x.n >= q * total)!;
     return b.le === '+Inf' ? '> 1 s' : `≤ ${(Number(b.le) * 1000).toFixed(2)} ms`;
   };
   return `median ${at(0.5)}, p99 ${at(0.99)} (${total} observations)`;

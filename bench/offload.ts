@@ -28,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { chownToServerUser, createTempDir, lsnOf, NodeProcess, freePort, runPgTool, startPostgres, type PgCluster } from '../__test__/harness/index.js';
 import { startRgw } from '../__test__/harness/ceph.js';
 import { setupPgBackRest } from './pgbackrest.js';
+import { cpuSecondsOf } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { scale: { type: 'string', default: '100' }, walkeeper: { type: 'string', default: 'https' } } });
@@ -36,18 +37,6 @@ const tls = values.walkeeper !== 'http';
 const scale = values.scale!;
 const log = (s: string) => process.stderr.write(`[offload] ${s}\n`);
 const SEG = 16 * 1024 * 1024;
-const TICK = 1 / 100; // USER_HZ
-
-function cpuOf(pid: number): number {
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) * TICK;
-  } catch {
-    return 0;
-  }
-}
-
 /** CPU seconds of every process whose command line mentions `needle`, sampled until stopped (each pid's last value counts). */
 function cpuSampler(needle: string): { stop(): number } {
   const seen = new Map<number, number>();
@@ -61,7 +50,7 @@ function cpuSampler(needle: string): { stop(): number } {
       } catch {
         continue;
       }
-      if (cmd.includes(needle)) seen.set(pid, Math.max(seen.get(pid) ?? 0, cpuOf(pid)));
+      if (cmd.includes(needle)) seen.set(pid, Math.max(seen.get(pid) ?? 0, cpuSecondsOf(pid)));
     }
   };
   const timer = setInterval(sample, 50);
@@ -199,13 +188,13 @@ async function main(): Promise<void> {
       // Both nodes are asked alike, so that answering costs the same CPU on each and cancels out.
       const [v] = await Promise.all([view(off2), view(idle)]);
       const b = v?.backup_lsn ? lsnOf(v.backup_lsn) : 0n;
-      if (!first && b > b0) first = { t: Date.now(), lsn: b, cpu: cpuOf(off2.pid!), idleCpu: cpuOf(idle.pid!) };
+      if (!first && b > b0) first = { t: Date.now(), lsn: b, cpu: cpuSecondsOf(off2.pid!), idleCpu: cpuSecondsOf(idle.pid!) };
       if (b >= target) break;
       await new Promise((r) => setTimeout(r, 20));
     }
     const wSecs = (Date.now() - first!.t) / 1000;
     const wBytes = Number(target - first!.lsn);
-    const wCpu = cpuOf(off2.pid!) - first!.cpu - (cpuOf(idle.pid!) - first!.idleCpu);
+    const wCpu = cpuSecondsOf(off2.pid!) - first!.cpu - (cpuSecondsOf(idle.pid!) - first!.idleCpu);
     const wRate = wBytes / 2 ** 20 / wSecs;
     const wCpuGiB = wCpu / (wBytes / 2 ** 30);
     const ratio = Number(target - b0) / (await metric(off2, 'walkeeper_offload_compressed_bytes_total')) || 0;

@@ -11,7 +11,7 @@
  * The node runs as its own process (dist/: run `npm run build` first).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +21,7 @@ import { parseArgs } from 'node:util';
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
 import type { ConsumeResult } from './consumer.js';
+import { cpuSecondsOf } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
@@ -72,17 +73,6 @@ async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-/** A process's user + system CPU so far (/proc; 0 once it is gone). */
-function cpuSecondsOf(pid: number): number {
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 /**
  * Two modes when the rounds split at a gap of more than 25% between
@@ -165,8 +155,8 @@ async function main() {
     const add = (server: string, what: string, mibs: number) => ((res[what] ??= {})[server] ??= []).push(mibs);
     // The consumers' own CPU per GiB (the same program for both servers): what a client pays to read from each.
     const cpu: Record<string, Record<string, number[]>> = {};
-    const addCpu = (server: string, what: string, runs: ConsumeResult[]) =>
-      ((cpu[what] ??= {})[server] ??= []).push((runs.reduce((a, c) => a + c.cpuSeconds, 0) / runs.reduce((a, c) => a + c.bytes, 0)) * 2 ** 30);
+    const addCpu = (server: string, what: string, perGiB: number) => ((cpu[what] ??= {})[server] ??= []).push(perGiB);
+    const consumersPerGiB = (runs: ConsumeResult[]) => (runs.reduce((a, c) => a + c.cpuSeconds, 0) / runs.reduce((a, c) => a + c.bytes, 0)) * 2 ** 30;
     const how = (runs: ConsumeResult[]) => {
       const bytes = runs.reduce((a, c) => a + c.bytes, 0);
       const reads = runs.reduce((a, c) => a + c.reads, 0);
@@ -177,7 +167,7 @@ async function main() {
       for (const s of servers) {
         const c = await runConsumer(s.port, start, end, 'bench');
         add(s.name, 'discarding consumer', c.bytes / 1048576 / c.seconds);
-        addCpu(s.name, 'discarding consumer', [c]);
+        addCpu(s.name, 'discarding consumer', consumersPerGiB([c]));
         // pg_receivewal both ways: pinned (see above) and where the scheduler puts it.
         const rwRates: string[] = [];
         for (const pinned of receivewalCpus ? [true, false] : [false]) {
@@ -198,8 +188,7 @@ async function main() {
           await rm(dir, { recursive: true, force: true });
           if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
           add(s.name, what, total / 1048576 / secs);
-          (cpu[what] ??= {})[s.name] ??= [];
-          cpu[what]![s.name]!.push((rwCpu / total) * 2 ** 30);
+          addCpu(s.name, what, (rwCpu / total) * 2 ** 30);
           rwRates.push(`${pinned ? 'pinned' : 'unpinned'} ${(total / 1048576 / secs).toFixed(0)} MiB/s (${((rwCpu / total) * 2 ** 30).toFixed(3)} CPU s/GiB)`);
         }
         log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s (${how([c])}), pg_receivewal ${rwRates.join(', ')}`);
@@ -223,7 +212,7 @@ async function main() {
       const secs = (Math.max(...all.map((c) => c.endedAt)) - Math.min(...all.map((c) => c.startedAt))) / 1000;
       const bytes = all.reduce((a, c) => a + c.bytes, 0);
       add(s.name, `${fanout} discarding consumers (aggregate)`, bytes / 1048576 / secs);
-      addCpu(s.name, `${fanout} discarding consumers (aggregate)`, all);
+      addCpu(s.name, `${fanout} discarding consumers (aggregate)`, consumersPerGiB(all));
       log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s (${how(all)})`);
     }
     const peakRss = await rssKiB(nodePid, 'VmHWM');
