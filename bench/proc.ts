@@ -15,3 +15,14 @@ export function cpuSecondsOf(pid: number): number {
     return 0;
   }
 }
+
+/** Busy CPU time of the whole machine so far (every CPU's user, nice, system, irq and softirq in /proc/stat), in seconds. */
+export function machineCpuSeconds(): number {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const [user, nice, system, , , irq, softirq] = f;
+    return (user! + nice! + system! + irq! + softirq!) * TICK;
+  } catch {
+    return 0;
+  }
+}

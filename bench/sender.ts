@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
 import type { ConsumeResult } from './consumer.js';
-import { cpuSecondsOf } from './proc.js';
+import { cpuSecondsOf, machineCpuSeconds } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
@@ -67,7 +67,8 @@ function runConsumer(port: number, start: bigint, end: bigint, app: string): Pro
   return startConsumer(port, start, end, app).done;
 }
 
-async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
+/** RssAnon by default: the memory the node allocates. Its senders' mapped segments are page cache shared with every reader of the file, counted in VmRSS too. */
+async function rssKiB(pid: number, field = 'RssAnon'): Promise<number> {
   const s = await readFile(`/proc/${pid}/status`, 'utf8');
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
 }
@@ -156,6 +157,9 @@ async function main() {
     // The consumers' own CPU per GiB (the same program for both servers): what a client pays to read from each.
     const cpu: Record<string, Record<string, number[]>> = {};
     const addCpu = (server: string, what: string, perGiB: number) => ((cpu[what] ??= {})[server] ??= []).push(perGiB);
+    // The server's CPU per GiB, as the machine's busy time less the consumers'.
+    const serverCpu: Record<string, Record<string, number[]>> = {};
+    const addServerCpu = (server: string, what: string, perGiB: number) => ((serverCpu[what] ??= {})[server] ??= []).push(perGiB);
     const consumersPerGiB = (runs: ConsumeResult[]) => (runs.reduce((a, c) => a + c.cpuSeconds, 0) / runs.reduce((a, c) => a + c.bytes, 0)) * 2 ** 30;
     const how = (runs: ConsumeResult[]) => {
       const bytes = runs.reduce((a, c) => a + c.bytes, 0);
@@ -165,7 +169,13 @@ async function main() {
     };
     for (let r = 0; r < rounds; r++) {
       for (const s of servers) {
-        const c = await runConsumer(s.port, start, end, 'bench');
+        // (connected first, so that its process start-up is not in the machine's busy time)
+        const one = startConsumer(s.port, start, end, 'bench', true);
+        await one.ready;
+        const busy0 = machineCpuSeconds();
+        one.go();
+        const c = await one.done;
+        addServerCpu(s.name, 'discarding consumer', ((machineCpuSeconds() - busy0 - c.cpuSeconds) / c.bytes) * 2 ** 30);
         add(s.name, 'discarding consumer', c.bytes / 1048576 / c.seconds);
         addCpu(s.name, 'discarding consumer', consumersPerGiB([c]));
         // pg_receivewal both ways: pinned (see above) and where the scheduler puts it.
@@ -206,32 +216,40 @@ async function main() {
       // measured), then stream at once: aggregate = all bytes / (last end − first start).
       const runs = Array.from({ length: fanout }, (_, i) => startConsumer(s.port, start, end, `fan${i}`, true));
       await Promise.all(runs.map((c) => c.ready));
+      const busy0 = machineCpuSeconds();
       for (const c of runs) c.go();
       const all = await Promise.all(runs.map((c) => c.done));
+      const busy = machineCpuSeconds() - busy0;
       clearInterval(sampler);
       const secs = (Math.max(...all.map((c) => c.endedAt)) - Math.min(...all.map((c) => c.startedAt))) / 1000;
       const bytes = all.reduce((a, c) => a + c.bytes, 0);
       add(s.name, `${fanout} discarding consumers (aggregate)`, bytes / 1048576 / secs);
       addCpu(s.name, `${fanout} discarding consumers (aggregate)`, consumersPerGiB(all));
-      log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s (${how(all)})`);
+      // The server's side: the machine's busy time less the consumers' own (the loopback's softirq included).
+      const serverPerGiB = ((busy - all.reduce((a, c) => a + c.cpuSeconds, 0)) / bytes) * 2 ** 30;
+      addServerCpu(s.name, `${fanout} discarding consumers (aggregate)`, serverPerGiB);
+      log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s (${how(all)}; server side ${serverPerGiB.toFixed(3)} CPU s/GiB)`);
     }
     const peakRss = await rssKiB(nodePid, 'VmHWM');
 
     const lines: string[] = [];
     lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds`);
     lines.push(`machine: ${os.cpus()[0]?.model ?? 'unknown'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
-    lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio  consumer CPU s/GiB (PostgreSQL / walkeeper)`);
+    lines.push(`${'consumer'.padEnd(40)} ${'PostgreSQL'.padStart(12)} ${'walkeeper'.padStart(12)}  ratio  consumer CPU s/GiB (PostgreSQL / walkeeper)  server side`);
     for (const [what, by] of Object.entries(res)) {
       const p = median(by['PostgreSQL walsender']!);
       const w = median(by['walkeeper node']!);
       const c = cpu[what];
-      const cpuCol = c ? `  ${median(c['PostgreSQL walsender']!).toFixed(3)} / ${median(c['walkeeper node']!).toFixed(3)}` : '';
+      const sc = serverCpu[what];
+      const cpuCol =
+        (c ? `  ${median(c['PostgreSQL walsender']!).toFixed(3)} / ${median(c['walkeeper node']!).toFixed(3)}` : '') +
+        (sc ? `                   ${median(sc['PostgreSQL walsender']!).toFixed(3)} / ${median(sc['walkeeper node']!).toFixed(3)}` : '');
       lines.push(`${what.padEnd(40)} ${`${p.toFixed(0)} MiB/s`.padStart(12)} ${`${w.toFixed(0)} MiB/s`.padStart(12)}  ${(w / p).toFixed(2)}×${cpuCol}`);
       const [mp, mw] = [modes(by['PostgreSQL walsender']!), modes(by['walkeeper node']!)];
       if (mp || mw) lines.push(`${''.padEnd(40)}   two modes, MiB/s (rounds): PostgreSQL ${mp ?? 'one'}; walkeeper ${mw ?? 'one'}`);
       record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.2× or ≥ 90% of loopback' : /pg_receivewal/.test(what) ? '≥ 1.1×' : /consumers/.test(what) ? '≥ 1.3×' : undefined, better: 'higher', chart: 'throughput' });
     }
-    lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; idle ${(idleRss / 1024).toFixed(0)} MiB; with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
+    lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB (mapped segments included); anonymous idle ${(idleRss / 1024).toFixed(0)} MiB, with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
     console.log(lines.join('\n'));
   } finally {
     nodeProc?.kill('SIGTERM');

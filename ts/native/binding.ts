@@ -224,6 +224,8 @@ export interface SendPumpJob {
   /** Bytes this run may send. */
   budget: number;
   zeroCopy?: boolean;
+  /** How long, in all, the run may wait for room in a full socket before it returns 'full' (default 0). */
+  waitMs?: number;
 }
 
 /** The raw N-API surface (crates/walcore-node/src/exports.rs). */

@@ -68,6 +68,13 @@ const PUMP_MIN = 512 * 1024;
  * round trip to another thread; with 1 MiB runs eight consumers got 15% less.
  */
 const PUMP_BUDGET = 16 * 1024 * 1024;
+/**
+ * How long one run may wait on its own thread for room in a full socket
+ * (see `Room` in send_pump.rs) before it hands the tail back: also bounds
+ * how long our own writes wait behind a slow client. A keepalive reply a
+ * tenth of a second late is nothing against wal_sender_timeout.
+ */
+const PUMP_WAIT_MS = 100;
 
 export interface StartRequest {
   start: Lsn;
@@ -315,7 +322,7 @@ export class WalSender {
     try {
       if (!this.pump) this.pump = this.stream.store.sendPump(fd, this.req.tli, this.cfg.maxSendSize);
       // Payloads copied, never sendfile'd: see "Zero copy or not" in send_pump.rs.
-      r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET, false);
+      r = await this.pump.run(this.sent, end, this.walEnd(), PUMP_BUDGET, false, PUMP_WAIT_MS);
     } catch (err) {
       this.conn.returnWrites();
       this.log.info({ err: (err as Error).message }, 'send pump unavailable, sending from JS');

@@ -236,10 +236,11 @@ export class SendPump extends LentPump<SendPumpReport> {
 
   /**
    * Sends [start, end) without blocking, on the pump's own thread, until done,
-   * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs).
+   * full, or `budget` bytes; `zeroCopy`: payloads by sendfile (see send_pump.rs);
+   * `waitMs`: how long, in all, the run may wait for room in a full socket.
    */
-  run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean): Promise<SendPumpReport> {
-    return this.track(native().sendPumpRun(this.h, { start, end, walEnd, budget, zeroCopy }));
+  run(start: Lsn, end: Lsn, walEnd: Lsn, budget: number, zeroCopy: boolean, waitMs = 0): Promise<SendPumpReport> {
+    return this.track(native().sendPumpRun(this.h, { start, end, walEnd, budget, zeroCopy, waitMs }));
   }
 
   /** Makes a running run() return before its next message. */

@@ -603,13 +603,14 @@ fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 #[cfg(unix)]
 fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let w = send_pump_arg(args)?;
-    let args = &args.object(1, "options", &["", "start", "end", "walEnd", "budget", "zeroCopy"])?;
+    let args = &args.object(1, "options", &["", "start", "end", "walEnd", "budget", "zeroCopy", "waitMs"])?;
     let job = SendJob {
         start: lsn_arg(args, 1, "start")?,
         end: lsn_arg(args, 2, "end")?,
         wal_end: lsn_arg(args, 3, "walEnd")?,
         budget: args.u32(4, "budget")? as usize,
         zero_copy: args.opt_bool(5, "zeroCopy")?.unwrap_or(true),
+        wait: std::time::Duration::from_millis(args.opt_u32(6, "waitMs")?.unwrap_or(0) as u64),
     };
     let h = w.clone();
     crate::napi::spawn_on(

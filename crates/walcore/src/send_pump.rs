@@ -40,6 +40,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode};
 use crate::lsn::Lsn;
@@ -56,6 +57,9 @@ pub struct SendJob {
     pub wal_end: Lsn,
     /// Start no new message after this many bytes were sent.
     pub budget: usize,
+    /// How long the run may wait, in all, for room in a full socket before
+    /// it returns `Full` (zero: return at once).
+    pub wait: Duration,
     /// Payload by `sendfile` from the page cache (else read and sent, like
     /// PostgreSQL's walsender): see "Zero copy or not" in the module doc.
     pub zero_copy: bool,
@@ -120,6 +124,7 @@ impl SendPump {
     /// Sends from `job.start` until one of [`SendEnd`]; see the module doc.
     pub fn run(&mut self, job: &SendJob, stop: &AtomicBool) -> SendReport {
         let mut r = SendReport { sent: job.start, messages: 0, tail: Vec::new(), end: SendEnd::Done };
+        let room = Room { until: Instant::now() + job.wait, stop };
         let seg = self.store.seg_size();
         let mut spent = 0usize;
         while r.sent < job.end {
@@ -154,7 +159,7 @@ impl SendPump {
             let sent = if job.zero_copy && self.sendfile {
                 self.send_zero_copy(&header, &file, off, n, &mut r.tail)
             } else {
-                self.send_copied(&header, &file, off, n, &mut r.tail)
+                self.send_copied(&header, &file, off, n, &mut r.tail, &room)
             };
             match sent {
                 Ok(()) => {}
@@ -234,6 +239,7 @@ impl SendPump {
         off: u64,
         n: usize,
         tail: &mut Vec<u8>,
+        room: &Room,
     ) -> Result<(), SendEnd> {
         let total = HEADER_SIZE + n;
         self.scratch.resize(total, 0);
@@ -247,7 +253,11 @@ impl SendPump {
         while done < total {
             match sys::send_some(&self.sock, &self.scratch[done..], false) {
                 Ok(k) => done += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !room.wait(&self.sock) {
+                        break;
+                    }
+                }
                 Err(e) => return Err(SendEnd::Io(e)),
             }
         }
@@ -281,6 +291,37 @@ impl SendPump {
     }
 }
 
+/// Waiting for room in a full socket, as PostgreSQL's walsender does in
+/// `WaitLatchOrSocket`: this thread is the pump's own, so it may block. Going
+/// back to the event loop for every full socket instead left the socket empty
+/// for the round trip (the tail's write, its callback, the next run's start),
+/// and the client woke more often to read less: 15,600 reads of 550 KiB for
+/// eight consumers where PostgreSQL's took 11,000 of 780. The wait is bounded
+/// (so that the caller's held-back writes, e.g. a keepalive reply, go out
+/// in time) and sliced (so that `stop` is seen).
+struct Room<'a> {
+    until: Instant,
+    stop: &'a AtomicBool,
+}
+
+impl Room<'_> {
+    const SLICE: Duration = Duration::from_millis(10);
+
+    /// Waits (one slice at most) for room in `sock`; false, without
+    /// waiting, once the time is up or `stop` was set. After true the caller
+    /// tries to write again: there is room, or an error for the write to
+    /// report, or the slice ended and it comes back here.
+    fn wait(&self, sock: &std::net::TcpStream) -> bool {
+        let now = Instant::now();
+        if now >= self.until || self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        // (a poll that fails says nothing about the socket: the write will)
+        let _ = sys::wait_writable(sock, (self.until - now).min(Self::SLICE));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +344,7 @@ mod tests {
 
     /// A job whose walEnd is its end, as for a client served up to commit_lsn.
     fn job(start: Lsn, end: Lsn, budget: usize, zero_copy: bool) -> SendJob {
-        SendJob { start, end, wal_end: end, budget, zero_copy }
+        SendJob { start, end, wal_end: end, budget, zero_copy, wait: Duration::ZERO }
     }
 
     /// (the pump's side, non-blocking; the client's side, blocking)
@@ -356,7 +397,7 @@ mod tests {
         let (mut runs, mut fulls) = (0u64, 0u64);
         let mut at = start;
         while at < end {
-            let r = p.run(&SendJob { start: at, end, wal_end, budget, zero_copy }, &stop);
+            let r = p.run(&SendJob { start: at, end, wal_end, budget, zero_copy, wait: Duration::ZERO }, &stop);
             runs += 1;
             match r.end {
                 SendEnd::Done => assert!(r.tail.is_empty()),
@@ -410,6 +451,51 @@ mod tests {
                 assert_eq!(at % 8192, 0, "message {i} is not cut at a page boundary");
             }
         }
+    }
+
+    #[test]
+    fn a_run_waits_for_room_on_its_own_thread_within_its_time() {
+        let dir = TempDir::new("sendpump-wait");
+        let (store, wal) = store_with(&dir, 4);
+        let (s, mut c) = pair();
+        let mut p = SendPump::new(s.as_raw_fd(), store, 1, 128 * 1024).unwrap();
+        let end = Lsn(4 * SEG);
+        let reader = std::thread::spawn(move || {
+            // Slow enough that the socket fills several times.
+            std::thread::sleep(Duration::from_millis(50));
+            read_stream(&mut c, Lsn(0), end, end)
+        });
+        let go = AtomicBool::new(false);
+        // Time enough: the whole range in one run, the socket's fills waited out here.
+        let r = p.run(&SendJob { start: Lsn(0), end, wal_end: end, budget: usize::MAX, zero_copy: false, wait: Duration::from_secs(30) }, &go);
+        assert!(matches!(r.end, SendEnd::Done), "{:?}", r.end);
+        assert!(r.tail.is_empty());
+        assert_eq!(r.sent, end);
+        let (got, _) = reader.join().unwrap();
+        assert_eq!(got, wal);
+
+        // Nobody reads: the run gives up once its time is spent, and returns the tail.
+        let (s, _c) = pair();
+        let dir = TempDir::new("sendpump-wait-stuck");
+        // (more than a paused client's socket absorbs: about 36 MiB where tcp_rmem reaches 32 MiB)
+        let (store, _) = store_with(&dir, 64);
+        let mut p = SendPump::new(s.as_raw_fd(), store, 1, 128 * 1024).unwrap();
+        let t0 = Instant::now();
+        let r = p.run(&SendJob { start: Lsn(0), end: Lsn(64 * SEG), wal_end: Lsn(64 * SEG), budget: usize::MAX, zero_copy: false, wait: Duration::from_millis(200) }, &go);
+        assert!(matches!(r.end, SendEnd::Full), "{:?}", r.end);
+        assert!(!r.tail.is_empty());
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+
+        // And `stop` ends a wait.
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            st.store(true, Ordering::Relaxed);
+        });
+        let r = p.run(&SendJob { start: r.sent, end: Lsn(64 * SEG), wal_end: Lsn(64 * SEG), budget: usize::MAX, zero_copy: false, wait: Duration::from_secs(600) }, &stop);
+        stopper.join().unwrap();
+        assert!(matches!(r.end, SendEnd::Full | SendEnd::Stopped), "{:?}", r.end);
     }
 
     #[test]

@@ -177,6 +177,17 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
 /// Waits until `sock` is readable (or hung up) or `timeout` has passed.
 #[cfg(unix)]
 pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
+    wait_for(sock, timeout, false)
+}
+
+/// Waits until `sock` has room for writing (or failed) or `timeout` has passed.
+#[cfg(unix)]
+pub fn wait_writable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
+    wait_for(sock, timeout, true)
+}
+
+#[cfg(unix)]
+fn wait_for(sock: &std::net::TcpStream, timeout: std::time::Duration, write: bool) -> io::Result<()> {
     use std::ffi::{c_int, c_short};
     use std::os::fd::AsRawFd;
     #[repr(C)]
@@ -193,7 +204,8 @@ pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -
         fn poll(fds: *mut PollFd, nfds: NFds, timeout: c_int) -> c_int;
     }
     const POLLIN: c_short = 1;
-    let mut p = PollFd { fd: sock.as_raw_fd(), events: POLLIN, revents: 0 };
+    const POLLOUT: c_short = 4;
+    let mut p = PollFd { fd: sock.as_raw_fd(), events: if write { POLLOUT } else { POLLIN }, revents: 0 };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { poll(&mut p, 1, ms) };
