@@ -343,6 +343,7 @@ test('peers push each flush only to a node where a client waits on commit_lsn; t
   // Where those commits' time went on node 1: its flushes waiting for the quorum, and the caught-up client's sender waking for them.
   const m = await (await fetch(`${n1.httpUrl}/metrics`)).text();
   const count = (name: string) => Number(new RegExp(`^${name}_count\\{[^}]*stream="main"[^}]*\\} (\\d+)$`, 'm').exec(m)?.[1] ?? 0);
+  t.true(count('walkeeper_ack_delay_seconds') > 0, "the primary's wait for each acknowledged flush was measured");
   t.true(count('walkeeper_commit_wait_seconds') > 0, 'flushes waited for the quorum and were measured');
   t.true(count('walkeeper_send_delay_seconds') > 0, "the client's sender woke for new WAL and was measured");
 

@@ -140,6 +140,7 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
     // Where the node's share went, from node 1's own histograms (the bucket holding each quantile).
     const metrics = await (await fetch(`${nodes[0]!.httpUrl}/metrics`)).text();
     const steps = [
+      ["primary's send → node's 'r' (receive and fsync)", 'walkeeper_ack_delay_seconds'],
       ['fsync (ingest, before the flush is acknowledged)', 'walkeeper_fsync_seconds'],
       ['own flush → commit_lsn (the quorum)', 'walkeeper_commit_wait_seconds'],
       ['commit_lsn → message written to the client', 'walkeeper_send_delay_seconds'],

@@ -21,6 +21,7 @@ export class NodeMetrics {
   readonly registry = new Registry();
   private readonly fsyncSeconds: Histogram<'stream'>;
   private readonly commitWaitSeconds: Histogram<'stream'>;
+  private readonly ackDelaySeconds: Histogram<'stream'>;
   private readonly sendDelaySeconds: Histogram<'stream'>;
   private readonly switches: Counter<'stream' | 'reason'>;
   private readonly offloadBytes: Counter<'stream' | 'kind'>;
@@ -148,8 +149,16 @@ export class NodeMetrics {
       registers: [r],
     });
     // Where a commit's time goes on its way through a node to a caught-up client (issue 19's tail):
-    // this node's flush → commit_lsn (the quorum: peers' status pushes), then commit_lsn → the
-    // message written to the client (the sender's wake-up and framing).
+    // the upstream's send → this node's 'r' (receive and fsync: what a synchronous commit waits
+    // for), this node's flush → commit_lsn (the quorum: peers' status pushes), then commit_lsn →
+    // the message written to the client (the sender's wake-up and framing).
+    this.ackDelaySeconds = new Histogram({
+      name: 'walkeeper_ack_delay_seconds',
+      help: "From the upstream sending WAL (its XLogData's sendTime) to this node's status update acknowledging its flush; between hosts, their clocks' difference is in it.",
+      labelNames: ['stream'],
+      buckets: LATENCY_BUCKETS,
+      registers: [r],
+    });
     this.commitWaitSeconds = new Histogram({
       name: 'walkeeper_commit_wait_seconds',
       help: "From this node's flush of WAL to commit_lsn passing it (waiting for the quorum).",
@@ -174,6 +183,10 @@ export class NodeMetrics {
 
   fsync(stream: string, seconds: number): void {
     this.fsyncSeconds.observe({ stream }, seconds);
+  }
+
+  ackDelay(stream: string, seconds: number): void {
+    this.ackDelaySeconds.observe({ stream }, seconds);
   }
 
   commitWait(stream: string, seconds: number): void {

@@ -45,7 +45,7 @@ export class PumpSupervisor {
           }
           ctx.position.sawEnd(r.walEnd);
           const before = stream.flushLsn;
-          stream.ingested(Number(r.received - last), r.flushed, r.fsyncs);
+          stream.ingested(Number(r.received - last), r.flushed, r.fsyncs, r.acks);
           last = r.received;
           ctx.written = r.flushed;
           if (stream.flushLsn > before) flushed();

@@ -124,6 +124,11 @@ export interface PumpReport {
   replyRequested: boolean;
   /** Seconds each fsync took. */
   fsyncs: number[];
+  /**
+   * With `answer`: for each status update acknowledging a new flush, seconds
+   * since the upstream sent the oldest XLogData it acknowledges (its clock).
+   */
+  acks: number[];
   /** Set when the pump stopped for good (see receive_pump.rs `End`). */
   end?: 'other' | 'eof' | 'io' | 'bad' | 'store' | 'endpos' | 'stopped';
   message?: string;

@@ -87,6 +87,7 @@ export class StreamServices {
     // commit_lsn moved: members and receivers hear of it (etcd publishes; HTTP serves it).
     s.commitWatch.listen(() => this.host.broker.changed(s.name));
     s.onFsync = (secs) => this.host.metrics.fsync(s.name, secs);
+    s.onAck = (secs) => this.host.metrics.ackDelay(s.name, secs);
     s.onSendDelay = (secs) => this.host.metrics.sendDelay(s.name, secs);
     this.measureCommitWait();
     this.recovery.start();

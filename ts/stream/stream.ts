@@ -279,6 +279,8 @@ export class Stream extends EventEmitter {
   bytesPumped = 0;
   /** Called with each fsync's duration in seconds (metrics). */
   onFsync: ((seconds: number) => void) | null = null;
+  /** Called with the upstream's wait for each acknowledgement of a flush, in seconds (metrics). */
+  onAck: ((seconds: number) => void) | null = null;
   /** Told how long a caught-up sender took from commit_lsn (flush_lsn) moving to writing the message that carries it (metrics). */
   onSendDelay: ((seconds: number) => void) | null = null;
 
@@ -310,13 +312,16 @@ export class Stream extends EventEmitter {
 
   /**
    * Publishes what ingest stored: `bytes` more received, fsynced up to
-   * `flushed` by fsyncs that took `fsyncs` seconds each. Ingest's Rust pump
-   * writes the store itself and reports here; the JavaScript path through
-   * appendAndFlushWal / flushWal.
+   * `flushed` by fsyncs that took `fsyncs` seconds each; `acks`: how long
+   * the upstream waited for each acknowledgement ('r') of a flush, from its
+   * sending the oldest XLogData in it. Ingest's Rust pump writes the store
+   * itself and reports here; the JavaScript path through appendAndFlushWal /
+   * flushWal.
    */
-  ingested(bytes: number, flushed: Lsn, fsyncs: readonly number[]): void {
+  ingested(bytes: number, flushed: Lsn, fsyncs: readonly number[], acks: readonly number[] = []): void {
     this.bytesReceived += bytes;
     for (const s of fsyncs) this.onFsync?.(s);
+    for (const s of acks) this.onAck?.(s);
     if (this.flushWatch.set(flushed)) this.persistSoon();
     this.stored();
   }

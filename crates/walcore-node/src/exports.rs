@@ -459,6 +459,8 @@ fn report_object(env: &Env, r: &walcore::receive_pump::Report, peer: &str) -> Js
     env.set(o, "replyRequested", env.boolean(r.reply_requested)?)?;
     let fsyncs: Vec<napi_value> = r.fsyncs.iter().map(|d| env.number(d.as_secs_f64())).collect::<JsResult<_>>()?;
     env.set(o, "fsyncs", env.array(&fsyncs)?)?;
+    let acks: Vec<napi_value> = r.acks.iter().map(|d| env.number(d.as_secs_f64())).collect::<JsResult<_>>()?;
+    env.set(o, "acks", env.array(&acks)?)?;
     if let Some(end) = &r.end {
         let (kind, message, code) = match end {
             End::Other => ("other", String::new(), None),

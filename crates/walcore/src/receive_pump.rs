@@ -110,6 +110,10 @@ pub struct Report {
     pub reply_requested: bool,
     /// Duration of each fsync in this run.
     pub fsyncs: Vec<Duration>,
+    /// With `answer`: for each status update acknowledging a new flush, the
+    /// time since the upstream sent the oldest XLogData it acknowledges (its
+    /// sendTime, on the upstream's clock): the primary's wait for this node.
+    pub acks: Vec<Duration>,
     pub end: Option<End>,
     /// With `end`: the bytes read and not consumed (the unhandled message first).
     pub leftover: Vec<u8>,
@@ -138,6 +142,9 @@ pub struct ReceivePump {
     /// Bytes to write to the socket, in order (status updates, the outbox).
     out: Vec<u8>,
     fsyncs: Vec<Duration>,
+    acks: Vec<Duration>,
+    /// The sendTime of the first XLogData not yet acknowledged.
+    unacked_since: Option<i64>,
     /// Whole protocol messages the caller wants sent (with `answer`).
     pub outbox: Arc<Mutex<Vec<u8>>>,
 }
@@ -184,6 +191,8 @@ impl ReceivePump {
             last_status: now,
             out: Vec::new(),
             fsyncs: Vec::new(),
+            acks: Vec::new(),
+            unacked_since: None,
             outbox: Arc::new(Mutex::new(Vec::new())),
         })
     }
@@ -201,6 +210,10 @@ impl ReceivePump {
         self.last_flush = Instant::now();
         if self.cfg.answer.is_some() {
             self.queue_status();
+            if let Some(sent) = self.unacked_since.take() {
+                // (a clock behind the upstream's makes it negative: counted as no wait)
+                self.acks.push(Duration::from_micros((crate::xlogdata::pg_now() - sent).max(0) as u64));
+            }
         }
         Ok(())
     }
@@ -266,6 +279,7 @@ impl ReceivePump {
         r.received = self.expected;
         r.flushed = self.flushed;
         r.fsyncs = std::mem::take(&mut self.fsyncs);
+        r.acks = std::mem::take(&mut self.acks);
         r.leftover = self.buf[self.head..self.tail].to_vec();
         r.end = Some(end);
         r
@@ -353,6 +367,7 @@ impl ReceivePump {
         r.flushed = self.flushed;
         r.wal_end = self.wal_end;
         r.fsyncs = std::mem::take(&mut self.fsyncs);
+        r.acks = std::mem::take(&mut self.acks);
         r
     }
 
@@ -425,6 +440,9 @@ impl ReceivePump {
                         || self.cfg.end_lsn.is_some_and(|e| end > e)
                     {
                         *flush_now = true;
+                    }
+                    if self.unacked_since.is_none() {
+                        self.unacked_since = Some(i64::from_be_bytes(p[17..25].try_into().unwrap()));
                     }
                     self.expected = end;
                     self.wal_end = wal_end;
@@ -539,6 +557,7 @@ impl ReceiveThread {
             keepalives: std::mem::take(&mut g.keepalives),
             reply_requested: false,
             fsyncs: std::mem::take(&mut g.fsyncs),
+            acks: std::mem::take(&mut g.acks),
             end: g.end.take(),
             leftover: std::mem::take(&mut g.leftover),
         }
@@ -565,6 +584,7 @@ impl ReceiveThread {
                 f.messages = r.messages;
                 f.keepalives = r.keepalives;
                 f.fsyncs.splice(0..0, r.fsyncs);
+                f.acks.splice(0..0, r.acks);
                 f.wal_end = r.wal_end;
                 r = f;
             }
@@ -578,6 +598,7 @@ impl ReceiveThread {
                 g.messages += r.messages;
                 g.keepalives += r.keepalives;
                 g.fsyncs.append(&mut r.fsyncs);
+                g.acks.append(&mut r.acks);
                 if ended {
                     g.end = r.end.take();
                     g.leftover = std::mem::take(&mut r.leftover);
@@ -644,12 +665,17 @@ mod tests {
     const SEG: u64 = 1 << 20;
 
     fn xlogdata(start: Lsn, wal_end: Lsn, data: &[u8]) -> Vec<u8> {
+        xlogdata_sent(start, wal_end, data, 0)
+    }
+
+    /// An XLogData whose sendTime is `sent` (PostgreSQL's µs since 2000).
+    fn xlogdata_sent(start: Lsn, wal_end: Lsn, data: &[u8], sent: i64) -> Vec<u8> {
         let mut m = vec![b'd'];
         m.extend_from_slice(&((4 + XLOG_DATA_HEADER + data.len()) as u32).to_be_bytes());
         m.push(b'w');
         m.extend_from_slice(&start.0.to_be_bytes());
         m.extend_from_slice(&wal_end.0.to_be_bytes());
-        m.extend_from_slice(&0i64.to_be_bytes());
+        m.extend_from_slice(&sent.to_be_bytes());
         m.extend_from_slice(data);
         m
     }
@@ -867,11 +893,13 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let live = ReceiveThread::new(&p);
         live.start(p, move || tx.send(()).unwrap()).unwrap();
-        // One "commit" at a time, as a primary waiting on a synchronous standby sends them.
+        // One "commit" at a time, as a primary waiting on a synchronous standby sends them,
+        // each sent (by its sendTime) an hour ago: the acknowledgements' waits count from there.
+        const HOUR: i64 = 3_600_000_000;
         let mut at = 0usize;
         for size in [100usize, 8192, 300, 20_000] {
             let start = Lsn(b.start.0 + at as u64);
-            w.write_all(&xlogdata(start, b.end(), &b.bytes[at..at + size])).unwrap();
+            w.write_all(&xlogdata_sent(start, b.end(), &b.bytes[at..at + size], crate::xlogdata::pg_now() - HOUR)).unwrap();
             at += size;
             let end = b.start.0 + at as u64;
             let st = read_statuses(&mut w, |g| g.iter().any(|s| s.1 >= end));
@@ -883,13 +911,17 @@ mod tests {
             assert_eq!(store.flush_lsn(), Lsn(end));
         }
         // (the 'r' leaves before the thread records the flush: wait for it)
-        let mut fsyncs = Vec::new();
+        let (mut fsyncs, mut acks) = (Vec::new(), Vec::new());
         let r = take_until(&live, &rx, |r| {
             fsyncs.extend(r.fsyncs.iter().copied());
+            acks.extend(r.acks.iter().copied());
             r.flushed == Lsn(b.start.0 + at as u64)
         });
         assert_eq!(r.flushed, Lsn(b.start.0 + at as u64));
         assert!(!fsyncs.is_empty() && fsyncs.len() <= 4, "{fsyncs:?}");
+        // One wait per acknowledged flush, from its message's sendTime.
+        assert_eq!(acks.len(), fsyncs.len(), "{acks:?}");
+        assert!(acks.iter().all(|a| a.as_secs() >= 3600 && a.as_secs() < 3660), "{acks:?}");
         // A keepalive asking for a reply gets one at once, with nothing new to flush.
         w.write_all(&keepalive(b.end(), true)).unwrap();
         let end = b.start.0 + at as u64;
