@@ -9,6 +9,8 @@ import { parseSize } from '../cluster/retention.js';
 import type { AuthMethod } from '../server/connection.js';
 import { parseRemoteStorageUrl } from '../remote/remote_storage.js';
 import { parse, UsageError } from './args.js';
+import { parseStreamSpecs } from '../node/stream_specs.js';
+import { DEFAULT_STREAM } from '../defaults.js';
 import { resolveSettings, SettingsReader, type SettingDef } from './settings.js';
 
 export const NODE_USAGE = `Usage: walkeeper node [options]
@@ -26,8 +28,11 @@ protocol (to pg_receivewal, standbys and walkeeper receivers) and over HTTP.
   --tls-cert FILE         PEM certificate: answer SSLRequest with TLS
   --tls-key FILE          PEM private key for --tls-cert
   --availability-zone AZ  reported to receivers, which prefer their own zone
-  --upstream CONNINFO     follow this PostgreSQL server into --stream (libpq URI or key=value)
+  --upstream CONNINFO     follow this PostgreSQL server into --stream (libpq URI or key=value);
+                          for several streams, "streams" in walkeeper.json or PUT /v1/streams/<name>
   --application-name NAME name towards the upstream, for synchronous_standby_names (default walkeeper_<node-id>)
+  --http-token-file FILE  the bearer token that changes over HTTP (PUT, DELETE, POST) must present;
+                          without it they are taken from loopback only
   --peers URL[,URL…]      the other members' HTTP URLs (embedded broker): commit_lsn is what a
                           majority of the members has flushed
   --wal-keep-size SIZE    WAL kept behind flush_lsn whatever else says (default 1GB)
@@ -51,6 +56,13 @@ e.g. {"node-id": 2, "peers": ["http://10.0.0.2:7676"]}) or from a variable
 WALKEEPER_<NAME> (e.g. WALKEEPER_NODE_ID=2). Flags win over variables, which
 win over the file, which wins over the defaults.
 
+Many streams, each following its own primary, go in walkeeper.json (or
+WALKEEPER_STREAMS as JSON):
+  {"streams": {"orders": {"upstream": "host=db1 user=rep"},
+               "billing": {"upstream": "host=db2 user=rep", "application-name": "wk1", "slot-name": "wk1"}}}
+They are applied at every start; streams created or changed over HTTP
+(PUT/DELETE /v1/streams/<name>) are kept in the data directory's streams.json.
+
 Clients choose a stream with options='-c stream=<name>'.
 `;
 
@@ -58,13 +70,13 @@ Clients choose a stream with options='-c stream=<name>'.
 export const NODE_SETTINGS: SettingDef[] = [
   'data-dir', 'listen-pg', 'listen-http', 'node-id', 'stream', 'auth', 'password-file', 'tls-cert', 'tls-key',
   'availability-zone', 'upstream', 'application-name', 'peers', 'broker', 'wal-keep-size', 'replica-window', 'log-level',
-  'remote-storage', 'remote-endpoint', 'offload-partial-after',
-].map((name) => ({ name }));
+  'remote-storage', 'remote-endpoint', 'offload-partial-after', 'http-token-file',
+].map((name): SettingDef => ({ name })).concat([{ name: 'streams', kind: 'json' }]);
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(
     args,
-    { config: { type: 'string' }, ...Object.fromEntries(NODE_SETTINGS.map((d) => [d.name, { type: 'string' as const }])) },
+    { config: { type: 'string' }, ...Object.fromEntries(NODE_SETTINGS.filter((d) => d.kind !== 'json').map((d) => [d.name, { type: 'string' as const }])) },
     NODE_USAGE,
   );
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}\n${NODE_USAGE}`);
@@ -86,6 +98,10 @@ export async function nodeCommand(args: string[]): Promise<number> {
     throw new UsageError(`${r.where('remote-endpoint')} needs --remote-storage s3://bucket/prefix`);
   }
   r.parsed('remote-storage', (v) => parseRemoteStorageUrl(v, r.str('remote-endpoint') ?? null));
+  const streams = r.parsed('streams', (v) => parseStreamSpecs(JSON.parse(v), 'it'));
+  if (streams && r.str('upstream') !== undefined && streams.has(r.str('stream') ?? DEFAULT_STREAM)) {
+    throw new UsageError(`${r.where('upstream')} follows a primary into stream ${r.str('stream') ?? DEFAULT_STREAM}, which ${r.where('streams')} declares too: use one or the other`);
+  }
   const node = await startNode({
     dataDir: r.str('data-dir') ?? './walkeeper-data',
     listenPg,
@@ -99,6 +115,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
     availabilityZone: r.str('availability-zone'),
     upstream: r.str('upstream'),
     applicationName: r.str('application-name'),
+    httpTokenFile: r.str('http-token-file'),
+    ...(streams ? { streams: Object.fromEntries([...streams].map(([n, s]) => [n, { upstream: s.upstream, applicationName: s.applicationName, slotName: s.slotName }])) } : {}),
     peers: r.parsed('peers', parsePeerUrls),
     broker: r.parsed('broker', parseEtcdEndpoints),
     retention: {

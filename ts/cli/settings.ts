@@ -15,8 +15,12 @@ import { UsageError } from './args.js';
 
 export interface SettingDef {
   name: string;
-  /** 'flag' settings are booleans: present or not. */
-  kind?: 'string' | 'flag';
+  /**
+   * 'flag' settings are booleans: present or not. 'json' settings are
+   * structured: an object or array in the config file, JSON text in the
+   * variable, no flag; the value is kept as JSON text.
+   */
+  kind?: 'string' | 'flag' | 'json';
 }
 
 export type Source = { kind: 'default' } | { kind: 'config'; file: string } | { kind: 'env'; variable: string } | { kind: 'flag' };
@@ -80,6 +84,8 @@ export function resolveSettings(
       if (d.kind === 'flag') {
         if (typeof v !== 'boolean') throw new UsageError(`${describeSource(k, source)} must be true or false`);
         out.set(k, { value: v, source });
+      } else if (d.kind === 'json') {
+        out.set(k, { value: JSON.stringify(v), source });
       } else {
         if (Array.isArray(v) && v.every((x) => typeof x === 'string')) out.set(k, { value: v.join(','), source });
         else if (typeof v === 'string' || typeof v === 'number') out.set(k, { value: String(v), source });
@@ -92,7 +98,14 @@ export function resolveSettings(
     const v = env[variable];
     if (v === undefined) continue;
     const source: Source = { kind: 'env', variable };
-    if (d.kind === 'flag') {
+    if (d.kind === 'json') {
+      try {
+        JSON.parse(v);
+      } catch (e) {
+        throw new UsageError(`${variable} is not valid JSON: ${(e as Error).message}`);
+      }
+      out.set(d.name, { value: v, source });
+    } else if (d.kind === 'flag') {
       if (!/^(1|0|true|false|on|off|yes|no)$/i.test(v)) throw new UsageError(`${variable} must be true or false, not ${JSON.stringify(v)}`);
       out.set(d.name, { value: /^(1|true|on|yes)$/i.test(v), source });
     } else {
@@ -101,7 +114,7 @@ export function resolveSettings(
   }
   for (const d of defs) {
     const v = flags[d.name];
-    if (v === undefined) continue;
+    if (v === undefined || d.kind === 'json') continue;
     out.set(d.name, { value: v as string | boolean, source: { kind: 'flag' } });
   }
   return out;

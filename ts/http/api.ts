@@ -31,6 +31,12 @@ export interface HttpNodeView {
   availabilityZone: string | null;
   streams: ReadonlyMap<string, StreamView>;
   metrics: { text(): Promise<string>; readonly contentType: string };
+  /** Streams configured to follow an upstream that has not answered yet (they exist once it does). */
+  pendingStreams(): { name: string; ingest: Ingest }[];
+  /** Whether a mutating call may proceed (see WalkeeperNode.authorize). */
+  authorize(authorization: string | undefined, remoteAddress: string | undefined): boolean;
+  putStream(name: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }>;
+  deleteStream(name: string, purge: boolean): Promise<{ status: number; body: Record<string, unknown> }>;
 }
 
 const lsn = (l: Lsn | null) => (l === null ? null : formatLsn(l));
@@ -170,6 +176,64 @@ export function streamJson(node: HttpNodeView, sv: StreamView) {
   };
 }
 
+/** A stream that exists only as its upstream's ingest so far: its first connection creates it. */
+function pendingStreamJson(node: HttpNodeView, name: string, ingest: Ingest) {
+  const u = ingest.status();
+  return {
+    name,
+    state: 'pending',
+    node_id: node.nodeId,
+    system_id: null,
+    tli: null,
+    flush_lsn: null,
+    commit_lsn: null,
+    oldest_lsn: null,
+    upstream: {
+      conninfo: u.conninfo,
+      state: u.state,
+      connected_to: u.connectedTo,
+      since: u.since.toISOString(),
+      received_lsn: null,
+      flushed_lsn: null,
+      upstream_end_lsn: null,
+      lag_bytes: null,
+      reconnects: u.reconnects,
+      last_error: u.lastError,
+    },
+    cluster: null,
+    offload: null,
+    replicas: [],
+    slots: [],
+  };
+}
+
+/** Reads a JSON request body (at most 64 KiB); an empty body is {}. */
+function readJson(req: http.IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > 65536) {
+        reject(new Error('the request body is larger than 64 KiB'));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8').trim();
+      if (text === '') return resolve({});
+      try {
+        resolve(JSON.parse(text));
+      } catch (e) {
+        reject(new Error(`the request body is not valid JSON: ${(e as Error).message}`));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = `${JSON.stringify(body, null, 2)}\n`;
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
@@ -271,8 +335,26 @@ export function createHttpServer(node: HttpNodeView): http.Server {
       if (parts[0] === 'v1' && parts[1] === 'streams') {
         if (parts.length === 2) {
           if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
-          return send(res, 200, [...node.streams.values()].map((sv) => streamJson(node, sv)));
+          return send(res, 200, [...[...node.streams.values()].map((sv) => streamJson(node, sv)), ...node.pendingStreams().map((p) => pendingStreamJson(node, p.name, p.ingest))]);
         }
+        // Changes need the bearer token (or, without one configured, a loopback caller); reads stay open.
+        if (method !== 'GET' && method !== 'HEAD' && !node.authorize(req.headers.authorization, req.socket.remoteAddress)) {
+          res.setHeader('www-authenticate', 'Bearer realm="walkeeper"');
+          return send(res, 401, { error: `${method} ${url.pathname} needs the node's bearer token (Authorization: Bearer …, see --http-token-file)` });
+        }
+        if (parts.length === 3 && (method === 'PUT' || method === 'DELETE')) {
+          const name = parts[2]!;
+          const purge = url.searchParams.get('purge');
+          if (method === 'DELETE' && purge !== null && purge !== 'true' && purge !== 'false') return send(res, 400, { error: `purge must be true or false, not ${JSON.stringify(purge)}` });
+          const done = method === 'PUT' ? readJson(req).then((body) => node.putStream(name, body)) : node.deleteStream(name, purge === 'true');
+          void done.then(
+            (r) => send(res, r.status, r.body),
+            (err: Error) => send(res, /request body/.test(err.message) ? 400 : 500, { error: err.message }),
+          );
+          return;
+        }
+        const pending = node.pendingStreams().find((p) => p.name === parts[2]);
+        if (pending && parts.length === 3 && method === 'GET' && url.searchParams.get('watch') === null) return send(res, 200, pendingStreamJson(node, pending.name, pending.ingest));
         const sv = node.streams.get(parts[2]!);
         if (!sv) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
         const s = sv.stream;
@@ -323,8 +405,12 @@ export function createHttpServer(node: HttpNodeView): http.Server {
             push();
           });
           s.followedBy[watch]++;
+          // A deleted stream's followers are let go; their next request gets 404.
+          const deleted = () => res.end();
+          s.once('deleted', deleted);
           res.on('close', () => {
             s.followedBy[watch]--;
+            s.off('deleted', deleted);
             unlisten();
             clearTimeout(heartbeat);
           });

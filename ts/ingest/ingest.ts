@@ -71,6 +71,36 @@ export interface IngestHost {
   flushed(stream: Stream): void;
   /** The stream's writer lock (peer recovery may hold it while the upstream was away); resolves with its release. */
   acquireWriter(stream: Stream): Promise<() => void>;
+  /**
+   * Why `stream` may not take WAL of database system `systemId` on this
+   * node (another stream here follows that system), or null.
+   */
+  systemTaken?(stream: string, systemId: bigint): string | null;
+}
+
+/**
+ * A physical replication connection to the first host of `conninfo` that
+ * answers (libpq's multi-host order); a wrong password or a bad conninfo is
+ * not retried on the next host.
+ */
+export async function connectUpstream(conninfo: string, applicationName: string): Promise<{ client: ReplicationClient; connectedTo: string }> {
+  const ci = parseConnInfo(conninfo);
+  let last: Error | null = null;
+  for (const h of ci.hosts) {
+    try {
+      const client = await ReplicationClient.connect({
+        ...toConnectOptions(ci, h),
+        database: 'replication',
+        replication: 'true',
+        applicationName,
+      } as Parameters<typeof ReplicationClient.connect>[0]);
+      return { client, connectedTo: `${h.host}:${h.port}` };
+    } catch (err) {
+      last = err as Error;
+      if (err instanceof ConnInfoError || (err instanceof PgError && (err.code === '28P01' || err.code === '28000'))) throw err;
+    }
+  }
+  throw last ?? new Error('no upstream host to connect to');
 }
 
 function parseSegmentSize(text: string): number {
@@ -202,24 +232,9 @@ export class Ingest {
   }
 
   private async connect(): Promise<ReplicationClient> {
-    const ci = parseConnInfo(this.cfg.conninfo);
-    let last: Error | null = null;
-    for (const h of ci.hosts) {
-      try {
-        const c = await ReplicationClient.connect({
-          ...toConnectOptions(ci, h),
-          database: 'replication',
-          replication: 'true',
-          applicationName: this.cfg.applicationName,
-        } as Parameters<typeof ReplicationClient.connect>[0]);
-        this.connectedTo = `${h.host}:${h.port}`;
-        return c;
-      } catch (err) {
-        last = err as Error;
-        if (err instanceof ConnInfoError || (err instanceof PgError && (err.code === '28P01' || err.code === '28000'))) throw err;
-      }
-    }
-    throw last ?? new Error('no upstream host to connect to');
+    const { client, connectedTo } = await connectUpstream(this.cfg.conninfo, this.cfg.applicationName);
+    this.connectedTo = connectedTo;
+    return client;
   }
 
   /** One connection; returns whether it received any WAL. */
@@ -240,6 +255,9 @@ export class Ingest {
       }
     }
     const history: TimelineEntry[] = parseHistory(sys.timeline, histories.get(sys.timeline) ?? null);
+    // One stream per database system on a node: two would hold the same WAL twice, with two slots holding it back on the primary.
+    const taken = this.host.systemTaken?.(this.cfg.stream, sys.systemId) ?? null;
+    if (taken !== null) throw new IngestFatal(taken);
     let stream = this.host.stream(this.cfg.stream);
     if (stream) {
       if (stream.systemId !== sys.systemId) {

@@ -3,8 +3,8 @@
  * API. `startNode` is the library entry point; the `walkeeper node` command
  * is a thin shell around it.
  */
-import { randomBytes } from 'node:crypto';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
@@ -17,7 +17,9 @@ import { makeVerifier, parseVerifier, type ScramVerifier } from '../protocol/scr
 import { parseStartupOptions, ServerConnection, type AuthMethod, type StartupInfo } from '../server/connection.js';
 import { walsenderParameters } from '../server/walsender.js';
 import { ReplicationSession } from '../sender/session.js';
-import { DEFAULT_INGEST, Ingest } from '../ingest/ingest.js';
+import { connectUpstream, DEFAULT_INGEST, Ingest } from '../ingest/ingest.js';
+import { redactConnInfo } from '../client/conninfo.js';
+import { checkStreamName, parseStreamSpec, readSpecsFile, sameSpec, SpecError, specJson, writeSpecsFile, type StreamSpec } from './stream_specs.js';
 import { createHttpServer } from '../http/api.js';
 import { lockDataDir } from '../wal/lockfile.js';
 import { createLogger, type Logger } from '../log.js';
@@ -53,8 +55,20 @@ export interface NodeOptions {
   tlsCert?: string;
   tlsKey?: string;
   availabilityZone?: string;
-  /** libpq conninfo of a PostgreSQL server to follow into `stream`. */
+  /** libpq conninfo of a PostgreSQL server to follow into `stream` (the one-stream shorthand of `streams`). */
   upstream?: string;
+  /**
+   * Streams and what each follows: name → { upstream, applicationName,
+   * slotName } (an upstream-less entry is an imported stream, or one fed by
+   * peers). Applied at every start, over what was set over HTTP.
+   */
+  streams?: Record<string, { upstream?: string | null; applicationName?: string | null; slotName?: string | null }>;
+  /**
+   * A file holding the bearer token that mutating HTTP calls (PUT, DELETE,
+   * POST) must present. Without one, those calls are taken from loopback
+   * addresses only.
+   */
+  httpTokenFile?: string;
   /** application_name towards the upstream (default walkeeper_<node-id>): what synchronous_standby_names lists. */
   applicationName?: string;
   /** The physical slot on the upstream (default walkeeper_<node-id>). */
@@ -144,6 +158,14 @@ interface Conn {
   conn: ServerConnection;
   stream: Stream | null;
   session: ReplicationSession | null;
+  /** Settles when the connection is done with. */
+  done: Promise<void>;
+}
+
+/** What a stream-management call answers: an HTTP status and a JSON body. */
+export interface ManageResult {
+  status: number;
+  body: Record<string, unknown>;
 }
 
 export class WalkeeperNode {
@@ -164,11 +186,22 @@ export class WalkeeperNode {
   private tlsContext: tls.SecureContext | null = null;
   private users = new Map<string, ScramVerifier>();
   /**
-   * The upstream's ingest while the stream it fills does not exist yet (the
+   * Upstreams' ingests while the stream each fills does not exist yet (the
    * first connection learns its system id and creates it); the stream's
    * services own it from then on.
    */
-  private bootstrapIngest: Ingest | null = null;
+  private readonly pendingIngests = new Map<string, Ingest>();
+  /** What each stream follows (see stream_specs.ts): the settings' and the HTTP API's, merged. */
+  readonly specs = new Map<string, StreamSpec>();
+  /** Of `specs`, those made over HTTP (persisted in streams.json). */
+  private httpSpecs = new Map<string, StreamSpec>();
+  /** Of `specs`, those the settings declare (applied at every start). */
+  private declaredSpecs = new Map<string, StreamSpec>();
+  /** Database systems claimed by a stream whose ingest has seen its upstream: system id → stream. */
+  private readonly systems = new Map<string, string>();
+  /** One stream-management call at a time: each reads, changes and persists `specs` as a whole. */
+  private managing: Promise<unknown> = Promise.resolve();
+  private httpToken: Buffer | null = null;
   private broker: Broker | null = null;
   private remote: RemoteStorage | null = null;
   readonly retention: RetentionConfig;
@@ -194,7 +227,12 @@ export class WalkeeperNode {
 
   /** The ingest that follows the upstream into `name` (null: the node follows no upstream into it). */
   ingest(name = this.defaultStreamName()): Ingest | null {
-    return this.streams.get(name)?.ingest ?? (this.bootstrapIngest?.streamName === name ? this.bootstrapIngest : null);
+    return this.streams.get(name)?.ingest ?? this.pendingIngests.get(name) ?? null;
+  }
+
+  /** Streams configured to follow an upstream whose first connection has not created them yet. */
+  pendingStreams(): { name: string; ingest: Ingest }[] {
+    return [...this.pendingIngests].map(([name, ingest]) => ({ name, ingest }));
   }
 
   get auth(): AuthMethod {
@@ -224,8 +262,10 @@ export class WalkeeperNode {
     }
     if (o.passwordFile) this.users = await readPasswordFile(o.passwordFile);
     else if (this.auth === 'scram') throw new Error('--auth scram needs --password-file');
+    if (o.httpTokenFile !== undefined) this.httpToken = await readTokenFile(o.httpTokenFile);
     // A bad --upstream is a start-up error (one line on the CLI), not a retry loop.
     if (o.upstream !== undefined) parseConnInfo(o.upstream);
+    this.declaredSpecs = declaredSpecs(o);
     if (o.remoteEndpoint !== undefined && o.remoteStorage === undefined) throw new Error('--remote-endpoint needs --remote-storage');
     const remoteAt = o.remoteStorage !== undefined ? parseRemoteStorageUrl(o.remoteStorage, o.remoteEndpoint ?? null) : null;
     if (o.peers?.length && o.broker?.length) throw new Error('--peers and --broker exclude each other');
@@ -237,6 +277,13 @@ export class WalkeeperNode {
     try {
       this.mockSecret = await readOrCreateSecret(path.join(o.dataDir, 'walkeeper.auth_secret'));
       if (remoteAt) this.remote = await openRemoteStorage(remoteAt);
+      this.httpSpecs = await readSpecsFile(o.dataDir);
+      for (const [name, spec] of this.httpSpecs) this.specs.set(name, spec);
+      for (const [name, spec] of this.declaredSpecs) {
+        const was = this.httpSpecs.get(name);
+        if (was && !sameSpec(was, spec)) this.log.warn({ stream: name, http: specJson(was), settings: specJson(spec) }, 'the settings declare this stream differently from its last change over HTTP: the settings win');
+        this.specs.set(name, spec);
+      }
       await this.openStreams();
       this.pgServer = net.createServer((socket) => this.onConnection(socket));
       const pgPort = await listen(this.pgServer, pgAt.host, pgAt.port);
@@ -246,7 +293,7 @@ export class WalkeeperNode {
       this.httpAddress = formatAddress(httpAt.host, httpPort);
       // Status exchange starts once our addresses are known (they are part of it).
       for (const sv of this.streams.values()) sv.attachBroker();
-      if (o.upstream) this.startIngest(o.upstream);
+      for (const [name, spec] of this.specs) if (spec.upstream !== null) this.startIngest(name, spec);
       this.retentionTimer = setInterval(() => void this.removeOldWal(), this.retention.intervalMs);
       this.historyTimer = setInterval(() => {
         for (const sv of this.streams.values()) sv.history.sample();
@@ -258,7 +305,16 @@ export class WalkeeperNode {
     if (this.auth === 'loopback-trust' && this.users.size === 0 && !['127.0.0.1', 'localhost', '::1'].includes(pgAt.host)) {
       this.log.warn('listening beyond loopback without --password-file: remote clients cannot authenticate');
     }
-    this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: [...this.streams.keys()], auth: this.auth, tls: this.tlsContext !== null, remote_storage: this.remote?.location ?? null }, 'walkeeper node started');
+    if (this.httpToken === null && !['127.0.0.1', 'localhost', '::1'].includes(httpAt.host)) {
+      this.log.warn('HTTP listens beyond loopback without --http-token-file: changes (PUT, DELETE, POST) are taken from loopback only');
+    }
+    const names = [...new Set([...this.streams.keys(), ...this.pendingIngests.keys()])].sort();
+    this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: names, auth: this.auth, tls: this.tlsContext !== null, remote_storage: this.remote?.location ?? null }, 'walkeeper node started');
+    if (names.length === 0) {
+      this.log.info(
+        `no streams yet: follow a primary (walkeeper node --upstream 'host=… user=…'), import a pg_wal (walkeeper import --data-dir ${o.dataDir} …), or PUT http://${this.httpAddress}/v1/streams/<name> with {"upstream": "<conninfo>"}`,
+      );
+    }
   }
 
   private async openStreams(): Promise<void> {
@@ -290,9 +346,16 @@ export class WalkeeperNode {
     return services;
   }
 
-  private startIngest(conninfo: string): void {
-    const name = this.opts.stream ?? DEFAULT_STREAM;
-    const appName = this.opts.applicationName ?? `walkeeper_${this.nodeId}`;
+  private appName(spec: StreamSpec): string {
+    return spec.applicationName ?? `walkeeper_${this.nodeId}`;
+  }
+
+  private slotName(spec: StreamSpec): string {
+    return spec.slotName ?? `walkeeper_${this.nodeId}`;
+  }
+
+  /** Follows `spec.upstream` into stream `name` (created by the first connection if it does not exist). */
+  private startIngest(name: string, spec: StreamSpec): void {
     const ingest = new Ingest(
       {
         stream: (n) => this.streams.get(n)?.stream,
@@ -301,20 +364,217 @@ export class WalkeeperNode {
           const services = this.addStream(s);
           if (ingest.streamName === n) {
             services.ingest = ingest;
-            this.bootstrapIngest = null;
+            this.pendingIngests.delete(n);
           }
           return s;
         },
         flushed: (s) => this.streams.get(s.name)?.flushed(),
         acquireWriter: (s) => this.streams.get(s.name)!.writer.acquire('ingest'),
+        systemTaken: (n, systemId) => this.claimSystem(n, systemId),
       },
-      { ...DEFAULT_INGEST, ...this.opts.ingest, conninfo, applicationName: appName, slotName: this.opts.slotName ?? `walkeeper_${this.nodeId}`, stream: name },
+      { ...DEFAULT_INGEST, ...this.opts.ingest, conninfo: spec.upstream!, applicationName: this.appName(spec), slotName: this.slotName(spec), stream: name },
       this.log,
     );
     const services = this.streams.get(name);
     if (services) services.ingest = ingest;
-    else this.bootstrapIngest = ingest;
+    else this.pendingIngests.set(name, ingest);
     ingest.start();
+  }
+
+  /** Stops the ingest that follows an upstream into `name`, if any. */
+  private async stopIngest(name: string): Promise<void> {
+    const sv = this.streams.get(name);
+    const ingest = sv?.ingest ?? this.pendingIngests.get(name) ?? null;
+    if (!ingest) return;
+    await ingest.stop();
+    if (sv?.ingest === ingest) sv.ingest = null;
+    this.pendingIngests.delete(name);
+  }
+
+  /** See IngestHost.systemTaken: one stream per database system on a node. */
+  private claimSystem(name: string, systemId: bigint): string | null {
+    const id = systemId.toString();
+    for (const sv of this.streams.values()) {
+      if (sv.name !== name && sv.stream.systemId === systemId) return `stream ${sv.name} on this node already holds WAL of database system ${id}; stream ${name} cannot follow the same system`;
+    }
+    const holder = this.systems.get(id);
+    if (holder !== undefined && holder !== name && this.specs.has(holder)) return `stream ${holder} on this node already follows database system ${id}; stream ${name} cannot follow the same system`;
+    this.systems.set(id, name);
+    return null;
+  }
+
+  /** Whether an HTTP call may change the node: the bearer token, or without one configured, a loopback caller. */
+  authorize(authorization: string | undefined, remoteAddress: string | undefined): boolean {
+    if (this.httpToken === null) return remoteAddress === '127.0.0.1' || remoteAddress === '::1' || remoteAddress === '::ffff:127.0.0.1';
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+    if (!m) return false;
+    // (hashes, so that the comparison takes the same time whatever the length given)
+    const digest = (b: Buffer) => createHash('sha256').update(b).digest();
+    return timingSafeEqual(digest(Buffer.from(m[1]!, 'utf8')), digest(this.httpToken));
+  }
+
+  /** Serialises stream-management calls (each changes `specs` and persists it whole). */
+  private manage<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.managing.then(fn, fn);
+    this.managing = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * `PUT /v1/streams/<name>`: creates a stream that follows an upstream, or
+   * changes what an existing one follows (`upstream: null` stops
+   * following). An upstream that answers within a few seconds is asked who
+   * it is first, so that a second stream of one database system is refused
+   * before anything changes; one that does not answer is followed anyway
+   * (a primary may be down while it is configured) and checked on connect.
+   */
+  putStream(name: string, body: unknown): Promise<ManageResult> {
+    return this.manage(async () => {
+      if (this.stopping) return { status: 503, body: { error: 'the node is shutting down' } };
+      const bad = checkStreamName(name);
+      if (bad) return { status: 400, body: { error: bad } };
+      let spec: StreamSpec;
+      try {
+        spec = parseStreamSpec(body, 'http', 'the request body');
+      } catch (e) {
+        if (e instanceof SpecError) return { status: 400, body: { error: e.message } };
+        throw e;
+      }
+      const exists = this.streams.has(name);
+      const was = this.specs.get(name) ?? null;
+      if (!exists && !was && spec.upstream === null) {
+        return { status: 400, body: { error: `stream "${name}" does not exist: a new stream needs "upstream" (or import its WAL with walkeeper import)` } };
+      }
+      if (was && sameSpec(was, spec)) return { status: 200, body: { stream: name, changed: false, ...specJson(spec) } };
+      if (spec.upstream !== null) {
+        const conflict = await this.probeSystem(name, spec);
+        if (conflict !== null) return { status: 409, body: { error: conflict } };
+      }
+      const next = new Map(this.httpSpecs).set(name, spec);
+      await writeSpecsFile(this.opts.dataDir, next);
+      this.httpSpecs = next;
+      this.specs.set(name, spec);
+      await this.stopIngest(name);
+      this.releaseSystem(name);
+      if (spec.upstream !== null) this.startIngest(name, spec);
+      const log = this.log.child({ stream: name });
+      log.info({ upstream: spec.upstream === null ? null : redactConnInfo(spec.upstream) }, was || exists ? 'stream changed over HTTP' : 'stream created over HTTP');
+      return { status: was || exists ? 200 : 201, body: { stream: name, changed: true, ...specJson({ ...spec, upstream: spec.upstream === null ? null : redactConnInfo(spec.upstream) }) } };
+    });
+  }
+
+  private releaseSystem(name: string): void {
+    for (const [id, holder] of this.systems) if (holder === name) this.systems.delete(id);
+  }
+
+  /** Asks the upstream who it is (IDENTIFY_SYSTEM, 5 s at most): why `name` may not follow it, or null (also when it does not answer). */
+  private async probeSystem(name: string, spec: StreamSpec): Promise<string | null> {
+    let client: Awaited<ReturnType<typeof connectUpstream>>['client'] | null = null;
+    const timeout = new Promise<null>((r) => setTimeout(() => r(null), 5000).unref());
+    try {
+      const answer = await Promise.race([
+        (async () => {
+          client = (await connectUpstream(spec.upstream!, this.appName(spec))).client;
+          return (await client.identifySystem()).systemId;
+        })(),
+        timeout,
+      ]);
+      if (answer === null) return null;
+      const own = this.streams.get(name)?.stream;
+      if (own && own.systemId !== answer) return `stream ${name} holds WAL of database system ${own.systemId}; ${redactConnInfo(spec.upstream!)} is system ${answer}`;
+      for (const sv of this.streams.values()) {
+        if (sv.name !== name && sv.stream.systemId === answer) return `stream ${sv.name} on this node already holds WAL of database system ${answer}; stream ${name} cannot follow the same system`;
+      }
+      const holder = this.systems.get(answer.toString());
+      if (holder !== undefined && holder !== name && this.specs.has(holder)) return `stream ${holder} on this node already follows database system ${answer}; stream ${name} cannot follow the same system`;
+      return null;
+    } catch (err) {
+      this.log.info({ stream: name, err: (err as Error).message }, 'the new upstream did not answer; following it anyway');
+      return null;
+    } finally {
+      void (client as { close(): Promise<void> } | null)?.close().catch(() => undefined);
+    }
+  }
+
+  /**
+   * `DELETE /v1/streams/<name>[?purge=true]`: stops the stream's services,
+   * refuses new clients, ends current ones with SQLSTATE 00000 ("ending
+   * streaming to …"), and once that completed, drops its slot on the
+   * upstream and moves its directory aside (`streams.deleted/`), or with
+   * `purge` removes it. A slot that cannot be dropped (upstream away) is
+   * named in the answer and the log.
+   */
+  deleteStream(name: string, purge: boolean): Promise<ManageResult> {
+    return this.manage(async () => {
+      if (this.stopping) return { status: 503, body: { error: 'the node is shutting down' } };
+      const sv = this.streams.get(name);
+      const spec = this.specs.get(name) ?? null;
+      if (!sv && !spec) return { status: 404, body: { error: `stream "${name}" does not exist` } };
+      const log = this.log.child({ stream: name });
+      if (this.httpSpecs.has(name)) {
+        const next = new Map(this.httpSpecs);
+        next.delete(name);
+        await writeSpecsFile(this.opts.dataDir, next);
+        this.httpSpecs = next;
+      }
+      this.specs.delete(name);
+      this.releaseSystem(name);
+      await this.stopIngest(name);
+      const body: Record<string, unknown> = { stream: name, deleted: true, purged: purge };
+      if (sv) {
+        // No new clients from here on ("does not exist"), nothing new written or uploaded.
+        this.streams.delete(name);
+        await this.retaining;
+        await sv.stopWriters();
+        const s = sv.stream;
+        s.suspend(`stream ${name} was deleted`);
+        s.emit('deleted');
+        const theirs = [...this.conns.values()].filter((e) => e.stream === s);
+        const deadline = new Promise((r) => setTimeout(r, 10_000).unref());
+        await Promise.race([Promise.allSettled(theirs.map((e) => e.done)), deadline]);
+        for (const e of theirs) e.conn.close();
+        await Promise.allSettled(theirs.map((e) => e.done));
+        await sv.close();
+        if (purge) {
+          await rm(s.dir, { recursive: true, force: true });
+          log.info({ dir: s.dir }, 'stream deleted, its WAL removed');
+        } else {
+          const aside = path.join(this.opts.dataDir, 'streams.deleted', `${name}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
+          await mkdir(path.dirname(aside), { recursive: true });
+          await rename(s.dir, aside);
+          body.kept_at = aside;
+          log.info({ kept_at: aside }, 'stream deleted, its WAL kept aside (DELETE …?purge=true removes it)');
+        }
+      }
+      if (spec?.upstream) {
+        const slot = this.slotName(spec);
+        try {
+          await this.dropSlot(spec, slot);
+          body.slot_dropped = slot;
+          log.info({ slot }, 'dropped the replication slot on the upstream');
+        } catch (err) {
+          body.slot_remains = { upstream: redactConnInfo(spec.upstream), slot, error: (err as Error).message };
+          log.warn({ slot, upstream: redactConnInfo(spec.upstream), err: (err as Error).message }, `the replication slot ${slot} remains on the upstream and holds its WAL back: drop it there with SELECT pg_drop_replication_slot('${slot}')`);
+        }
+      }
+      if (this.declaredSpecs.has(name)) body.note = `the settings declare stream ${name}: it comes back at the next start unless it is removed there`;
+      return { status: 200, body };
+    });
+  }
+
+  private async dropSlot(spec: StreamSpec, slot: string): Promise<void> {
+    const { client } = await connectUpstream(spec.upstream!, this.appName(spec));
+    try {
+      // WAIT: our walsender on the upstream may still be exiting after the ingest stopped.
+      const drop = client.query(`DROP_REPLICATION_SLOT "${slot}" WAIT`);
+      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the slot stayed active for 10 s')), 10_000).unref());
+      await Promise.race([drop, timeout]);
+    } catch (err) {
+      // Already gone is what we wanted.
+      if (!(err instanceof PgError && err.code === '42704')) throw err;
+    } finally {
+      await client.close().catch(() => undefined);
+    }
   }
 
   /**
@@ -341,12 +601,13 @@ export class WalkeeperNode {
       accept: (startup) => this.accept(entry, startup),
       cancel: (pid, key) => this.cancel(pid, key),
     });
-    const entry: Conn = { conn, stream: null, session: null };
+    const entry: Conn = { conn, stream: null, session: null, done: Promise.resolve() };
     this.conns.set(conn.pid, entry);
     const task = this.serve(entry).finally(() => {
       this.conns.delete(conn.pid);
       this.sessions.delete(task);
     });
+    entry.done = task;
     this.sessions.add(task);
   }
 
@@ -438,7 +699,8 @@ export class WalkeeperNode {
       if (this.retentionTimer) clearInterval(this.retentionTimer);
       if (this.historyTimer) clearInterval(this.historyTimer);
       await this.retaining;
-      await this.bootstrapIngest?.stop();
+      await this.managing;
+      await Promise.all([...this.pendingIngests.values()].map((i) => i.stop()));
       await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
       await this.broker?.close();
       this.remote?.close();
@@ -455,6 +717,32 @@ export class WalkeeperNode {
     })();
     return this.stopping;
   }
+}
+
+/** The streams the node's options declare: `streams`, and the `upstream`/`stream` shorthand. */
+function declaredSpecs(o: NodeOptions): Map<string, StreamSpec> {
+  const out = new Map<string, StreamSpec>();
+  for (const [name, v] of Object.entries(o.streams ?? {})) {
+    const bad = checkStreamName(name);
+    if (bad) throw new Error(bad);
+    out.set(name, parseStreamSpec({ upstream: v.upstream ?? null, application_name: v.applicationName ?? null, slot_name: v.slotName ?? null }, 'http', `stream ${name}`));
+  }
+  if (o.upstream !== undefined) {
+    const name = o.stream ?? DEFAULT_STREAM;
+    if (out.has(name)) throw new Error(`--upstream follows a primary into stream ${name}, which "streams" declares too: use one or the other`);
+    out.set(name, parseStreamSpec({ upstream: o.upstream, application_name: o.applicationName ?? null, slot_name: o.slotName ?? null }, 'http', '--upstream'));
+  }
+  return out;
+}
+
+/** The bearer token for mutating HTTP calls: the file's content, trimmed. */
+async function readTokenFile(file: string): Promise<Buffer> {
+  const text = await readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    throw new Error(`cannot read --http-token-file ${file}: ${e.code ?? e.message}`);
+  });
+  const token = text.trim();
+  if (token.length < 16 || /\s/.test(token)) throw new Error(`--http-token-file ${file} must hold one token of at least 16 characters without spaces`);
+  return Buffer.from(token, 'utf8');
 }
 
 /** Starts a node: opens its streams and listens. */
