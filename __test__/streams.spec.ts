@@ -289,11 +289,10 @@ test('two primaries on the same three nodes: each commit waits for its own quoru
     await pg.query('CREATE TABLE IF NOT EXISTS tracked (id bigserial primary key, v text)');
     return lsnOf((await pg.query<{ l: string }>('SELECT pg_current_wal_insert_lsn()::text AS l'))[0]!.l);
   }));
-  const benches = [pgA!, pgB!].map((pg) => spawn(pgToolPath('pgbench'), ['-c', '2', '-T', '600', '-n', '-f', '/dev/stdin', '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { stdio: ['pipe', 'ignore', 'ignore'] }));
-  for (const b of benches) {
-    b.stdin!.end("INSERT INTO tracked (v) VALUES (repeat('y', 500));\n");
-    t.teardown(() => b.kill('SIGKILL'));
-  }
+  const script = path.join(tmp.path, 'load.sql');
+  await writeFile(script, "INSERT INTO tracked (v) VALUES (repeat('y', 500));\n");
+  const benches = [pgA!, pgB!].map((pg) => spawn(pgToolPath('pgbench'), ['-c', '2', '-T', '600', '-n', '-f', script, '-h', pg.host, '-p', String(pg.port), '-U', 'postgres', 'postgres'], { stdio: 'ignore' }));
+  for (const b of benches) t.teardown(() => b.kill('SIGKILL'));
   const trackers = [tracker(t, pgA!), tracker(t, pgB!)];
   const checkpoints: { acked: bigint[][]; flushes: bigint[][] }[] = [];
   for (let i = 0; i < 2; i++) {

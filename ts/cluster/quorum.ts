@@ -43,8 +43,9 @@ export function quorumCommitLsn(own: Lsn, others: readonly Lsn[], members: numbe
 export const PROMPT_GRACE_MS = 5000;
 
 /**
- * Whether this node wants its peers' flushes the moment they happen
- * (`?watch=flush`) or a status every 250 ms does (`?watch=heartbeat`).
+ * Whether this node wants its peers' flushes the moment they happen (the
+ * stream named in the peer watch's `flush`) or a status when something
+ * changed, within 250 ms, does ('heartbeat').
  * Only a client served up to commit_lsn waits on the quorum; without one,
  * commit_lsn a heartbeat old is as good, and each peer is spared a write per
  * flush and this node a wake-up per peer flush — on a machine where the
@@ -129,6 +130,15 @@ export class Quorum {
 
   list(): MemberView[] {
     return [...this.members.values()];
+  }
+
+  /**
+   * The member `key`'s last status is still current (the broker heard from
+   * it, with nothing new to say about this stream): it counts as heard now.
+   */
+  heard(key: string): void {
+    const m = this.members.get(key);
+    if (m && m.heardAt !== null && m.error === null) m.heardAt = this.now();
   }
 
   /**

@@ -10,6 +10,7 @@ import { formatLsn, parseWalFileName, segnoOf, type Lsn } from '../lsn.js';
 import type { Quorum } from '../cluster/quorum.js';
 import type { StreamHistory } from './history.js';
 import { STATUS_PAGE } from './status_page.js';
+import { parseFlushParam, servePeerWatch } from './peer_watch.js';
 import type { Replica } from '../stream/replica.js';
 import type { Ingest } from '../ingest/ingest.js';
 import type { Stream } from '../stream/stream.js';
@@ -335,6 +336,11 @@ export function createHttpServer(node: HttpNodeView): http.Server {
       if (parts[0] === 'v1' && parts[1] === 'streams') {
         if (parts.length === 2) {
           if (method !== 'GET') return send(res, 405, { error: `${method} not allowed` });
+          const watch = url.searchParams.get('watch');
+          if (watch === 'peers') {
+            return servePeerWatch(res, { streams: () => [...node.streams.values()].map((sv) => sv.stream), status: (s) => memberStatusJson(node, s) }, parseFlushParam(url.searchParams.get('flush')));
+          }
+          if (watch !== null) return send(res, 400, { error: `watch must be peers here, not ${JSON.stringify(watch)}` });
           return send(res, 200, [...[...node.streams.values()].map((sv) => streamJson(node, sv)), ...node.pendingStreams().map((p) => pendingStreamJson(node, p.name, p.ingest))]);
         }
         // Changes need the bearer token (or, without one configured, a loopback caller); reads stay open.
@@ -354,7 +360,8 @@ export function createHttpServer(node: HttpNodeView): http.Server {
           return;
         }
         const pending = node.pendingStreams().find((p) => p.name === parts[2]);
-        if (pending && parts.length === 3 && method === 'GET' && url.searchParams.get('watch') === null) return send(res, 200, pendingStreamJson(node, pending.name, pending.ingest));
+        // (404 still: a stream that waits for its upstream has no status a peer or receiver could use)
+        if (pending && parts.length === 3 && method === 'GET') return send(res, 404, { error: `stream "${pending.name}" does not exist yet: it is created when its upstream first answers`, pending: pendingStreamJson(node, pending.name, pending.ingest) });
         const sv = node.streams.get(parts[2]!);
         if (!sv) return send(res, 404, { error: `stream "${parts[2]}" does not exist` });
         const s = sv.stream;

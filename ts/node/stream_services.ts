@@ -111,7 +111,7 @@ export class StreamServices {
     const host = this.host;
     this.detachBroker = host.broker.attach(
       { name: s.name, get flushLsn() { return s.flushLsn; }, get follow() { return s.followPeers ?? 'flush'; }, status: () => host.memberStatus(s) },
-      { members: (keys) => this.quorum.setMembers(keys), status: (st) => this.quorum.onStatus(st) },
+      { members: (keys) => this.quorum.setMembers(keys), status: (st) => this.quorum.onStatus(st), heard: (key) => this.quorum.heard(key) },
     );
   }
 

@@ -2,12 +2,12 @@
  * How the nodes of a stream learn each other's status (flush_lsn above all,
  * which commit_lsn is computed from). Two kinds behind one interface:
  *
- *   embedded (default, `--peers <http-url,…>`): each node follows its
- *     peers' HTTP `GET /v1/streams/<name>?watch=flush`, a held-open stream
- *     of status lines (one per flush, a heartbeat every 250 ms), so a flush
- *     reaches the other members in one one-way trip, not a polling period —
- *     while a client waits on commit_lsn there; otherwise `?watch=heartbeat`
- *     (a line every 250 ms) is enough.
+ *   embedded (default, `--peers <http-url,…>`): each node follows each
+ *     peer's HTTP `GET /v1/streams?watch=peers`, one held-open stream of
+ *     status lines for all streams (http/peer_watch.ts): a line per flush
+ *     for the streams where a client waits on commit_lsn, so a flush reaches
+ *     the other members in one one-way trip, not a polling period; a line
+ *     when something changed for the others; nothing for an idle stream.
  *   etcd (`--broker <endpoints>`): each node puts its status under
  *     `walkeeper/<stream>/nodes/<node-id>` with a 10 s lease and watches the
  *     prefix; membership is `walkeeper/<stream>/members/<node-id>`, written
@@ -31,6 +31,8 @@ export interface BrokerListener {
   members(keys: string[]): void;
   /** A status heard for another member (parsed, not yet checked against the stream). */
   status(s: NodeStatus): void;
+  /** The member `key` is live and its last status for this stream still holds (nothing changed to report). */
+  heard?(key: string): void;
 }
 
 export interface Broker {

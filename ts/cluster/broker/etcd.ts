@@ -6,13 +6,21 @@
  *       stream's membership. A member that dies keeps counting towards the
  *       quorum size, so losing nodes can never shrink the majority needed.
  *   walkeeper/<stream>/nodes/<node-id>    the node's status (the JSON of its
- *       HTTP member fields) under a 10 s lease, put on every change (one put
- *       in flight at a time, so bursts coalesce) and at least every second.
+ *       HTTP member fields) under the node's one lease (10 s TTL, kept
+ *       alive by the client), put when it changed.
  *
- * Nodes and receivers watch the stream's prefix. While etcd is away the last
- * values stay as they were (commit_lsn stops, the node keeps serving); when
- * it returns, the lease is re-granted, the status re-put and the prefix
- * re-read, without a restart.
+ * A node holds many streams, most of them idle: an idle stream costs
+ * nothing beyond the node's one lease keep-alive. Statuses are put only when
+ * something a member reads changed, and the changes of all streams go to
+ * etcd together, in transactions of up to TXN_OPS puts, one in flight at a
+ * time, so a burst on many streams is a few requests. A key existing under
+ * a live lease is what says its node is alive (it vanishes with the lease);
+ * the members' `heard` is refreshed from that, locally.
+ *
+ * Nodes and receivers watch each stream's prefix. While etcd is away the
+ * last values stay as they were (commit_lsn stops, the node keeps serving);
+ * when it returns, the lease is re-granted, every status re-put and the
+ * prefixes re-read, without a restart.
  */
 import { Etcd3, type Lease, type Watcher } from 'etcd3';
 import { noop } from 'cockatiel';
@@ -23,9 +31,11 @@ import type { Logger } from '../../log.js';
 import type { Broker, BrokerListener, BrokerStream } from './broker.js';
 
 export const LEASE_TTL_S = 10;
-export const PUBLISH_INTERVAL_MS = 1000;
 const CALL_TIMEOUT_MS = 2000;
-const RESYNC_MS = 1000;
+/** Retries, re-reads and the members' liveness, once a second. */
+const TICK_MS = 1000;
+/** Puts per transaction at most (etcd's --max-txn-ops defaults to 128). */
+const TXN_OPS = 100;
 
 export const streamPrefix = (stream: string): string => `walkeeper/${stream}/`;
 const memberKey = (stream: string, id: number): string => `${streamPrefix(stream)}members/${id}`;
@@ -54,13 +64,37 @@ function statusFromValue(key: string, value: string): NodeStatus {
   return parseNodeStatus(name, j);
 }
 
+/** One attached stream's side of the broker. */
+interface Attached {
+  stream: BrokerStream;
+  listener: BrokerListener;
+  log: Logger;
+  registered: boolean;
+  /** The status last put (without its time), under the current lease; null: none. */
+  lastPut: string | null;
+  watcher: Watcher | null;
+  /** The other members whose status key exists now (they are alive). */
+  live: Set<string>;
+  failing: string | null;
+  resync(): Promise<void>;
+}
+
 export class EtcdBroker implements Broker {
   readonly kind = 'etcd';
   readonly initialMembers = null;
   private readonly client: Etcd3;
-  private readonly streams = new Map<string, { dirty: boolean; kick: () => void }>();
-  /** Status puts done (all streams): for the broker benchmark and metrics. */
+  private readonly attached = new Map<string, Attached>();
+  /** Streams whose status may have changed since it was last put. */
+  private readonly dirty = new Set<string>();
+  private publishing = false;
+  private lease: Lease | null = null;
+  private leaseId: string | null = null;
+  private failing: string | null = null;
+  private closed = false;
+  private readonly timer: NodeJS.Timeout;
+  /** Status puts done (all streams), and the transactions that carried them: for the benchmarks. */
   puts = 0;
+  txns = 0;
   /** Watches being cancelled: the client is closed only after them (a watch left open reconnects forever). */
   private readonly cancels = new Set<Promise<unknown>>();
 
@@ -70,130 +104,88 @@ export class EtcdBroker implements Broker {
     private readonly log: Logger,
   ) {
     this.client = etcdClient(hosts);
+    this.timer = setInterval(() => this.tick(), TICK_MS);
+    this.timer.unref();
   }
 
   attach(stream: BrokerStream, listener: BrokerListener): () => void {
-    const log = this.log.child({ stream: stream.name, component: 'broker' });
     const prefix = streamPrefix(stream.name);
-    let stopped = false;
-    let lease: Lease | null = null;
-    let registered = false;
-    let watcher: Watcher | null = null;
-    let putting = false;
-    let failing: string | null = null;
-    const state = { dirty: true, kick: () => void publish() };
-    this.streams.set(stream.name, state);
-    const fail = (what: string, e: unknown): void => {
-      const msg = `${what}: ${(e as Error).message ?? String(e)}`;
-      if (failing === null) log.warn({ err: msg }, 'etcd unreachable; commit_lsn stays where the last known member status puts it');
-      failing = msg;
-    };
-    const recovered = (): void => {
-      if (failing !== null) log.info('etcd reachable again');
-      failing = null;
-    };
-
-    const publish = async (): Promise<void> => {
-      if (stopped || putting) return;
-      putting = true;
-      try {
-        while (state.dirty && !stopped) {
-          state.dirty = false;
-          if (!registered) {
-            await this.client.put(memberKey(stream.name, this.nodeId)).value(JSON.stringify({ node_id: this.nodeId }));
-            registered = true;
-          }
-          if (lease === null) {
-            const l = this.client.lease(LEASE_TTL_S, { autoKeepAlive: true });
-            l.on('lost', () => {
-              if (lease === l) lease = null;
-              state.dirty = true;
+    const log = this.log.child({ stream: stream.name, component: 'broker' });
+    const a: Attached = {
+      stream,
+      listener,
+      log,
+      registered: false,
+      lastPut: null,
+      watcher: null,
+      live: new Set(),
+      failing: null,
+      resync: async () => {
+        if (this.attached.get(stream.name) !== a) return;
+        try {
+          const all = await this.client.getAll().prefix(prefix).strings();
+          const members = Object.keys(all)
+            .filter((k) => k.startsWith(`${prefix}members/`))
+            .map((k) => k.slice(`${prefix}members/`.length))
+            .filter((id) => id !== String(this.nodeId));
+          listener.members(members);
+          a.live = new Set(Object.keys(all).filter((k) => k.startsWith(`${prefix}nodes/`)).map((k) => k.slice(`${prefix}nodes/`.length)));
+          for (const [k, v] of Object.entries(all)) apply(k, v);
+          if (a.watcher === null) {
+            const w = await this.client.watch().prefix(prefix).create();
+            if (this.attached.get(stream.name) !== a) {
+              this.cancels.add(w.cancel().catch(() => undefined));
+              return;
+            }
+            a.watcher = w;
+            w.on('put', (kv) => {
+              const k = kv.key.toString();
+              if (k.startsWith(`${prefix}members/`)) void a.resync();
+              else apply(k, kv.value.toString());
             });
-            await l.grant();
-            lease = l;
+            w.on('delete', (kv) => {
+              const k = kv.key.toString();
+              if (k.startsWith(`${prefix}nodes/`)) a.live.delete(k.slice(`${prefix}nodes/`.length));
+            });
+            w.on('error', () => undefined);
+            w.on('disconnected', (e) => this.fail(a, 'watch', e));
+            // After a reconnect the watch resumes from its revision; re-read anyway (membership may have changed).
+            w.on('connected', () => void a.resync());
+            // A member that registered between the read above and the watch's
+            // start is in neither: read once more now that the watch runs.
+            void a.resync();
           }
-          await lease.put(statusKey(stream.name, this.nodeId)).value(JSON.stringify(stream.status()));
-          this.puts++;
-          recovered();
+          this.recovered(a);
+        } catch (e) {
+          this.fail(a, 'read', e);
         }
-      } catch (e) {
-        state.dirty = true;
-        if (lease !== null) {
-          const l = lease;
-          lease = null;
-          l.release();
-        }
-        fail('publish', e);
-      } finally {
-        putting = false;
-      }
+      },
     };
-
     const apply = (key: string, value: string): void => {
       const rest = key.slice(prefix.length);
-      if (rest.startsWith('nodes/')) {
-        const id = rest.slice('nodes/'.length);
-        if (id === String(this.nodeId)) return;
-        try {
-          listener.status({ ...statusFromValue(`node ${id}`, value), nodeId: id });
-        } catch (e) {
-          log.error({ key, err: (e as Error).message }, 'ignoring a malformed status in etcd');
-        }
-      }
-    };
-    const resync = async (): Promise<void> => {
-      if (stopped) return;
+      if (!rest.startsWith('nodes/')) return;
+      const id = rest.slice('nodes/'.length);
+      if (id === String(this.nodeId)) return;
+      a.live.add(id);
       try {
-        const all = await this.client.getAll().prefix(prefix).strings();
-        const members = Object.keys(all)
-          .filter((k) => k.startsWith(`${prefix}members/`))
-          .map((k) => k.slice(`${prefix}members/`.length))
-          .filter((id) => id !== String(this.nodeId));
-        listener.members(members);
-        for (const [k, v] of Object.entries(all)) apply(k, v);
-        if (watcher === null) {
-          const w = await this.client.watch().prefix(prefix).create();
-          if (stopped) {
-            this.cancels.add(w.cancel().catch(() => undefined));
-            return;
-          }
-          watcher = w;
-          w.on('put', (kv) => {
-            const k = kv.key.toString();
-            if (k.startsWith(`${prefix}members/`)) void resync();
-            else apply(k, kv.value.toString());
-          });
-          w.on('error', () => undefined);
-          w.on('disconnected', (e) => fail('watch', e));
-          // After a reconnect the watch resumes from its revision; re-read anyway (membership may have changed).
-          w.on('connected', () => void resync());
-          // A member that registered between the read above and the watch's
-          // start is in neither: read once more now that the watch runs.
-          void resync();
-        }
-        recovered();
+        listener.status({ ...statusFromValue(`node ${id}`, value), nodeId: id });
       } catch (e) {
-        fail('read', e);
+        log.error({ key, err: (e as Error).message }, 'ignoring a malformed status in etcd');
       }
     };
-
-    void publish();
-    void resync();
-    const timer = setInterval(() => {
-      state.dirty = true;
-      void publish();
-      // Until the first read and the watch succeed, keep trying.
-      if (watcher === null || failing !== null) void resync();
-    }, Math.min(PUBLISH_INTERVAL_MS, RESYNC_MS));
+    this.attached.set(stream.name, a);
+    this.dirty.add(stream.name);
+    void this.publish();
+    void a.resync();
     return () => {
-      stopped = true;
-      clearInterval(timer);
-      this.streams.delete(stream.name);
-      const w = watcher;
-      watcher = null;
+      if (this.attached.get(stream.name) !== a) return;
+      this.attached.delete(stream.name);
+      this.dirty.delete(stream.name);
+      const w = a.watcher;
+      a.watcher = null;
       if (w) this.cancels.add(w.cancel().catch(() => undefined));
-      // Revoke: the status disappears at once rather than after the TTL.
-      if (lease) this.cancels.add(lease.revoke().catch(() => undefined));
+      // The status goes at once rather than with the node's lease.
+      if (a.lastPut !== null) this.cancels.add(this.client.delete().key(statusKey(stream.name, this.nodeId)).catch(() => undefined));
     };
   }
 
@@ -201,13 +193,127 @@ export class EtcdBroker implements Broker {
   demandChanged(): void {}
 
   changed(stream: string): void {
-    const s = this.streams.get(stream);
-    if (!s) return;
-    s.dirty = true;
-    s.kick();
+    if (!this.attached.has(stream)) return;
+    this.dirty.add(stream);
+    // (a burst of changes on many streams in one tick of the event loop goes out together)
+    if (!this.publishing) setImmediate(() => void this.publish());
+  }
+
+  private fail(a: Attached | null, what: string, e: unknown): void {
+    const msg = `${what}: ${(e as Error).message ?? String(e)}`;
+    const was = a ? a.failing : this.failing;
+    if (was === null) (a?.log ?? this.log).warn({ err: msg }, 'etcd unreachable; commit_lsn stays where the last known member status puts it');
+    if (a) a.failing = msg;
+    else this.failing = msg;
+  }
+
+  private recovered(a: Attached | null): void {
+    const was = a ? a.failing : this.failing;
+    if (was !== null) (a?.log ?? this.log).info('etcd reachable again');
+    if (a) a.failing = null;
+    else this.failing = null;
+  }
+
+  /** The node's lease, granted when there is none (all status keys live under it). */
+  private async ensureLease(): Promise<string> {
+    if (this.lease !== null && this.leaseId !== null) return this.leaseId;
+    const l = this.client.lease(LEASE_TTL_S, { autoKeepAlive: true });
+    l.on('lost', () => {
+      if (this.lease !== l) return;
+      // Every status key went with it: put them all again.
+      this.lease = null;
+      this.leaseId = null;
+      for (const [name, a] of this.attached) {
+        a.lastPut = null;
+        this.dirty.add(name);
+      }
+    });
+    const id = await l.grant();
+    this.lease = l;
+    this.leaseId = id;
+    return id;
+  }
+
+  /** Puts what changed, all streams together, one transaction in flight at a time. */
+  private async publish(): Promise<void> {
+    if (this.publishing || this.closed) return;
+    this.publishing = true;
+    try {
+      while (this.dirty.size > 0 && !this.closed) {
+        const leaseId = await this.ensureLease();
+        const names: string[] = [];
+        const ops: { request_put: { key: Buffer; value: Buffer; lease?: string } }[] = [];
+        const done: { a: Attached; value: string }[] = [];
+        for (const name of this.dirty) {
+          // (a stream not yet registered takes two puts)
+          if (ops.length + 2 > TXN_OPS) break;
+          names.push(name);
+          this.dirty.delete(name);
+          const a = this.attached.get(name);
+          if (!a) continue;
+          if (!a.registered) ops.push({ request_put: { key: Buffer.from(memberKey(name, this.nodeId)), value: Buffer.from(JSON.stringify({ node_id: this.nodeId })) } });
+          const st = a.stream.status();
+          const { updated_at: _at, ...rest } = st;
+          const value = JSON.stringify(rest);
+          if (value === a.lastPut && a.registered) continue;
+          ops.push({ request_put: { key: Buffer.from(statusKey(name, this.nodeId)), value: Buffer.from(JSON.stringify(st)), lease: leaseId } });
+          done.push({ a, value });
+        }
+        if (ops.length === 0) continue;
+        try {
+          await this.client.kv.txn({ success: ops });
+        } catch (e) {
+          for (const n of names) if (this.attached.has(n)) this.dirty.add(n);
+          throw e;
+        }
+        this.txns++;
+        for (const d of done) {
+          d.a.registered = true;
+          d.a.lastPut = d.value;
+          this.puts++;
+        }
+        this.recovered(null);
+      }
+    } catch (e) {
+      if (this.lease !== null) {
+        const l = this.lease;
+        this.lease = null;
+        this.leaseId = null;
+        l.release();
+        for (const [name, a] of this.attached) {
+          a.lastPut = null;
+          this.dirty.add(name);
+        }
+      }
+      this.fail(null, 'publish', e);
+    } finally {
+      this.publishing = false;
+    }
+  }
+
+  /**
+   * Once a second: retry what failed (a publish, a stream's first read or
+   * watch), and tell each stream's quorum that the members whose status
+   * key exists are alive (an idle member puts nothing).
+   */
+  private tick(): void {
+    if (this.closed) return;
+    if (this.dirty.size > 0 || this.failing !== null) void this.publish();
+    for (const a of this.attached.values()) {
+      if (a.watcher === null || a.failing !== null) void a.resync();
+      else for (const id of a.live) a.listener.heard?.(id);
+    }
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const [name, a] of this.attached) {
+      if (a.watcher) this.cancels.add(a.watcher.cancel().catch(() => undefined));
+      this.attached.delete(name);
+    }
+    // Revoke: the statuses disappear at once rather than after the TTL.
+    if (this.lease) this.cancels.add(this.lease.revoke().catch(() => undefined));
     await Promise.race([Promise.all([...this.cancels]), new Promise((r) => setTimeout(r, 3000).unref())]);
     this.client.close();
   }
@@ -230,13 +336,11 @@ export class EtcdCandidateSource implements CandidateSource {
     const client = etcdClient(this.hosts);
     this.client = client;
     const prefix = `${streamPrefix(this.stream)}nodes/`;
-    // A status is handed on when it changed (nodes re-put theirs every
-    // second with a new updated_at): a dead node's key, which lingers until
-    // its lease expires, then goes silent and the policy forgets it.
-    const last = new Map<string, string>();
+    // Every status read is handed on, changed or not: a node puts its status
+    // only when it changes, so the key's existence (under the node's lease)
+    // is what says the node is alive; a dead node's key goes with its lease
+    // and the policy then forgets it.
     const apply = (key: string, value: string): void => {
-      if (last.get(key) === value) return;
-      last.set(key, value);
       try {
         onStatus(statusFromValue(`node ${key.slice(prefix.length)}`, value));
       } catch (e) {

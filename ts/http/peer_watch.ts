@@ -1,0 +1,117 @@
+/**
+ * `GET /v1/streams?watch=peers[&flush=a,b|*]`: the one held-open response
+ * through which a peer (the embedded broker) follows this node's status for
+ * every stream, one JSON line per status, each naming its stream.
+ *
+ * A node holds many streams, most of them idle. One request per stream and
+ * peer, each with a line every 250 ms, costs a thousand idle streams four
+ * thousand lines a second per peer; here an idle stream costs nothing:
+ *
+ *  - every stream's status once when the watch opens, and a stream created
+ *    later as soon as it appears;
+ *  - streams the peer names in `flush` (a client waits on commit_lsn
+ *    there): a line the moment their flush_lsn moves, written from inside
+ *    the flush notification and uncorked, so that the peers hear of a flush
+ *    before the upstream hears our 'r' (see the per-stream watch in api.ts);
+ *  - any other stream: a line at the next tick (250 ms) when something a
+ *    member reads changed, and at once when flush_lsn enters a new segment
+ *    (the offloader uploads a segment once commit_lsn passes its end);
+ *  - `{"alive": <ms>}` every tick when nothing else was written: the peer
+ *    knows the connection, and so every stream's last status, is current.
+ */
+import type http from 'node:http';
+
+import type { Stream } from '../stream/stream.js';
+
+export const PEER_TICK_MS = 250;
+
+export interface PeerWatchSource {
+  /** The streams this node holds now. */
+  streams(): Iterable<Stream>;
+  /** A stream's member status as published (memberStatusJson). */
+  status(s: Stream): Record<string, unknown>;
+}
+
+/** What a member reads of a stream, cheaply: a line goes out when this changes. */
+function fingerprint(s: Stream): string {
+  const a = s.replicas.aggregates();
+  return `${s.state}|${s.tli}|${s.flushLsn}|${s.commitLsn}|${s.oldestLsn}|${s.backupLsn}|${a.maxRemoteConsistentLsn}`;
+}
+
+/** `flush`: the streams whose every flush the peer wants ('*': all). */
+export function servePeerWatch(res: http.ServerResponse, src: PeerWatchSource, flush: ReadonlySet<string> | '*'): void {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  const sent = new Map<Stream, string>();
+  const unlisten = new Map<Stream, () => void>();
+  let backlogged = false;
+  let wroteSinceTick = false;
+  const write = (obj: unknown): void => {
+    if (res.destroyed) return;
+    wroteSinceTick = true;
+    if (!res.write(`${JSON.stringify(obj)}\n`) && !backlogged) {
+      backlogged = true;
+      // A slow peer gets the latest of each stream once it drains, not every line in between.
+      res.once('drain', () => {
+        backlogged = false;
+        tick();
+      });
+    }
+  };
+  const push = (s: Stream): void => {
+    sent.set(s, fingerprint(s));
+    if (backlogged) return;
+    write(src.status(s));
+    res.socket?.uncork();
+  };
+  const follow = (s: Stream): void => {
+    const seg = BigInt(s.segmentSize);
+    let pushedSeg = s.flushLsn / seg;
+    const prompt = flush === '*' || flush.has(s.name);
+    const off = s.flushWatch.listen((lsn) => {
+      if (prompt) return push(s);
+      if (lsn / seg === pushedSeg) return;
+      pushedSeg = lsn / seg;
+      push(s);
+    });
+    // (the status page and the tests show who follows each stream, and how)
+    const how = prompt ? 'flush' : 'heartbeat';
+    s.followedBy[how]++;
+    unlisten.set(s, () => {
+      off();
+      s.followedBy[how]--;
+    });
+    push(s);
+  };
+  const tick = (): void => {
+    if (res.destroyed || backlogged) return;
+    const now = new Set<Stream>();
+    for (const s of src.streams()) {
+      now.add(s);
+      if (!unlisten.has(s)) follow(s);
+      else if (sent.get(s) !== fingerprint(s)) push(s);
+    }
+    for (const [s, off] of unlisten) {
+      if (now.has(s)) continue;
+      off();
+      unlisten.delete(s);
+      sent.delete(s);
+    }
+    if (!wroteSinceTick) write({ alive: Date.now() });
+    wroteSinceTick = false;
+    res.socket?.uncork();
+  };
+  for (const s of src.streams()) follow(s);
+  const timer = setInterval(tick, PEER_TICK_MS);
+  res.on('close', () => {
+    clearInterval(timer);
+    for (const off of unlisten.values()) off();
+    unlisten.clear();
+  });
+}
+
+/** The `flush` parameter: a comma-separated list of stream names, or '*'. */
+export function parseFlushParam(v: string | null): ReadonlySet<string> | '*' {
+  if (v === null || v === '') return new Set();
+  if (v === '*') return '*';
+  return new Set(v.split(','));
+}
