@@ -75,7 +75,7 @@ test('streams over HTTP: the token, bad input, a restart, and deletion (clients 
   const node = new NodeProcess({ dataDir, extraArgs: ['--http-token-file', tokenFile] });
   await node.start();
   t.teardown(() => node.kill());
-  t.regex(node.output, /no streams yet: follow a primary .*walkeeper import .*PUT http:\/\/127\.0\.0\.1:\d+\/v1\/streams\/<name>/, 'a node with no stream says how to add one');
+  t.regex(node.output, /No streams yet: follow a primary .*walkeeper import .*PUT http:\/\/127\.0\.0\.1:\d+\/v1\/streams\/<name>/, 'a node with no stream says how to add one');
 
   // Without the token, or with a wrong one: 401, nothing changes.
   for (const token of [null, 'wrong-token-0123456789']) {

@@ -35,6 +35,7 @@ const BENCHES: [string, string[]][] = [
   ['ingest', quick ? ['--time', '8', '--rounds', '1'] : []],
   ['receiver', quick ? ['--mib', '1024', '--rounds', '3', '--kills', '5'] : []],
   ['cluster', quick ? ['--commits', '1000', '--seconds', '5'] : []],
+  ['streams', quick ? ['--streams', '200', '--idle', '20', '--primaries', '5', '--pgbench-seconds', '10'] : []],
   ['offload', quick ? ['--scale', '20'] : []],
   ['restore', quick ? ['--scale', '20', '--rounds', '1'] : []],
 ];

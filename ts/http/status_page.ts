@@ -22,7 +22,7 @@ export function noStreamsHint(httpUrl: string): string {
 }
 
 /** Rows per page of the stream table. */
-export const PAGE_SIZE = 50;
+const PAGE_SIZE = 50;
 
 // (The script below is inside a template literal: it uses no backslash and
 // no template literal of its own, which would be taken as this one's.)

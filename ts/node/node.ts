@@ -21,6 +21,7 @@ import { connectUpstream, DEFAULT_INGEST, Ingest } from '../ingest/ingest.js';
 import { redactConnInfo } from '../client/conninfo.js';
 import { checkStreamName, parseStreamSpec, readSpecsFile, sameSpec, SpecError, specJson, writeSpecsFile, type StreamSpec } from './stream_specs.js';
 import { createHttpServer } from '../http/api.js';
+import { noStreamsHint } from '../http/status_page.js';
 import { lockDataDir } from '../wal/lockfile.js';
 import { createLogger, type Logger } from '../log.js';
 import { DEFAULT_SENDER_CONFIG, type SenderConfig, type WalSender } from '../sender/send_wal.js';
@@ -153,6 +154,9 @@ function listen(server: net.Server | http.Server, host: string, port: number): P
     });
   });
 }
+
+/** Streams opened at once at start-up (see openStreams). */
+const OPEN_AT_ONCE = 8;
 
 interface Conn {
   conn: ServerConnection;
@@ -311,21 +315,33 @@ export class WalkeeperNode {
     const names = [...new Set([...this.streams.keys(), ...this.pendingIngests.keys()])].sort();
     this.log.info({ pg_address: this.pgAddress, http_address: this.httpAddress, streams: names, auth: this.auth, tls: this.tlsContext !== null, remote_storage: this.remote?.location ?? null }, 'walkeeper node started');
     if (names.length === 0) {
-      this.log.info(
-        `no streams yet: follow a primary (walkeeper node --upstream 'host=… user=…'), import a pg_wal (walkeeper import --data-dir ${o.dataDir} …), or PUT http://${this.httpAddress}/v1/streams/<name> with {"upstream": "<conninfo>"}`,
-      );
+      // (the same line as the status page's and `walkeeper status`'s)
+      this.log.info(noStreamsHint(`http://${this.httpAddress}`));
     }
   }
 
+  /**
+   * Opens every stream in the data directory. Each open reads its control
+   * file and scans its WAL tail on the thread pool; a node with a thousand
+   * streams opens OPEN_AT_ONCE at a time, so that their scans overlap
+   * instead of following one another.
+   */
   private async openStreams(): Promise<void> {
     const dir = path.join(this.opts.dataDir, 'streams');
-    const names = await readdir(dir).catch(() => [] as string[]);
-    for (const name of names.sort()) {
-      if (name.startsWith('.')) continue;
-      const d = path.join(dir, name);
-      if (!(await stat(d)).isDirectory()) continue;
-      const s = await Stream.open(d, this.log);
-      this.addStream(s);
+    const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => !n.startsWith('.')).sort();
+    const opened = new Map<string, Stream>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < names.length) {
+        const d = path.join(dir, names[next++]!);
+        if (!(await stat(d)).isDirectory()) continue;
+        opened.set(d, await Stream.open(d, this.log));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(OPEN_AT_ONCE, names.length) }, worker));
+    for (const name of names) {
+      const s = opened.get(path.join(dir, name));
+      if (s) this.addStream(s);
     }
   }
 
@@ -665,7 +681,7 @@ export class WalkeeperNode {
     if (!stream) {
       throw new PgError(SQLSTATE.INVALID_CATALOG_NAME, `stream "${name}" does not exist`, {
         severity: 'FATAL',
-        hint: this.streams.size ? `This node serves: ${[...this.streams.keys()].join(', ')}. Choose one with options='-c stream=<name>'.` : 'This node has no streams yet.',
+        hint: this.streams.size ? `This node serves: ${[...this.streams.keys()].join(', ')}. Choose one with options='-c stream=<name>'.` : noStreamsHint(`http://${this.httpAddress}`),
       });
     }
     if (stream.state !== 'active') throw new PgError(SQLSTATE.CANNOT_CONNECT_NOW, `stream "${name}" is ${stream.state}`, { severity: 'FATAL' });

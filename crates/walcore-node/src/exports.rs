@@ -428,7 +428,8 @@ fn pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
         answer: None,
     };
     let pump = ReceivePump::new(fd, &pending, store, cfg).map_err(arg_err)?;
-    env.external(Arc::new(PumpHandle::new(pump)), &PUMP_TAG)
+    let wake = pump.waker();
+    env.external(Arc::new(PumpHandle::with_wake(pump, wake)), &PUMP_TAG)
 }
 
 /// `pumpRun(pump, maxMs): Promise<PumpReport>` — works on the thread pool until
@@ -534,22 +535,22 @@ fn ingest_pump_arg(args: &CallArgs) -> JsResult<Arc<walcore::receive_pump::Recei
 fn ingest_pump_send(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let live = ingest_pump_arg(args)?;
     let m = args.buffer(1, "message")?;
-    live.outbox.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(m);
+    live.send(m);
     env.undefined()
 }
 
 /// `ingestPumpStop(pump)`: the pump fsyncs what it appended, acknowledges
-/// it, and ends (its last report has end "stopped") within ~20 ms.
+/// it, and ends (its last report has end "stopped") at once, even while it waits for data.
 #[cfg(unix)]
 fn ingest_pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    ingest_pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ingest_pump_arg(args)?.request_stop();
     env.undefined()
 }
 
-/// `pumpStop(pump)`: a running `pumpRun` returns within ~20 ms.
+/// `pumpStop(pump)`: a running `pumpRun` returns at once, even while it waits for data.
 #[cfg(unix)]
 fn pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    pump_arg(args)?.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pump_arg(args)?.request_stop();
     env.undefined()
 }
 
@@ -652,7 +653,7 @@ fn send_pump_run(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
 /// `sendPumpStop(pump)`: a running `sendPumpRun` returns before its next message.
 #[cfg(unix)]
 fn send_pump_stop(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
-    send_pump_arg(args)?.pump.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    send_pump_arg(args)?.pump.request_stop();
     env.undefined()
 }
 

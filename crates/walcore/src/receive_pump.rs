@@ -47,8 +47,6 @@ const MAX_MESSAGE: usize = 64 << 20;
 const IDLE_FLUSH: Duration = Duration::from_millis(10);
 /// ... and at least this often while it flows.
 const MAX_UNFLUSHED: Duration = Duration::from_secs(1);
-/// How often a run waiting for data looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(20);
 
 pub struct PumpConfig {
     /// The first byte expected (START_REPLICATION's position).
@@ -147,6 +145,9 @@ pub struct ReceivePump {
     unacked_since: Option<i64>,
     /// Whole protocol messages the caller wants sent (with `answer`).
     pub outbox: Arc<Mutex<Vec<u8>>>,
+    /// Woken by whoever sets the stop flag or fills the outbox: the pump
+    /// waits on its socket and this, not on a timer.
+    wake: Arc<crate::sys::Wake>,
 }
 
 impl ReceivePump {
@@ -194,7 +195,14 @@ impl ReceivePump {
             acks: Vec::new(),
             unacked_since: None,
             outbox: Arc::new(Mutex::new(Vec::new())),
+            wake: Arc::new(crate::sys::Wake::new().map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, format!("cannot make the pump's wake-up channel: {e}")))?),
         })
+    }
+
+    /// What wakes this pump's waits: to be woken after the stop flag is set
+    /// or the outbox filled (see [`ReceiveThread::request_stop`]).
+    pub fn waker(&self) -> Arc<crate::sys::Wake> {
+        self.wake.clone()
     }
 
     fn report(&self) -> Report {
@@ -508,7 +516,7 @@ impl ReceivePump {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let now = Instant::now();
-                    let mut wait = deadline.saturating_duration_since(now).min(STOP_CHECK);
+                    let mut wait = deadline.saturating_duration_since(now);
                     if self.unflushed {
                         let idle = now.duration_since(self.last_data);
                         if idle >= IDLE_FLUSH || self.cfg.answer.is_some() {
@@ -519,8 +527,12 @@ impl ReceivePump {
                     if wait.is_zero() {
                         return Ok(true);
                     }
-                    crate::sys::wait_readable(&self.sock, wait)?;
-                    // Readable, or the wait is over: the caller's loop looks at stop and deadline again.
+                    if let Some(a) = self.cfg.answer {
+                        // Our own status update is due then.
+                        wait = wait.min(a.status_interval.saturating_sub(self.last_status.elapsed()).max(Duration::from_millis(1)));
+                    }
+                    crate::sys::wait_readable_or(&self.sock, &self.wake, wait)?;
+                    // Readable, woken (stop, outbox) or the wait is over: the caller's loop looks at everything again.
                     return Ok(true);
                 }
                 Err(e) => return Err(e),
@@ -536,14 +548,28 @@ impl ReceivePump {
 /// calls `notify` after each run that moved something — at most one call
 /// outstanding: the caller's [`ReceiveThread::take`] collects everything since.
 pub struct ReceiveThread {
-    pub stop: AtomicBool,
+    stop: AtomicBool,
     /// Whole protocol messages for the pump to send (see [`ReceivePump::outbox`]).
-    pub outbox: Arc<Mutex<Vec<u8>>>,
+    outbox: Arc<Mutex<Vec<u8>>>,
+    wake: Arc<crate::sys::Wake>,
     state: Mutex<Report>,
     notified: AtomicBool,
 }
 
 impl ReceiveThread {
+    /// Asks the pump to fsync, acknowledge and end; it does at once, even
+    /// while it waits for its socket.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.wake();
+    }
+
+    /// Queues whole protocol messages for the pump to write, now.
+    pub fn send(&self, messages: &[u8]) {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(messages);
+        self.wake.wake();
+    }
+
     /// Progress since the last call (fsync times, counters), the latest
     /// positions, and the end once, with its leftover.
     pub fn take(&self) -> Report {
@@ -568,6 +594,7 @@ impl ReceiveThread {
         Arc::new(ReceiveThread {
             stop: AtomicBool::new(false),
             outbox: pump.outbox.clone(),
+            wake: pump.waker(),
             state: Mutex::new(Report { received: pump.expected, flushed: pump.flushed, ..Default::default() }),
             notified: AtomicBool::new(false),
         })
@@ -578,7 +605,8 @@ impl ReceiveThread {
     pub fn start(self: &Arc<ReceiveThread>, mut pump: ReceivePump, notify: impl Fn() + Send + 'static) -> io::Result<()> {
         let l = self.clone();
         std::thread::Builder::new().name("walkeeper-pump".into()).spawn(move || loop {
-            let mut r = pump.run(Duration::from_secs(1), &l.stop);
+            // (a stop or a message to send wakes the pump: the bound only sets how often an idle one reports)
+            let mut r = pump.run(Duration::from_secs(10), &l.stop);
             if r.end.is_none() && l.stop.load(Ordering::Relaxed) {
                 let mut f = pump.finish();
                 f.messages = r.messages;
@@ -622,12 +650,27 @@ impl ReceiveThread {
 pub struct PumpHandle<P> {
     /// None once closed (its socket duplicate with it).
     pub pump: std::sync::Mutex<Option<P>>,
-    pub stop: AtomicBool,
+    stop: AtomicBool,
+    /// Woken with a stop (a receive pump waits on its socket and this).
+    wake: Option<Arc<crate::sys::Wake>>,
 }
 
 impl<P> PumpHandle<P> {
     pub fn new(p: P) -> PumpHandle<P> {
-        PumpHandle { pump: std::sync::Mutex::new(Some(p)), stop: AtomicBool::new(false) }
+        PumpHandle { pump: std::sync::Mutex::new(Some(p)), stop: AtomicBool::new(false), wake: None }
+    }
+
+    /// For a pump that waits on `wake` as well as its socket.
+    pub fn with_wake(p: P, wake: Arc<crate::sys::Wake>) -> PumpHandle<P> {
+        PumpHandle { pump: std::sync::Mutex::new(Some(p)), stop: AtomicBool::new(false), wake: Some(wake) }
+    }
+
+    /// Makes a running run return (between two messages, or from a wait).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = &self.wake {
+            w.wake();
+        }
     }
 
     /// Runs `f` on the pump with the stop flag; Err names why it cannot:
@@ -647,7 +690,7 @@ impl<P> PumpHandle<P> {
                 true
             }
             Err(_) => {
-                self.stop.store(true, Ordering::Relaxed);
+                self.request_stop();
                 false
             }
         }
@@ -927,10 +970,10 @@ mod tests {
         let end = b.start.0 + at as u64;
         assert_eq!(read_statuses(&mut w, |g| !g.is_empty()), vec![(end, end, end)]);
         // The caller's messages go out through the outbox, in order, whole.
-        live.outbox.lock().unwrap().extend_from_slice(&[b'd', 0, 0, 0, 5, b'h']);
+        live.send(&[b'd', 0, 0, 0, 5, b'h']);
         assert_eq!(read_statuses(&mut w, |g| !g.is_empty()), vec![(u64::MAX, b'd' as u64, b'h' as u64)]);
         // Stopping: the end arrives once, Stopped, with the positions.
-        live.stop.store(true, Ordering::Relaxed);
+        live.request_stop();
         let r = take_until(&live, &rx, |r| r.end.is_some());
         assert!(matches!(r.end, Some(End::Stopped)), "{:?}", r.end);
         assert_eq!(r.flushed, Lsn(end));

@@ -177,19 +177,32 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
 /// Waits until `sock` is readable (or hung up) or `timeout` has passed.
 #[cfg(unix)]
 pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
-    wait_for(sock, timeout, false)
+    poll_two(std::os::fd::AsRawFd::as_raw_fd(sock), false, None, timeout).map(|_| ())
 }
 
 /// Waits until `sock` has room for writing (or failed) or `timeout` has passed.
 #[cfg(unix)]
 pub fn wait_writable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
-    wait_for(sock, timeout, true)
+    poll_two(std::os::fd::AsRawFd::as_raw_fd(sock), true, None, timeout).map(|_| ())
 }
 
+/// Waits until `sock` is readable (or hung up), `wake` was woken, or
+/// `timeout` has passed. True when `wake` was (it is drained).
 #[cfg(unix)]
-fn wait_for(sock: &std::net::TcpStream, timeout: std::time::Duration, write: bool) -> io::Result<()> {
-    use std::ffi::{c_int, c_short};
+pub fn wait_readable_or(sock: &std::net::TcpStream, wake: &Wake, timeout: std::time::Duration) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
+    let woken = poll_two(sock.as_raw_fd(), false, Some(wake.rx.as_raw_fd()), timeout)?;
+    if woken {
+        wake.drain();
+    }
+    Ok(woken)
+}
+
+/// poll(2) on `fd` (for reading, or writing) and, if given, `other` (for
+/// reading). Returns whether `other` is readable.
+#[cfg(unix)]
+fn poll_two(fd: std::ffi::c_int, write: bool, other: Option<std::ffi::c_int>, timeout: std::time::Duration) -> io::Result<bool> {
+    use std::ffi::{c_int, c_short};
     #[repr(C)]
     struct PollFd {
         fd: c_int,
@@ -205,17 +218,56 @@ fn wait_for(sock: &std::net::TcpStream, timeout: std::time::Duration, write: boo
     }
     const POLLIN: c_short = 1;
     const POLLOUT: c_short = 4;
-    let mut p = PollFd { fd: sock.as_raw_fd(), events: if write { POLLOUT } else { POLLIN }, revents: 0 };
+    let mut p = [
+        PollFd { fd, events: if write { POLLOUT } else { POLLIN }, revents: 0 },
+        PollFd { fd: other.unwrap_or(-1), events: POLLIN, revents: 0 },
+    ];
+    let n: NFds = if other.is_some() { 2 } else { 1 };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as c_int;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let rc = unsafe { poll(&mut p, 1, ms) };
+    // SAFETY: `n` valid pollfds for the duration of the call.
+    let rc = unsafe { poll(p.as_mut_ptr(), n, ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok(false);
     }
-    Ok(())
+    Ok(other.is_some() && p[1].revents != 0)
+}
+
+/// Wakes a thread waiting in [`wait_readable_or`] from another thread (a
+/// stop request, a message to send): so that a pump can wait for its socket
+/// for as long as nothing happens, instead of waking every few milliseconds
+/// to look at a flag — which, times a thousand idle streams, was a node's
+/// whole idle CPU.
+#[cfg(unix)]
+pub struct Wake {
+    tx: std::os::unix::net::UnixStream,
+    rx: std::os::unix::net::UnixStream,
+}
+
+#[cfg(unix)]
+impl Wake {
+    pub fn new() -> io::Result<Wake> {
+        let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Wake { tx, rx })
+    }
+
+    /// Makes the waiting thread (or its next wait) return at once.
+    pub fn wake(&self) {
+        use std::io::Write;
+        // (a full buffer means a wake-up is pending already)
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    fn drain(&self) {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        while matches!((&self.rx).read(&mut b), Ok(n) if n > 0) {}
+    }
 }
 
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
