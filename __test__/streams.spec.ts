@@ -5,7 +5,8 @@
 // real primaries on the same three nodes, each stream with its own quorum,
 // and a node SIGKILLed under load on both: nothing either acknowledged is lost.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -16,6 +17,7 @@ import { formatLsn } from '../ts/lsn.js';
 import { findEndOfWal } from '../ts/index.js';
 import {
   createTempDir,
+  freePort,
   lsnOf,
   NodeProcess,
   pgToolPath,
@@ -29,6 +31,7 @@ import {
 
 registerCleanupHooks(test);
 
+const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const SEG = 1024 * 1024;
 const TOKEN = 'test-token-0123456789abcdef';
 let tmp: TempDir;
@@ -170,6 +173,17 @@ test('streams over HTTP: the token, bad input, a restart, and deletion (clients 
   t.like(away.body, { purged: true, slot_remains: { upstream: conninfoOf(pgB), slot: 'wk_billing' } });
   t.regex(node.output, /the replication slot wk_billing remains on the upstream .*pg_drop_replication_slot\('wk_billing'\)/);
   t.deepEqual(await readdir(path.join(dataDir, 'streams')), [], 'purged');
+
+  // An upstream that does not answer yet: the stream is pending (listed, no LSNs), and status shows it.
+  const dead = `host=127.0.0.1 port=${await freePort()} user=postgres connect_timeout=1`;
+  t.is((await call(node, 'PUT', '/v1/streams/later', { body: { upstream: dead } })).status, 201);
+  const listed = ((await (await fetch(`${node.httpUrl}/v1/streams`)).json()) as { name: string; state: string; flush_lsn: string | null }[]).find((s) => s.name === 'later');
+  t.like(listed, { state: 'pending', flush_lsn: null });
+  t.is((await fetch(`${node.httpUrl}/v1/streams/later`)).status, 404, 'no status a peer or receiver could use yet');
+  const cli = spawnSync(process.execPath, [CLI, 'status', '--http', node.httpUrl], { encoding: 'utf8' });
+  t.is(cli.status, 0, cli.stderr);
+  t.regex(cli.stdout, /^later\s+pending\s+-\s+-\s+-/m);
+  t.is((await call(node, 'DELETE', '/v1/streams/later')).status, 200);
   t.deepEqual(JSON.parse(await readFile(path.join(dataDir, 'streams.json'), 'utf8')), { version: 1, streams: {} });
   t.is(await node.stop(), 0);
   await node.start();

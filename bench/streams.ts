@@ -14,7 +14,7 @@
  *      pgbench at once: TPS per primary, against the same primaries each
  *      with one PostgreSQL standby as its synchronous standby.
  *
- *   npm run bench:streams [-- --streams 1000 --idle 60 --primaries 20 --pgbench-seconds 20 --only idle|cluster|primaries]
+ *   npm run bench:streams [-- --streams 1000 --idle 60 --primaries 20 --pgbench-seconds 20 --only idle|cluster|peers|etcd|primaries]
  * The nodes run as their own processes (dist/: `npm run build` first).
  * BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles the one node.
  */
@@ -100,6 +100,7 @@ async function allStreaming(nodes: NodeProcess[], n: number, what: string): Prom
   await until(
     async () => {
       for (const node of nodes) {
+        if (!node.running) throw new Error(`node ${node.opts.nodeId ?? 1} exited while waiting for ${what}:\n${node.output.slice(-3000)}`);
         const l = await statusList(node);
         if (l.length !== n || l.some((s) => s.upstream?.state !== 'streaming')) return false;
       }
@@ -177,7 +178,7 @@ async function idleCluster(tmp: TempDir, ups: FakeUpstream[], mode: 'peers' | 'e
       const cfg = path.join(tmp.path, `${mode}${n.opts.nodeId}.json`);
       const members = mode === 'peers' ? { peers: nodes.filter((m) => m !== n).map((m) => m.httpUrl) } : { broker: etcd!.endpoint };
       await writeFile(cfg, JSON.stringify({ streams: streamsConfig(ups), ...members }));
-      n.opts.extraArgs = ['--config', cfg, '--log-level', 'warn'];
+      n.opts.extraArgs = ['--config', cfg, '--log-level', process.env.BENCH_NODE_LOG_LEVEL ?? 'warn'];
     }
     await Promise.all(nodes.map((n) => n.start()));
     await allStreaming(nodes, ups.length, `${mode}: three nodes to follow ${ups.length} upstreams`);
@@ -227,9 +228,18 @@ async function idleCluster(tmp: TempDir, ups: FakeUpstream[], mode: 'peers' | 'e
       `three nodes × ${ups.length} idle streams on ${mode === 'peers' ? '--peers' : 'one etcd'} (${window} s): ${(count / window).toFixed(1)} ${what} in all → ${perStream.toFixed(4)} per stream${mode === 'peers' ? ' (from node 1 to one peer)' : ' and node (target ≤ 0.1)'}; streams with commit_lsn ≠ flush_lsn: ${behind} of ${ups.length * 3}; node CPU per stream ${cpuPct.map((c) => `${c.toFixed(4)}%`).join(', ')} of a core`,
     ];
   } finally {
-    await Promise.all(nodes.map((n) => n.stop()));
+    await Promise.all(nodes.map((n) => stopOrReport(n)));
     await etcd?.stop();
   }
+}
+
+/** SIGTERM; a node that has not stopped after 60 s is a bug: its log tail is printed, and it is killed. */
+async function stopOrReport(n: NodeProcess): Promise<void> {
+  const stopped = await Promise.race([n.stop().then(() => true), sleep(60_000).then(() => false)]);
+  if (stopped) return;
+  log(`node ${n.opts.nodeId ?? 1} did not stop within 60 s; its log ends:\n${n.output.slice(-4000)}`);
+  await n.kill();
+  throw new Error(`node ${n.opts.nodeId ?? 1} did not stop within 60 s`);
 }
 
 /** pgbench on every primary at once; TPS of each (excluding connection time). */
@@ -316,20 +326,20 @@ async function primaries(tmp: TempDir): Promise<string[]> {
 
 async function main(): Promise<void> {
   const tmp = await createTempDir('walkeeper-bench-streams-');
-  const lines: string[] = [];
+  // Each part's lines go out as soon as it is done (a long run shows its figures as it goes).
+  const lines = { push: (...l: string[]) => process.stdout.write(`${l.join('\n')}\n`) };
   try {
-    if (values.only === undefined || values.only === 'idle' || values.only === 'cluster') {
+    if (values.only === undefined || ['idle', 'cluster', 'peers', 'etcd'].includes(values.only)) {
       const fx = await makeWalFixture({ minBytes: FIXTURE_SEG });
       // A little WAL each (the first 64 KiB of the fixture), then idle.
       const wal = (await fx.bytes()).subarray(0, 64 * 1024);
       const ups = await fakeUpstreams(N, wal, fx.firstLsn, fx.systemId);
       log(`${N} fake upstreams listening`);
       try {
-        if (values.only !== 'cluster') lines.push(...(await idleOneNode(tmp, ups)));
-        if (values.only !== 'idle') {
-          lines.push(...(await idleCluster(tmp, ups, 'peers')));
-          lines.push(...(await idleCluster(tmp, ups, 'etcd')));
-        }
+        const part = (p: string) => values.only === undefined || values.only === p || (values.only === 'cluster' && (p === 'peers' || p === 'etcd'));
+        if (part('idle')) lines.push(...(await idleOneNode(tmp, ups)));
+        if (part('peers')) lines.push(...(await idleCluster(tmp, ups, 'peers')));
+        if (part('etcd')) lines.push(...(await idleCluster(tmp, ups, 'etcd')));
       } finally {
         await Promise.all(ups.map((u) => u.close()));
         await fx.destroy();
@@ -337,7 +347,6 @@ async function main(): Promise<void> {
     }
     if (values.only === undefined || values.only === 'primaries') lines.push(...(await primaries(tmp)));
     lines.push(`machine: ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`);
-    process.stdout.write(`${lines.join('\n')}\n`);
   } finally {
     await tmp.cleanup();
   }

@@ -32,9 +32,10 @@ interface StreamDoc {
   name: string;
   state: string;
   node_id: number;
-  tli: number;
-  flush_lsn: string;
-  commit_lsn: string;
+  /** (null for a pending stream: its upstream has not answered yet) */
+  tli: number | null;
+  flush_lsn: string | null;
+  commit_lsn: string | null;
   oldest_lsn: string | null;
   storage_error?: string | null;
   upstream: { state: string; connected_to: string | null; lag_bytes: number | null; last_error: string | null } | null;
@@ -119,7 +120,8 @@ export function renderStatus(url: string, docs: StreamDoc[], detail = docs.lengt
         const lag = streamLag(d);
         const up = d.upstream ? `${d.upstream.state}${d.upstream.connected_to ? ` ${d.upstream.connected_to}` : ''}` : '-';
         const members = d.cluster ? `${d.cluster.members} (quorum ${d.cluster.quorum})` : '1';
-        return [d.name, d.state, String(d.tli), d.flush_lsn, d.commit_lsn, `${bytes(lag.bytes)} ${lag.what}`, d.oldest_lsn ?? '-', up, String(d.replicas.length), members];
+        // (a pending stream, whose upstream has not answered yet, has no LSNs)
+        return [d.name, d.state, d.tli === null ? '-' : String(d.tli), d.flush_lsn ?? '-', d.commit_lsn ?? '-', `${bytes(lag.bytes)} ${lag.what}`, d.oldest_lsn ?? '-', up, String(d.replicas.length), members];
       }),
     ),
   );

@@ -717,8 +717,11 @@ export class WalkeeperNode {
       await this.retaining;
       await this.managing;
       await Promise.all([...this.pendingIngests.values()].map((i) => i.stop()));
+      this.log.info({ streams: this.streams.size }, 'stopping: writers');
       await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
+      this.log.info('stopping: broker');
       await this.broker?.close();
+      this.log.info('stopping: listeners and senders');
       this.remote?.close();
       this.pgServer?.close();
       this.httpServer?.close();

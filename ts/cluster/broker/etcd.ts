@@ -46,7 +46,10 @@ export function etcdClient(hosts: string[]): Etcd3 {
   return new Etcd3({
     hosts,
     dialTimeout: CALL_TIMEOUT_MS,
-    defaultCallOptions: () => ({ deadline: Date.now() + CALL_TIMEOUT_MS }),
+    // Calls fail fast; streams (watches, lease keep-alives) live as long as
+    // they are useful — with a deadline, every watch died and came back every
+    // two seconds, a thousand at a time on a node with a thousand streams.
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + CALL_TIMEOUT_MS }),
     faultHandling: {
       host: () => noop,
       global: noop,
@@ -97,6 +100,10 @@ export class EtcdBroker implements Broker {
   txns = 0;
   /** Watches being cancelled: the client is closed only after them (a watch left open reconnects forever). */
   private readonly cancels = new Set<Promise<unknown>>();
+  /** Every watch created and not yet known to be cancelled (see close()). */
+  private readonly watchers = new Set<Watcher>();
+  /** Reads and watch creations in flight: close() waits for them, so that no watch is created after it. */
+  private readonly inflight = new Set<Promise<void>>();
 
   constructor(
     hosts: string[],
@@ -120,8 +127,8 @@ export class EtcdBroker implements Broker {
       watcher: null,
       live: new Set(),
       failing: null,
-      resync: async () => {
-        if (this.attached.get(stream.name) !== a) return;
+      resync: () => this.track(async () => {
+        if (this.closed || this.attached.get(stream.name) !== a) return;
         try {
           const all = await this.client.getAll().prefix(prefix).strings();
           const members = Object.keys(all)
@@ -133,6 +140,7 @@ export class EtcdBroker implements Broker {
           for (const [k, v] of Object.entries(all)) apply(k, v);
           if (a.watcher === null) {
             const w = await this.client.watch().prefix(prefix).create();
+            this.watchers.add(w);
             if (this.attached.get(stream.name) !== a) {
               this.cancels.add(w.cancel().catch(() => undefined));
               return;
@@ -159,7 +167,7 @@ export class EtcdBroker implements Broker {
         } catch (e) {
           this.fail(a, 'read', e);
         }
-      },
+      }),
     };
     const apply = (key: string, value: string): void => {
       const rest = key.slice(prefix.length);
@@ -214,22 +222,31 @@ export class EtcdBroker implements Broker {
     else this.failing = null;
   }
 
-  /** The node's lease, granted when there is none (all status keys live under it). */
+  /**
+   * The node's lease, granted when there is none (all status keys live
+   * under it). Held in `lease` from the moment it is asked for, so that
+   * close() revokes one still being granted: a lease granted after the
+   * close would keep its keep-alive timers, and the process, alive.
+   */
   private async ensureLease(): Promise<string> {
     if (this.lease !== null && this.leaseId !== null) return this.leaseId;
-    const l = this.client.lease(LEASE_TTL_S, { autoKeepAlive: true });
-    l.on('lost', () => {
-      if (this.lease !== l) return;
-      // Every status key went with it: put them all again.
-      this.lease = null;
-      this.leaseId = null;
-      for (const [name, a] of this.attached) {
-        a.lastPut = null;
-        this.dirty.add(name);
-      }
-    });
+    if (this.lease === null) {
+      const l = this.client.lease(LEASE_TTL_S, { autoKeepAlive: true });
+      l.on('lost', () => {
+        if (this.lease !== l) return;
+        // Every status key went with it: put them all again.
+        this.lease = null;
+        this.leaseId = null;
+        for (const [name, a] of this.attached) {
+          a.lastPut = null;
+          this.dirty.add(name);
+        }
+      });
+      this.lease = l;
+    }
+    const l = this.lease;
     const id = await l.grant();
-    this.lease = l;
+    if (this.closed || this.lease !== l) throw new Error('the broker closed');
     this.leaseId = id;
     return id;
   }
@@ -305,17 +322,36 @@ export class EtcdBroker implements Broker {
     }
   }
 
+  private track(fn: () => Promise<void>): Promise<void> {
+    const p = fn();
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p));
+    return p;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    const bounded = (ps: Iterable<Promise<unknown>>) => Promise.race([Promise.allSettled([...ps]), new Promise((r) => setTimeout(r, 3000).unref())]);
+    // (a watch still being created must exist before it can be cancelled)
+    await bounded(this.inflight);
     for (const [name, a] of this.attached) {
       if (a.watcher) this.cancels.add(a.watcher.cancel().catch(() => undefined));
       this.attached.delete(name);
     }
     // Revoke: the statuses disappear at once rather than after the TTL.
     if (this.lease) this.cancels.add(this.lease.revoke().catch(() => undefined));
-    await Promise.race([Promise.all([...this.cancels]), new Promise((r) => setTimeout(r, 3000).unref())]);
+    await bounded(this.cancels);
     this.client.close();
+    // A watch whose cancellation did not come back in time is still in the
+    // client's list, and its watch manager would try to reconnect it every
+    // 250 ms for ever (keeping the process alive). With the client closed the
+    // manager is idle, and a cancel there just drops the watch.
+    // (a cancel can also wait for ever, for an event a closed client never sends: each round is bounded)
+    for (let round = 0; round < 20 && this.watchers.size > 0; round++) {
+      await new Promise((r) => setTimeout(r, 50));
+      await Promise.race([Promise.allSettled([...this.watchers].map((w) => w.cancel().then(() => this.watchers.delete(w)))), new Promise((r) => setTimeout(r, 200))]);
+    }
   }
 }
 
