@@ -252,10 +252,11 @@ async function pgbenchAll(pgs: PgCluster[], seconds: number): Promise<number[]> 
           let out = '';
           p.stdout.on('data', (b: Buffer) => (out += b));
           p.stderr.on('data', (b: Buffer) => (out += b));
-          p.on('exit', (code) => {
+          // ('close', not 'exit': the output may still be in the pipe when the process exits)
+          p.on('close', (code, signal) => {
             const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(out);
             if (code === 0 && m) resolve(Number(m[1]));
-            else reject(new Error(`pgbench on port ${pg.port}: ${out.slice(-500)}`));
+            else reject(new Error(`pgbench on port ${pg.port} exited with ${signal ?? code}: ${out.slice(-1500)}`));
           });
         }),
     ),
@@ -283,7 +284,9 @@ async function primaries(tmp: TempDir): Promise<string[]> {
       await pg.query(`ALTER SYSTEM SET synchronous_standby_names = 'standby${i}'`);
       await pg.query('SELECT pg_reload_conf()');
     }
-    await sleep(2000);
+    for (const [i, pg] of pgs.entries()) {
+      await until(async () => (await pg.query(`SELECT 1 FROM pg_stat_replication WHERE application_name = 'standby${i}' AND sync_state = 'sync'`)).length === 1, `standby${i} to be the synchronous standby of the primary on port ${pg.port}`, 120_000);
+    }
     log(`pgbench -c 1 -T ${PGBENCH_S} on ${PRIMARIES} primaries, each with a PostgreSQL standby`);
     const base = await pgbenchAll(pgs, PGBENCH_S);
     for (const s of standbys) await s.destroy();
