@@ -58,8 +58,9 @@ export function servePeerWatch(res: http.ServerResponse, src: PeerWatchSource, f
     }
   };
   const push = (s: Stream): void => {
-    sent.set(s, fingerprint(s));
+    // (while backlogged, not marked as sent: the tick after the drain sends the latest)
     if (backlogged) return;
+    sent.set(s, fingerprint(s));
     write(src.status(s));
     res.socket?.uncork();
   };

@@ -486,12 +486,19 @@ export class WalkeeperNode {
   /** Asks the upstream who it is (IDENTIFY_SYSTEM, 5 s at most): why `name` may not follow it, or null (also when it does not answer). */
   private async probeSystem(name: string, spec: StreamSpec): Promise<string | null> {
     let client: Awaited<ReturnType<typeof connectUpstream>>['client'] | null = null;
+    let over = false;
     const timeout = new Promise<null>((r) => setTimeout(() => r(null), 5000).unref());
     try {
       const answer = await Promise.race([
         (async () => {
-          client = (await connectUpstream(spec.upstream!, this.appName(spec))).client;
-          return (await client.identifySystem()).systemId;
+          const c = (await connectUpstream(spec.upstream!, this.appName(spec))).client;
+          // (connected after the time was up: nobody closes it but us)
+          if (over) {
+            void c.close().catch(() => undefined);
+            return null;
+          }
+          client = c;
+          return (await c.identifySystem()).systemId;
         })(),
         timeout,
       ]);
@@ -508,6 +515,7 @@ export class WalkeeperNode {
       this.log.info({ stream: name, err: (err as Error).message }, 'the new upstream did not answer; following it anyway');
       return null;
     } finally {
+      over = true;
       void (client as { close(): Promise<void> } | null)?.close().catch(() => undefined);
     }
   }
