@@ -6,7 +6,6 @@
 import { spawn } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import test from 'ava';
 
@@ -18,6 +17,7 @@ import {
   lsnOf,
   pgToolPath,
   registerCleanupHooks,
+  runCli,
   startNodeProcess,
   startPostgres,
   startReceivewal,
@@ -27,8 +27,6 @@ import {
 
 registerCleanupHooks(test);
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const bin = path.join(root, 'dist', 'cli', 'main.js');
 const SEG = 1024 * 1024;
 let tmp: TempDir;
 test.before(async () => {
@@ -37,17 +35,6 @@ test.before(async () => {
 test.after.always(async () => {
   await tmp?.cleanup();
 });
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    p.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('SIGTERM during streaming: exit 0 within 10 s, pg_receivewal has all the node committed, a restart resumes; walkeeper status shows it all', async (t) => {
   const pg = await startPostgres({ walSegSizeMB: 1, conf: { wal_keep_size: '512MB' } });
@@ -60,16 +47,16 @@ test('SIGTERM during streaming: exit 0 within 10 s, pg_receivewal has all the no
   await until(async () => (await node.status())?.upstream?.state === 'streaming', 'the node to follow');
 
   // walkeeper status, as a table and as JSON.
-  const table = await cli(['status', '--http', node.httpUrl]);
+  const table = await runCli(['status', '--http', node.httpUrl]);
   t.is(table.code, 0, table.stderr);
   t.regex(table.stdout, /^node 1 at http:\/\/127\.0\.0\.1:\d+$/m);
   t.regex(table.stdout, /^stream +state +tli +flush_lsn +commit_lsn/m);
   t.regex(table.stdout, /^main +active +1 +\d+\/[0-9A-F]+ +\d+\/[0-9A-F]+ .* streaming 127\.0\.0\.1:\d+/m);
-  const json = await cli(['status', '--http', node.httpUrl, '--json']);
+  const json = await runCli(['status', '--http', node.httpUrl, '--json']);
   const docs = JSON.parse(json.stdout) as { name: string; flush_lsn: string }[];
   t.is(docs[0]!.name, 'main');
   t.true(parseLsn(docs[0]!.flush_lsn) > 0n);
-  const down = await cli(['status', '--http', 'http://127.0.0.1:9']);
+  const down = await runCli(['status', '--http', 'http://127.0.0.1:9']);
   t.is(down.code, 1);
   t.regex(down.stderr, /^walkeeper: cannot read the node's status at http:\/\/127\.0\.0\.1:9: /);
 

@@ -8,8 +8,9 @@ import path from 'node:path';
 
 import test from 'ava';
 
-import { findEndOfWal, formatLsn } from '../ts/index.js';
+import { formatLsn } from '../ts/index.js';
 import {
+  commitRecordEnds,
   compareWalDirs,
   createTempDir,
   lsnOf,
@@ -17,7 +18,6 @@ import {
   registerCleanupHooks,
   startNodeProcess,
   startPostgres,
-  waldump,
   type NodeProcess,
   type PgCluster,
   type TempDir,
@@ -36,14 +36,6 @@ test.after.always(async () => {
 });
 
 const conninfoOf = (pg: PgCluster) => `host=127.0.0.1 port=${pg.port} user=postgres`;
-
-async function waitSyncRep(pg: PgCluster, pid: number): Promise<void> {
-  for (;;) {
-    const [w] = await pg.query<{ wait_event: string | null }>('SELECT wait_event FROM pg_stat_activity WHERE pid = $1', [pid]);
-    if (w?.wait_event === 'SyncRep') return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function nodeFlush(n: NodeProcess): Promise<bigint> {
   for (;;) {
@@ -82,25 +74,12 @@ test("ANY 2 of three nodes: with one node SIGKILLed commits keep completing; wit
   const [{ pid }] = (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
   let done = false;
   const insert = c.query('INSERT INTO t VALUES (4)').then(() => (done = true));
-  await waitSyncRep(pg, pid);
+  await pg.waitSyncRep(pid);
   t.false(done, 'with two nodes down the commit waits');
   await nodes[1]!.start();
   await insert;
   t.true(done, 'and completes when a second node is back');
 });
-
-/** End LSN of a record that starts at `lsn` with `totLen` bytes, counting the page headers it crosses. */
-function recordEnd(lsn: bigint, totLen: number): bigint {
-  let pos = lsn;
-  let left = totLen;
-  for (;;) {
-    const room = 8192 - Number(pos % 8192n);
-    if (left <= room) return pos + BigInt(left);
-    left -= room;
-    pos += BigInt(room);
-    pos += pos % BigInt(SEG) === 0n ? 40n : 24n;
-  }
-}
 
 test('kill -9 of a node at random moments under pgbench: every commit pgbench saw acknowledged is within the restarted node, and the WAL ends byte-identical', async (t) => {
   const pg = await startPostgres({
@@ -152,12 +131,7 @@ test('kill -9 of a node at random moments under pgbench: every commit pgbench sa
   // Where each tracked commit record ends, from the primary's own WAL.
   await pg.stop();
   const oldest = lsnOf(((await node.status()) as unknown as { oldest_lsn: string }).oldest_lsn);
-  const first = await findEndOfWal(pg.walDir, 1, SEG, oldest, { search: true });
-  const dump = await waldump(pg.walDir, first.firstRecord!);
-  const byXid = new Map<bigint, bigint>();
-  for (const r of dump.records) {
-    if (r.rmgr === 'Transaction' && r.desc.startsWith('COMMIT')) byXid.set(r.xid, recordEnd(r.lsn, r.totLen));
-  }
+  const byXid = await commitRecordEnds(pg.walDir, SEG, oldest);
   let checked = 0;
   for (const [i, cp] of checkpoints.entries()) {
     for (const x of cp.acked) {

@@ -3,73 +3,35 @@
 // stream said once; one stream's members and replicas with --stream; the
 // JSON for scripts as it was.
 
-import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import test from 'ava';
 
-import { importWal, readControlFile, writeControlFile } from '../ts/index.js';
-import { createTempDir, FIXTURE_SEG, freePort, makeWalFixture, registerCleanupHooks, startNodeProcess, type NodeProcess, type TempDir } from './harness/index.js';
+import { createTempDir, nodeWithLaggingStreams, registerCleanupHooks, runCli, type LaggingStream, type NodeProcess, type TempDir } from './harness/index.js';
 
 registerCleanupHooks(test);
 
-const bin = path.join(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'), 'dist', 'cli', 'main.js');
 const N = 60;
-const GROUPS = ['orders', 'billing', 'audit'];
 
 let tmp: TempDir;
 let node: NodeProcess;
 let peer: string;
-let streams: { name: string; lag: bigint }[] = [];
+let streams: LaggingStream[] = [];
 
-// A node process serving N streams, each imported from one segment of real
-// WAL and each with its own lag: its control file's commit_lsn put below
-// flush_lsn (WAL flushed on this member and not yet on a quorum, as a member
-// holds it after a crash), and a second member that never answers, so that
-// the quorum leaves commit_lsn there.
+// N streams with their own lags, behind a member that never answers (see nodeWithLaggingStreams).
 test.before(async () => {
   tmp = await createTempDir('walkeeper-status-');
-  const dataDir = path.join(tmp.path, 'data');
-  const fx = await makeWalFixture({ minBytes: FIXTURE_SEG });
-  try {
-    const wal = await fx.prefixDir(1);
-    for (let i = 0; i < N; i++) {
-      const name = `${GROUPS[i % GROUPS.length]}-${String(i).padStart(3, '0')}`;
-      // Each lag twice (0 too), so that ties show the order among equals.
-      const lag = BigInt(((i * 37) % (N / 2)) * 1024);
-      const r = await importWal({ dataDir, stream: name, walDir: wal });
-      if (r.endLsn - r.firstLsn <= lag) throw new Error(`the imported WAL (${r.endLsn - r.firstLsn} bytes) is too short for a lag of ${lag}`);
-      const c = (await readControlFile(r.dir))!;
-      await writeControlFile(r.dir, { ...c, commitLsn: c.flushLsn - lag });
-      streams.push({ name, lag });
-    }
-  } finally {
-    await fx.destroy();
-  }
-  peer = `http://127.0.0.1:${await freePort()}`;
-  node = await startNodeProcess({ dataDir, extraArgs: ['--peers', peer] });
+  ({ node, streams, peer } = await nodeWithLaggingStreams(path.join(tmp.path, 'data'), N, 1024));
 });
 test.after.always(async () => {
   await node?.kill();
   await tmp?.cleanup();
 });
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    p.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 const kib = (n: bigint) => (n === 0n ? '0 B' : `${Number(n) / 1024 < 10 ? (Number(n) / 1024).toFixed(1) : (Number(n) / 1024).toFixed(0)} KiB`);
 
 test('every stream on one line, the most lagging first; the absent member said once; the detail of one stream left to --stream', async (t) => {
-  const out = await cli(['status', '--http', node.httpUrl]);
+  const out = await runCli(['status', '--http', node.httpUrl]);
   t.is(out.code, 0, out.stderr);
   const lines = out.stdout.trimEnd().split('\n');
   t.is(lines[0], `node 1 at ${node.httpUrl}`);
@@ -93,7 +55,7 @@ test('every stream on one line, the most lagging first; the absent member said o
 
 test('--stream shows that stream with its members and replicas; an unknown name is an error', async (t) => {
   const one = streams[7]!;
-  const out = await cli(['status', '--http', node.httpUrl, '--stream', one.name]);
+  const out = await runCli(['status', '--http', node.httpUrl, '--stream', one.name]);
   t.is(out.code, 0, out.stderr);
   const st = (await node.status(one.name))!;
   const lines = out.stdout.trimEnd().split('\n');
@@ -104,17 +66,17 @@ test('--stream shows that stream with its members and replicas; an unknown name 
   t.deepEqual(lines[12]!.split(/ {2,}/), [peer, '?', 'never heard', '-']);
   t.deepEqual(lines.slice(-3), ['', `${one.name}: replicas`, 'none connected']);
 
-  const json = await cli(['status', '--http', node.httpUrl, '--stream', one.name, '--json']);
+  const json = await runCli(['status', '--http', node.httpUrl, '--stream', one.name, '--json']);
   t.is(json.code, 0, json.stderr);
   t.is((JSON.parse(json.stdout) as { name: string }).name, one.name);
 
-  const missing = await cli(['status', '--http', node.httpUrl, '--stream', 'no-such']);
+  const missing = await runCli(['status', '--http', node.httpUrl, '--stream', 'no-such']);
   t.is(missing.code, 1);
   t.is(missing.stderr, `walkeeper: the node at ${node.httpUrl} has no stream "no-such" (walkeeper status without --stream lists them)\n`);
 });
 
 test('--json is GET /v1/streams, every stream, as the node gives it', async (t) => {
-  const out = await cli(['status', '--http', node.httpUrl, '--json']);
+  const out = await runCli(['status', '--http', node.httpUrl, '--json']);
   t.is(out.code, 0, out.stderr);
   const docs = JSON.parse(out.stdout) as { name: string; commit_lsn: string }[];
   const direct = (await (await fetch(`${node.httpUrl}/v1/streams`)).json()) as { name: string; commit_lsn: string }[];
@@ -126,10 +88,10 @@ test('--json is GET /v1/streams, every stream, as the node gives it', async (t) 
 });
 
 test('the usage names every option the command takes', async (t) => {
-  const help = await cli(['status', '--help']);
+  const help = await runCli(['status', '--help']);
   t.is(help.code, 0);
   for (const o of ['--http URL', '--stream NAME', '--json']) t.true(help.stdout.includes(o), o);
-  const bad = await cli(['status', '--bogus']);
+  const bad = await runCli(['status', '--bogus']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /^walkeeper: Unknown option '--bogus'/);
 });

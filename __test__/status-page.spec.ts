@@ -5,33 +5,27 @@
 // many streams — the table is paged, searched and ordered by lag, and only
 // the opened stream's history is fetched; a node with none says how to add one.
 
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import test, { type ExecutionContext } from 'ava';
 import { chromium, type Page } from 'playwright-core';
 
-import { importWal, readControlFile, writeControlFile } from '../ts/index.js';
 import {
   createTempDir,
-  FIXTURE_SEG,
-  freePort,
-  makeWalFixture,
+  nodeWithLaggingStreams,
   registerCleanupHooks,
+  runCli,
   runPgTool,
   startNodeProcess,
   startPostgres,
   until,
-  type NodeProcess,
   type TempDir,
 } from './harness/index.js';
 
 registerCleanupHooks(test);
 
 const CHROMIUM = process.env.WALKEEPER_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/google-chrome', '/usr/bin/google-chrome-stable'].find((p) => existsSync(p));
-const bin = path.join(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'), 'dist', 'cli', 'main.js');
 let tmp: TempDir;
 test.before(async () => {
   tmp = await createTempDir('walkeeper-page-');
@@ -46,49 +40,6 @@ async function newPage(t: ExecutionContext): Promise<Page> {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   t.teardown(() => browser.close());
   return browser.newPage();
-}
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    p.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const GROUPS = ['orders', 'billing', 'audit'];
-
-/**
- * A node process serving `n` streams, each imported from one segment of
- * real WAL and each with its own lag: its control file's commit_lsn put
- * below flush_lsn (WAL flushed on this member and not yet on a quorum, as
- * a member holds it after a crash), and a second member that never answers,
- * so that the quorum leaves commit_lsn there.
- */
-async function nodeWithStreams(t: ExecutionContext, dataDir: string, n: number): Promise<{ node: NodeProcess; streams: { name: string; lag: bigint }[] }> {
-  const fx = await makeWalFixture({ minBytes: FIXTURE_SEG });
-  const streams: { name: string; lag: bigint }[] = [];
-  try {
-    const wal = await fx.prefixDir(1);
-    for (let i = 0; i < n; i++) {
-      const name = `${GROUPS[i % GROUPS.length]}-${String(i).padStart(3, '0')}`;
-      // Each lag twice (0 too), so that ties show the order among equals.
-      const lag = BigInt(((i * 37) % (n / 2)) * 512);
-      const r = await importWal({ dataDir, stream: name, walDir: wal });
-      if (r.endLsn - r.firstLsn <= lag) throw new Error(`the imported WAL (${r.endLsn - r.firstLsn} bytes) is too short for a lag of ${lag}`);
-      const c = (await readControlFile(r.dir))!;
-      await writeControlFile(r.dir, { ...c, commitLsn: c.flushLsn - lag });
-      streams.push({ name, lag });
-    }
-  } finally {
-    await fx.destroy();
-  }
-  const node = await startNodeProcess({ dataDir, extraArgs: ['--peers', `http://127.0.0.1:${await freePort()}`] });
-  t.teardown(() => node.kill());
-  return { node, streams };
 }
 
 interface Chart {
@@ -227,7 +178,8 @@ test('with remote storage the page shows backup_lsn and the offloader', async (t
 
 test('with 120 streams the page shows 50 at a time, the most lagging first, finds them by name, and fetches the history of the opened stream only', async (t) => {
   if (!CHROMIUM) return t.fail(NO_CHROMIUM);
-  const { node, streams } = await nodeWithStreams(t, path.join(tmp.path, 'many'), 120);
+  const { node, streams } = await nodeWithLaggingStreams(path.join(tmp.path, 'many'), 120, 512);
+  t.teardown(() => node.kill());
   const byLag = [...streams].sort((a, b) => (a.lag > b.lag ? -1 : a.lag < b.lag ? 1 : a.name < b.name ? -1 : 1));
   const want = (list: { name: string; lag: bigint }[]) => list.map((s) => `${s.name} ${s.lag}`);
 
@@ -317,7 +269,7 @@ test('a node with no stream says in one line how to add one, on the page and in 
   t.true(hint.includes('import a pg_wal (walkeeper import --data-dir DIR [--stream NAME] /path/to/pg_wal, with the node stopped)'), hint);
   t.true(hint.endsWith(`or PUT ${node.httpUrl}/v1/streams/<name> with {"upstream": "<conninfo>"}`), hint);
 
-  const out = await cli(['status', '--http', node.httpUrl]);
+  const out = await runCli(['status', '--http', node.httpUrl]);
   t.is(out.code, 0, out.stderr);
   t.is(out.stdout, `${hint}\n`);
 });

@@ -5,8 +5,7 @@
 // real primaries on the same three nodes, each stream with its own quorum,
 // and a node SIGKILLed under load on both: nothing either acknowledged is lost.
 
-import { spawn, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -14,7 +13,6 @@ import test, { type ExecutionContext } from 'ava';
 
 import { ReplicationClient } from '../ts/client/client.js';
 import { formatLsn } from '../ts/lsn.js';
-import { findEndOfWal } from '../ts/index.js';
 import {
   createTempDir,
   freePort,
@@ -24,14 +22,14 @@ import {
   registerCleanupHooks,
   startPostgres,
   until,
-  waldump,
+  commitRecordEnds,
+  runCli,
   type PgCluster,
   type TempDir,
 } from './harness/index.js';
 
 registerCleanupHooks(test);
 
-const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const SEG = 1024 * 1024;
 const TOKEN = 'test-token-0123456789abcdef';
 let tmp: TempDir;
@@ -180,8 +178,8 @@ test('streams over HTTP: the token, bad input, a restart, and deletion (clients 
   const listed = ((await (await fetch(`${node.httpUrl}/v1/streams`)).json()) as { name: string; state: string; flush_lsn: string | null }[]).find((s) => s.name === 'later');
   t.like(listed, { state: 'pending', flush_lsn: null });
   t.is((await fetch(`${node.httpUrl}/v1/streams/later`)).status, 404, 'no status a peer or receiver could use yet');
-  const cli = spawnSync(process.execPath, [CLI, 'status', '--http', node.httpUrl], { encoding: 'utf8' });
-  t.is(cli.status, 0, cli.stderr);
+  const cli = await runCli(['status', '--http', node.httpUrl]);
+  t.is(cli.code, 0, cli.stderr);
   t.regex(cli.stdout, /^later\s+pending\s+-\s+-\s+-/m);
   t.is((await call(node, 'DELETE', '/v1/streams/later')).status, 200);
   t.deepEqual(JSON.parse(await readFile(path.join(dataDir, 'streams.json'), 'utf8')), { version: 1, streams: {} });
@@ -189,14 +187,6 @@ test('streams over HTTP: the token, bad input, a restart, and deletion (clients 
   await node.start();
   t.deepEqual(await names(node), [], 'deleted streams stay deleted across a restart');
 });
-
-async function waitSyncRep(pg: PgCluster, pid: number): Promise<void> {
-  for (;;) {
-    const [w] = await pg.query<{ wait_event: string | null }>('SELECT wait_event FROM pg_stat_activity WHERE pid = $1', [pid]);
-    if (w?.wait_event === 'SyncRep') return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** Every node's flush_lsn of `stream`, once all answer. */
 async function flushes(nodes: NodeProcess[], stream: string): Promise<bigint[]> {
@@ -232,29 +222,6 @@ function tracker(t: ExecutionContext, pg: PgCluster) {
   };
 }
 
-/** End LSN of a record that starts at `lsn` with `totLen` bytes, counting the page headers it crosses. */
-function recordEnd(lsn: bigint, totLen: number): bigint {
-  let pos = lsn;
-  let left = totLen;
-  for (;;) {
-    const room = 8192 - Number(pos % 8192n);
-    if (left <= room) return pos + BigInt(left);
-    left -= room;
-    pos += BigInt(room);
-    pos += pos % BigInt(SEG) === 0n ? 40n : 24n;
-  }
-}
-
-/** Where each commit record ends, by xid, from the primary's own WAL from `from` on (stops the primary). */
-async function commitEnds(pg: PgCluster, from: bigint): Promise<Map<bigint, bigint>> {
-  await pg.stop();
-  const first = await findEndOfWal(pg.walDir, 1, SEG, from - (from % BigInt(SEG)), { search: true });
-  const dump = await waldump(pg.walDir, first.firstRecord!);
-  const byXid = new Map<bigint, bigint>();
-  for (const r of dump.records) if (r.rmgr === 'Transaction' && r.desc.startsWith('COMMIT')) byXid.set(r.xid, recordEnd(r.lsn, r.totLen));
-  return byXid;
-}
-
 test('two primaries on the same three nodes: each commit waits for its own quorum; SIGKILL of a node under load loses nothing on either', async (t) => {
   const conf = { synchronous_standby_names: 'ANY 2 (walkeeper_1, walkeeper_2, walkeeper_3)', synchronous_commit: 'on', wal_keep_size: '256MB', autovacuum: 'off' };
   const [pgA, pgB] = await Promise.all([startPostgres({ walSegSizeMB: 1, conf }), startPostgres({ walSegSizeMB: 1, conf })]);
@@ -288,7 +255,7 @@ test('two primaries on the same three nodes: each commit waits for its own quoru
   const [{ pid }] = (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows;
   let done = false;
   const insert = c.query('CREATE TABLE a (v int)').then(() => (done = true));
-  await waitSyncRep(pgA!, pid);
+  await pgA!.waitSyncRep(pid);
   t.false(done, "alpha's commit waits for alpha's quorum");
   await call(nodes[1]!, 'PUT', '/v1/streams/alpha', { token: null, body: streams.alpha });
   await insert;
@@ -322,7 +289,9 @@ test('two primaries on the same three nodes: each commit waits for its own quoru
   t.true(checkpoints.every((cp) => cp.acked.every((a) => a.length > 0)), 'commits happened on both before every kill');
   let checked = 0;
   for (const [i, stream] of ['alpha', 'beta'].entries()) {
-    const ends = await commitEnds(i === 0 ? pgA! : pgB!, from[i]!);
+    const pg = i === 0 ? pgA! : pgB!;
+    await pg.stop();
+    const ends = await commitRecordEnds(pg.walDir, SEG, from[i]!);
     for (const [k, cp] of checkpoints.entries()) {
       for (const x of cp.acked[i]!) {
         const e = ends.get(x);

@@ -1,5 +1,6 @@
 /** What the benchmarks read of other processes from /proc (Linux). */
 import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 
 /** USER_HZ: /proc counts CPU time in ticks of 1/100 s. */
 const TICK = 1 / 100;
@@ -25,4 +26,10 @@ export function machineCpuSeconds(): number {
   } catch {
     return 0;
   }
+}
+
+/** A memory figure of a process from /proc/<pid>/status, in KiB: VmRSS, VmHWM (its peak), RssAnon (what it allocated; mapped files not counted). */
+export async function memoryKiB(pid: number, field: 'VmRSS' | 'VmHWM' | 'RssAnon'): Promise<number> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
 }

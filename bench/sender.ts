@@ -12,7 +12,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
 import type { ConsumeResult } from './consumer.js';
-import { cpuSecondsOf, machineCpuSeconds } from './proc.js';
+import { cpuSecondsOf, machineCpuSeconds, memoryKiB } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
@@ -67,11 +67,6 @@ function runConsumer(port: number, start: bigint, end: bigint, app: string): Pro
   return startConsumer(port, start, end, app).done;
 }
 
-/** RssAnon by default: the memory the node allocates. Its senders' mapped segments are page cache shared with every reader of the file, counted in VmRSS too. */
-async function rssKiB(pid: number, field = 'RssAnon'): Promise<number> {
-  const s = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -206,11 +201,11 @@ async function main() {
     }
     // Fan-out: N consumers at once, each server `rounds` times, alternating;
     // aggregate throughput; the node's memory meanwhile.
-    const idleRss = await rssKiB(nodePid);
+    const idleRss = await memoryKiB(nodePid, 'RssAnon');
     let peakDuring = idleRss;
     for (let r = 0; r < rounds; r++) for (const s of servers) {
       const sampler = setInterval(() => {
-        if (s.port === nodePort) void rssKiB(nodePid).then((k) => (peakDuring = Math.max(peakDuring, k)));
+        if (s.port === nodePort) void memoryKiB(nodePid, 'RssAnon').then((k) => (peakDuring = Math.max(peakDuring, k)));
       }, 20);
       // All consumers connect first (their processes' start-up is not what is
       // measured), then stream at once: aggregate = all bytes / (last end − first start).
@@ -230,7 +225,7 @@ async function main() {
       addServerCpu(s.name, `${fanout} discarding consumers (aggregate)`, serverPerGiB);
       log(`fan-out round ${r + 1}, ${s.name}: ${(bytes / 1048576 / secs).toFixed(0)} MiB/s (${how(all)}; server side ${serverPerGiB.toFixed(3)} CPU s/GiB)`);
     }
-    const peakRss = await rssKiB(nodePid, 'VmHWM');
+    const peakRss = await memoryKiB(nodePid, 'VmHWM');
 
     const lines: string[] = [];
     lines.push(`sender: ${(total / 1048576).toFixed(0)} MiB of real PostgreSQL 15 WAL (pgbench -i), page cache, median of ${rounds} rounds`);
@@ -249,7 +244,7 @@ async function main() {
       if (mp || mw) lines.push(`${''.padEnd(40)}   two modes, MiB/s (rounds): PostgreSQL ${mp ?? 'one'}; walkeeper ${mw ?? 'one'}`);
       record({ bench: 'sender', what: `send WAL to ${what} (vs PostgreSQL's walsender)`, unit: 'MiB/s', walkeeper: w, postgres: p, target: /discarding consumer$/.test(what) ? '≥ 1.2× or ≥ 90% of loopback' : /pg_receivewal/.test(what) ? '≥ 1.1×' : /consumers/.test(what) ? '≥ 1.3×' : undefined, better: 'higher', chart: 'throughput' });
     }
-    lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB (mapped segments included); anonymous idle ${(idleRss / 1024).toFixed(0)} MiB, with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
+    lines.push(`node peak RSS ${(peakRss / 1024).toFixed(0)} MiB; anonymous (what the node allocated) idle ${(idleRss / 1024).toFixed(0)} MiB, with ${fanout} consumers ${(peakDuring / 1024).toFixed(0)} MiB → ${((peakDuring - idleRss) / fanout).toFixed(0)} KiB per connection`);
     console.log(lines.join('\n'));
   } finally {
     nodeProc?.kill('SIGTERM');

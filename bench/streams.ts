@@ -19,7 +19,7 @@
  * BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles the one node.
  */
 import { spawn } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -44,7 +44,7 @@ import {
   type TempDir,
 } from '../__test__/harness/index.js';
 import { startEtcd } from '../__test__/harness/etcd.js';
-import { cpuSecondsOf } from './proc.js';
+import { cpuSecondsOf, memoryKiB } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({
@@ -77,10 +77,6 @@ async function statusList(n: NodeProcess): Promise<{ name: string; state: string
   return (await (await fetch(`${n.httpUrl}/v1/streams`)).json()) as never;
 }
 
-async function rssKiB(pid: number, field = 'VmRSS'): Promise<number> {
-  const s = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
-}
 
 /** N fake upstreams, one database system each, serving `wal` and then idle (a keepalive every 10 s, as an idle primary's walsender is quiet). */
 async function fakeUpstreams(n: number, wal: Buffer, walStart: bigint, systemId: bigint): Promise<FakeUpstream[]> {
@@ -117,7 +113,7 @@ async function idleOneNode(tmp: TempDir, ups: FakeUpstream[]): Promise<string[]>
   const empty = new NodeProcess({ dataDir: path.join(tmp.path, 'empty'), extraArgs: ['--log-level', 'warn'] });
   await empty.start();
   await sleep(5000);
-  const rss0 = await rssKiB(empty.pid!);
+  const rss0 = await memoryKiB(empty.pid!, 'VmRSS');
   await empty.stop();
 
   const cfg = path.join(tmp.path, 'one.json');
@@ -134,7 +130,7 @@ async function idleOneNode(tmp: TempDir, ups: FakeUpstream[]): Promise<string[]>
   await sleep(IDLE_S * 1000);
   const cpu = cpuSecondsOf(node.pid!) - cpu0;
   const wall = (Date.now() - w0) / 1000;
-  const rss = await rssKiB(node.pid!);
+  const rss = await memoryKiB(node.pid!, 'VmRSS');
   const perStreamKiB = (rss - rss0) / ups.length;
   const corePct = (cpu / wall / ups.length) * 100;
   // GET /v1/streams with N streams.

@@ -15,3 +15,5 @@ export * from './wait.js';
 export * from './nodeproc.js';
 export * from './fakeupstream.js';
 export * from './fakenode.js';
+export * from './cli.js';
+export * from './laggingstreams.js';

@@ -239,6 +239,15 @@ export class PgCluster {
     }
   }
 
+  /** Waits until backend `pid` waits for its synchronous standbys (wait_event SyncRep): a commit that is not acknowledged yet. */
+  async waitSyncRep(pid: number): Promise<void> {
+    for (;;) {
+      const [w] = await this.query<{ wait_event: string | null }>('SELECT wait_event FROM pg_stat_activity WHERE pid = $1', [pid]);
+      if (w?.wait_event === 'SyncRep') return;
+      await sleep(50);
+    }
+  }
+
   /** The cluster's system identifier (pg_control_system()). */
   async systemId(): Promise<bigint> {
     const rows = await this.query<{ id: string }>('SELECT system_identifier::text AS id FROM pg_control_system()');

@@ -1,6 +1,7 @@
 // pg_waldump as the reference decoder: the records it lists and the position
 // where it says valid WAL ends.
 
+import { findEndOfWal } from '../../ts/index.js';
 import { pgWaldump } from './pgtools.js';
 import { fmtLsn, lsnOf } from './pgtools.js';
 
@@ -61,4 +62,30 @@ export function endBeforeHeader(lsn: bigint, segSize: number): bigint {
   if (inSeg === 40) return lsn - 40n;
   if (inSeg % 8192 === 24) return lsn - 24n;
   return lsn;
+}
+
+/** End LSN of a record that starts at `lsn` with `totLen` bytes, counting the page headers it crosses. */
+export function recordEnd(lsn: bigint, totLen: number, segSize: number): bigint {
+  let pos = lsn;
+  let left = totLen;
+  for (;;) {
+    const room = 8192 - Number(pos % 8192n);
+    if (left <= room) return pos + BigInt(left);
+    left -= room;
+    pos += BigInt(room);
+    pos += pos % BigInt(segSize) === 0n ? 40n : 24n;
+  }
+}
+
+/**
+ * Where each commit record in `walDir` (timeline 1) ends, by xid, from the
+ * first record in the segment of `from` on: what a test checks an
+ * acknowledged commit against.
+ */
+export async function commitRecordEnds(walDir: string, segSize: number, from: bigint): Promise<Map<bigint, bigint>> {
+  const first = await findEndOfWal(walDir, 1, segSize, from - (from % BigInt(segSize)), { search: true });
+  const dump = await waldump(walDir, first.firstRecord!);
+  const byXid = new Map<bigint, bigint>();
+  for (const r of dump.records) if (r.rmgr === 'Transaction' && r.desc.startsWith('COMMIT')) byXid.set(r.xid, recordEnd(r.lsn, r.totLen, segSize));
+  return byXid;
 }

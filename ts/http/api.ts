@@ -67,19 +67,21 @@ export function replicaJson(r: Replica) {
   };
 }
 
-function upstreamJson(i: Ingest | null, s: Stream) {
+/** `s`: the stream it fills (null while the stream waits for its upstream's first answer). */
+function upstreamJson(i: Ingest | null, s: Stream | null) {
   if (!i) return null;
   const u = i.status();
+  const flushed = s?.flushLsn ?? null;
   return {
     conninfo: u.conninfo,
     state: u.state,
     connected_to: u.connectedTo,
     since: u.since.toISOString(),
     received_lsn: lsn(u.receivedLsn),
-    flushed_lsn: formatLsn(s.flushLsn),
+    flushed_lsn: lsn(flushed),
     upstream_end_lsn: lsn(u.upstreamEndLsn),
     // How far this node's flushed WAL is behind what the upstream last said it has.
-    lag_bytes: u.upstreamEndLsn === null ? null : Number(u.upstreamEndLsn > s.flushLsn ? u.upstreamEndLsn - s.flushLsn : 0n),
+    lag_bytes: u.upstreamEndLsn === null || flushed === null ? null : Number(u.upstreamEndLsn > flushed ? u.upstreamEndLsn - flushed : 0n),
     reconnects: u.reconnects,
     last_error: u.lastError,
   };
@@ -179,7 +181,6 @@ export function streamJson(node: HttpNodeView, sv: StreamView) {
 
 /** A stream that exists only as its upstream's ingest so far: its first connection creates it. */
 function pendingStreamJson(node: HttpNodeView, name: string, ingest: Ingest) {
-  const u = ingest.status();
   return {
     name,
     state: 'pending',
@@ -189,18 +190,7 @@ function pendingStreamJson(node: HttpNodeView, name: string, ingest: Ingest) {
     flush_lsn: null,
     commit_lsn: null,
     oldest_lsn: null,
-    upstream: {
-      conninfo: u.conninfo,
-      state: u.state,
-      connected_to: u.connectedTo,
-      since: u.since.toISOString(),
-      received_lsn: null,
-      flushed_lsn: null,
-      upstream_end_lsn: null,
-      lag_bytes: null,
-      reconnects: u.reconnects,
-      last_error: u.lastError,
-    },
+    upstream: upstreamJson(ingest, null),
     cluster: null,
     offload: null,
     replicas: [],

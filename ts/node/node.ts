@@ -407,16 +407,21 @@ export class WalkeeperNode {
     this.pendingIngests.delete(name);
   }
 
+  /** Why stream `name` may not take WAL of database system `systemId` here (another stream holds or follows it), or null. */
+  private systemConflict(name: string, systemId: bigint): string | null {
+    for (const sv of this.streams.values()) {
+      if (sv.name !== name && sv.stream.systemId === systemId) return `stream ${sv.name} on this node already holds WAL of database system ${systemId}; stream ${name} cannot follow the same system`;
+    }
+    const holder = this.systems.get(systemId.toString());
+    if (holder !== undefined && holder !== name && this.specs.has(holder)) return `stream ${holder} on this node already follows database system ${systemId}; stream ${name} cannot follow the same system`;
+    return null;
+  }
+
   /** See IngestHost.systemTaken: one stream per database system on a node. */
   private claimSystem(name: string, systemId: bigint): string | null {
-    const id = systemId.toString();
-    for (const sv of this.streams.values()) {
-      if (sv.name !== name && sv.stream.systemId === systemId) return `stream ${sv.name} on this node already holds WAL of database system ${id}; stream ${name} cannot follow the same system`;
-    }
-    const holder = this.systems.get(id);
-    if (holder !== undefined && holder !== name && this.specs.has(holder)) return `stream ${holder} on this node already follows database system ${id}; stream ${name} cannot follow the same system`;
-    this.systems.set(id, name);
-    return null;
+    const conflict = this.systemConflict(name, systemId);
+    if (conflict === null) this.systems.set(systemId.toString(), name);
+    return conflict;
   }
 
   /** Whether an HTTP call may change the node: the bearer token, or without one configured, a loopback caller. */
@@ -505,12 +510,7 @@ export class WalkeeperNode {
       if (answer === null) return null;
       const own = this.streams.get(name)?.stream;
       if (own && own.systemId !== answer) return `stream ${name} holds WAL of database system ${own.systemId}; ${redactConnInfo(spec.upstream!)} is system ${answer}`;
-      for (const sv of this.streams.values()) {
-        if (sv.name !== name && sv.stream.systemId === answer) return `stream ${sv.name} on this node already holds WAL of database system ${answer}; stream ${name} cannot follow the same system`;
-      }
-      const holder = this.systems.get(answer.toString());
-      if (holder !== undefined && holder !== name && this.specs.has(holder)) return `stream ${holder} on this node already follows database system ${answer}; stream ${name} cannot follow the same system`;
-      return null;
+      return this.systemConflict(name, answer);
     } catch (err) {
       this.log.info({ stream: name, err: (err as Error).message }, 'the new upstream did not answer; following it anyway');
       return null;

@@ -9,10 +9,11 @@
  * Parsing and validation are pure: every bad input is one readable error
  * before anything changes.
  */
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { parseConnInfo } from '../client/conninfo.js';
+import { replaceFileDurably } from '../durable_file.js';
 
 export interface StreamSpec {
   /** libpq conninfo of the PostgreSQL server the stream follows; null: none. */
@@ -130,32 +131,8 @@ export async function readSpecsFile(dataDir: string): Promise<Map<string, Stream
   return out;
 }
 
-/**
- * Replaces `<dataDir>/streams.json` atomically and durably: a temporary
- * file, fsynced, renamed over the old one, and the directory fsynced — a
- * crash leaves the old list or the new one, never a mix.
- */
+/** Replaces `<dataDir>/streams.json` atomically and durably (see durable_file.ts). */
 export async function writeSpecsFile(dataDir: string, specs: ReadonlyMap<string, StreamSpec>): Promise<void> {
-  const file = path.join(dataDir, SPECS_FILE);
-  const tmp = `${file}.tmp`;
   const doc = { version: 1, streams: Object.fromEntries([...specs].sort(([a], [b]) => (a < b ? -1 : 1)).map(([n, s]) => [n, specJson(s)])) };
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(`${JSON.stringify(doc, null, 2)}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (e) {
-    await unlink(tmp).catch(() => undefined);
-    throw e;
-  }
-  const dir = await open(dataDir, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  await replaceFileDurably(path.join(dataDir, SPECS_FILE), `${JSON.stringify(doc, null, 2)}\n`, { mode: 0o600 });
 }

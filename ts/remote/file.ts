@@ -5,9 +5,10 @@
  * `.tmp-*` file that `abortIncomplete` removes.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 
+import { replaceFileDurably } from '../durable_file.js';
 import type { RemoteObject, RemoteStorage } from './remote_storage.js';
 
 const TMP_MARK = '.tmp-';
@@ -28,26 +29,7 @@ export class FileStorage implements RemoteStorage {
     const file = this.pathOf(key);
     const d = path.dirname(file);
     await mkdir(d, { recursive: true });
-    const tmp = `${file}${TMP_MARK}${randomBytes(6).toString('hex')}`;
-    try {
-      const fh = await open(tmp, 'w');
-      try {
-        await fh.writeFile(body);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, file);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw err;
-    }
-    const dh = await open(d, 'r');
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
+    await replaceFileDurably(file, body, { tmp: `${file}${TMP_MARK}${randomBytes(6).toString('hex')}` });
   }
 
   async get(key: string): Promise<Buffer | null> {
