@@ -598,7 +598,8 @@ fn send_pump_open(env: &Env, args: &CallArgs) -> JsResult<napi_value> {
     let max_send = args.u32(3, "maxSend")? as usize;
     let pump = SendPump::new(fd, store, tli, max_send).map_err(arg_err)?;
     let thread = crate::napi::OwnThread::new(env, "walkeeper-send")?;
-    env.external(Arc::new(SendPumpWorker { pump: PumpHandle::new(pump), thread }), &SEND_PUMP_TAG)
+    let wake = pump.waker();
+    env.external(Arc::new(SendPumpWorker { pump: PumpHandle::with_wake(pump, wake), thread }), &SEND_PUMP_TAG)
 }
 
 /// `sendPumpRun(pump, { start, end, walEnd, budget, zeroCopy? }): Promise<SendPumpReport>` —

@@ -99,6 +99,8 @@ pub struct SendPump {
     /// Cleared on the first `Unsupported` from sendfile: read and send instead.
     sendfile: bool,
     scratch: Vec<u8>,
+    /// Woken with a stop, so that a wait for room in the socket ends at once.
+    wake: Arc<sys::Wake>,
 }
 
 impl SendPump {
@@ -118,13 +120,20 @@ impl SendPump {
             .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, format!("cannot duplicate socket descriptor {fd}: {e}")))?;
         // SAFETY: `dup` is a fresh descriptor we own; TcpStream takes it over.
         let sock = unsafe { std::net::TcpStream::from_raw_fd(dup.into_raw_fd()) };
-        Ok(SendPump { sock, store, tli, max_send: max_send.max(1), sendfile: true, scratch: Vec::new() })
+        let wake = sys::Wake::new().map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, format!("cannot make the pump's wake-up channel: {e}")))?;
+        Ok(SendPump { sock, store, tli, max_send: max_send.max(1), sendfile: true, scratch: Vec::new(), wake: Arc::new(wake) })
+    }
+
+    /// What wakes this pump's waits: to be woken after its stop flag is set
+    /// (`PumpHandle::with_wake`).
+    pub fn waker(&self) -> Arc<sys::Wake> {
+        self.wake.clone()
     }
 
     /// Sends from `job.start` until one of [`SendEnd`]; see the module doc.
     pub fn run(&mut self, job: &SendJob, stop: &AtomicBool) -> SendReport {
         let mut r = SendReport { sent: job.start, messages: 0, tail: Vec::new(), end: SendEnd::Done };
-        let room = Room { until: Instant::now() + job.wait, stop };
+        let room = Room { until: Instant::now() + job.wait, stop, wake: self.wake.clone() };
         let seg = self.store.seg_size();
         let mut spent = 0usize;
         while r.sent < job.end {
@@ -298,26 +307,25 @@ impl SendPump {
 /// and the client woke more often to read less: 15,600 reads of 550 KiB for
 /// eight consumers where PostgreSQL's took 11,000 of 780. The wait is bounded
 /// (so that the caller's held-back writes, e.g. a keepalive reply, go out
-/// in time) and sliced (so that `stop` is seen).
+/// in time) and ends at once on a stop (the pump's wake-up channel).
 struct Room<'a> {
     until: Instant,
     stop: &'a AtomicBool,
+    wake: Arc<sys::Wake>,
 }
 
 impl Room<'_> {
-    const SLICE: Duration = Duration::from_millis(10);
-
-    /// Waits (one slice at most) for room in `sock`; false, without
-    /// waiting, once the time is up or `stop` was set. After true the caller
-    /// tries to write again: there is room, or an error for the write to
-    /// report, or the slice ended and it comes back here.
+    /// Waits for room in `sock`; false, without waiting, once the time is up
+    /// or `stop` was set. After true the caller tries to write again: there
+    /// is room, or an error for the write to report, or it was woken or the
+    /// time ran out and it comes back here.
     fn wait(&self, sock: &std::net::TcpStream) -> bool {
         let now = Instant::now();
         if now >= self.until || self.stop.load(Ordering::Relaxed) {
             return false;
         }
         // (a poll that fails says nothing about the socket: the write will)
-        let _ = sys::wait_writable(sock, (self.until - now).min(Self::SLICE));
+        let _ = sys::wait_writable_or(sock, &self.wake, self.until - now);
         true
     }
 }
@@ -486,12 +494,14 @@ mod tests {
         assert!(!r.tail.is_empty());
         assert!(t0.elapsed() >= Duration::from_millis(200));
 
-        // And `stop` ends a wait.
+        // And a stop (the flag, then the pump's wake-up, as PumpHandle::request_stop does) ends a wait at once.
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
+        let wake = p.waker();
         let stopper = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             st.store(true, Ordering::Relaxed);
+            wake.wake();
         });
         let r = p.run(&SendJob { start: r.sent, end: Lsn(64 * SEG), wal_end: Lsn(64 * SEG), budget: usize::MAX, zero_copy: false, wait: Duration::from_secs(600) }, &stop);
         stopper.join().unwrap();

@@ -180,18 +180,24 @@ pub fn wait_readable(sock: &std::net::TcpStream, timeout: std::time::Duration) -
     poll_two(std::os::fd::AsRawFd::as_raw_fd(sock), false, None, timeout).map(|_| ())
 }
 
-/// Waits until `sock` has room for writing (or failed) or `timeout` has passed.
-#[cfg(unix)]
-pub fn wait_writable(sock: &std::net::TcpStream, timeout: std::time::Duration) -> io::Result<()> {
-    poll_two(std::os::fd::AsRawFd::as_raw_fd(sock), true, None, timeout).map(|_| ())
-}
-
 /// Waits until `sock` is readable (or hung up), `wake` was woken, or
 /// `timeout` has passed. True when `wake` was (it is drained).
 #[cfg(unix)]
 pub fn wait_readable_or(sock: &std::net::TcpStream, wake: &Wake, timeout: std::time::Duration) -> io::Result<bool> {
+    wait_or(sock, false, wake, timeout)
+}
+
+/// Waits until `sock` has room for writing (or failed), `wake` was woken,
+/// or `timeout` has passed. True when `wake` was (it is drained).
+#[cfg(unix)]
+pub fn wait_writable_or(sock: &std::net::TcpStream, wake: &Wake, timeout: std::time::Duration) -> io::Result<bool> {
+    wait_or(sock, true, wake, timeout)
+}
+
+#[cfg(unix)]
+fn wait_or(sock: &std::net::TcpStream, write: bool, wake: &Wake, timeout: std::time::Duration) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let woken = poll_two(sock.as_raw_fd(), false, Some(wake.rx.as_raw_fd()), timeout)?;
+    let woken = poll_two(sock.as_raw_fd(), write, Some(wake.rx.as_raw_fd()), timeout)?;
     if woken {
         wake.drain();
     }
