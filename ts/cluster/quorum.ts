@@ -12,7 +12,6 @@
 import { formatLsn, type Lsn } from '../lsn.js';
 import type { NodeStatus } from '../member_status.js';
 import type { Logger } from '../log.js';
-import type { Stream } from '../stream/stream.js';
 
 /** Majority of `members` (this node included). */
 export function quorumSize(members: number): number {
@@ -76,6 +75,21 @@ export class PeerDemand {
   }
 }
 
+/**
+ * What the quorum reads and raises of a stream. `Stream` is one; the
+ * simulator (sim/) gives its own, so that the same quorum code runs on
+ * simulated time, network and disk.
+ */
+export interface QuorumStream {
+  readonly name: string;
+  readonly log: Logger;
+  readonly systemId: bigint;
+  readonly segmentSize: number;
+  readonly flushLsn: Lsn;
+  readonly commitLsn: Lsn;
+  setCommitLsn(lsn: Lsn): void;
+}
+
 export interface MemberView {
   /** How the broker names the member (peer URL, or etcd node id). */
   key: string;
@@ -99,7 +113,7 @@ export class Quorum {
   private readonly log: Logger;
 
   constructor(
-    readonly stream: Stream,
+    readonly stream: QuorumStream,
     private readonly self: { nodeId: number },
     opts: { peers: readonly string[]; membershipKnown: boolean },
     private readonly now: () => number = Date.now,

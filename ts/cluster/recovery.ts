@@ -17,49 +17,11 @@ import type { CandidateSource } from '../receiver/sources.js';
 import type { Logger } from '../log.js';
 import type { Quorum } from './quorum.js';
 import type { Stream } from '../stream/stream.js';
+import { RecoveryTrigger, type WriterLock } from './writer_lock.js';
+
+export { WriterLock } from './writer_lock.js';
 
 export const RECOVERY_APPLICATION_NAME = 'walkeeper_recovery';
-
-/** Who may append to a stream: ingest or recovery, one at a time. */
-export class WriterLock {
-  private holder: { who: string; yieldNow: () => void } | null = null;
-  private readonly waiting: { who: string; resolve: (release: () => void) => void }[] = [];
-
-  get heldBy(): string | null {
-    return this.holder?.who ?? null;
-  }
-
-  /** Takes the lock if free; `yieldNow` is called when someone else asks for it. */
-  tryAcquire(who: string, yieldNow: () => void): (() => void) | null {
-    if (this.holder || this.waiting.length) return null;
-    return this.grant(who, yieldNow);
-  }
-
-  /** Waits for the lock, asking the holder to yield. */
-  acquire(who: string, yieldNow: () => void = () => undefined): Promise<() => void> {
-    if (!this.holder) return Promise.resolve(this.grant(who, yieldNow));
-    return new Promise((resolve) => {
-      this.waiting.push({ who, resolve: (r) => resolve(r) });
-      this.holder!.yieldNow();
-    }).then((release) => {
-      this.holder!.yieldNow = yieldNow;
-      return release as () => void;
-    });
-  }
-
-  private grant(who: string, yieldNow: () => void): () => void {
-    const me = { who, yieldNow };
-    this.holder = me;
-    let released = false;
-    return () => {
-      if (released || this.holder !== me) return;
-      released = true;
-      this.holder = null;
-      const next = this.waiting.shift();
-      if (next) next.resolve(this.grant(next.who, () => undefined));
-    };
-  }
-}
 
 /** Candidates for recovery: the members the quorum heard from, ranked by flush_lsn (the receiver ranks by the field it calls commit_lsn). */
 class MemberSource implements CandidateSource {
@@ -122,7 +84,7 @@ export class PeerRecovery {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private receiver: WalReceiver | null = null;
-  private upstreamAwaySince: number | null = null;
+  private readonly trigger: RecoveryTrigger;
   private readonly log: Logger;
   private stopped = false;
 
@@ -134,6 +96,7 @@ export class PeerRecovery {
     private readonly cfg: RecoveryConfig = DEFAULT_RECOVERY,
   ) {
     this.log = stream.log.child({ component: 'recovery' });
+    this.trigger = new RecoveryTrigger(cfg.afterMs);
   }
 
   get active(): boolean {
@@ -153,16 +116,9 @@ export class PeerRecovery {
 
   private check(): void {
     if (this.stopped || this.running) return;
-    const now = Date.now();
-    if (this.host.upstreamStreaming()) {
-      this.upstreamAwaySince = null;
-      return;
-    }
-    this.upstreamAwaySince ??= now;
-    if (now - this.upstreamAwaySince < this.cfg.afterMs) return;
     const own = this.stream.flushLsn;
-    const ahead = this.quorum.list().filter((m) => m.error === null && m.flushLsn !== null && m.flushLsn > own && m.pgAddress !== null);
-    if (ahead.length === 0) return;
+    const go = this.trigger.check(Date.now(), this.host.upstreamStreaming(), own, this.quorum.list());
+    if (!go) return;
     const release = this.lock.tryAcquire('recovery', () => void this.receiver?.stop());
     if (!release) return;
     this.running = this.run(own)

@@ -8,6 +8,7 @@
  * connection with a BadNode error, so the receiver puts it on cooldown and
  * goes on with the others; nothing of that WAL is handed on.
  */
+import { WalHandout } from './handout.js';
 import { formatLsn, type Lsn } from '../lsn.js';
 import { ReplicationClient, type CopyBoth } from '../client/client.js';
 import { PgError, ProtocolError } from '../protocol/errors.js';
@@ -131,10 +132,11 @@ export class ReceiverConnection {
     }
     if (sys.systemId !== this.node.systemId) throw new BadNode(`node says system ${sys.systemId} on the wire but ${this.node.systemId} over HTTP`);
     let tli = this.p.tli ?? sys.timeline;
-    let start = this.p.startLsn ?? sys.xlogpos - (sys.xlogpos % BigInt(this.node.segmentSize));
+    const handout = new WalHandout(this.p.startLsn);
+    let start = handout.startOn(sys.xlogpos, this.node.segmentSize);
     this.h.established(start, tli, sys.systemId);
     for (;;) {
-      const end = await this.stream(client, start, tli, sys.systemId);
+      const end = await this.stream(client, handout, tli, sys.systemId);
       if (end.kind !== 'timeline') return end;
       const history = (await client.timelineHistory(end.next)).content;
       if (this.pumped && this.p.sink) {
@@ -144,10 +146,12 @@ export class ReceiverConnection {
       this.h.timeline(end.next, end.at, history);
       tli = end.next;
       start = end.at;
+      handout.advanceTo(start);
     }
   }
 
-  private async stream(client: ReplicationClient, start: Lsn, tli: number, systemId: bigint): Promise<ConnectionEnd | { kind: 'timeline'; next: number; at: Lsn }> {
+  private async stream(client: ReplicationClient, handout: WalHandout, tli: number, systemId: bigint): Promise<ConnectionEnd | { kind: 'timeline'; next: number; at: Lsn }> {
+    const start = handout.next!;
     const check = new PageHeaderCheck(this.node.segmentSize, systemId, this.node.pgVersion, tli);
     const copy = (this.copy = client.startReplication(`START_REPLICATION ${formatLsn(start)} TIMELINE ${tli}`));
     const sink = this.p.sink;
@@ -158,7 +162,6 @@ export class ReceiverConnection {
         if (!lent) this.h.noPump();
       };
     }
-    let expected = start;
     let bad: BadNode | null = null;
     const fail = (msg: string) => {
       bad ??= new BadNode(msg);
@@ -166,13 +169,11 @@ export class ReceiverConnection {
     };
     copy.onXLogData = (m) => {
       if (bad) return;
-      if (m.start !== expected) return fail(`node sent WAL at ${formatLsn(m.start)}, expected ${formatLsn(expected)} (not contiguous)`);
-      const end = m.start + BigInt(m.data.length);
-      if (end > m.end) return fail(`node sent WAL up to ${formatLsn(end)} beyond the end it announces, ${formatLsn(m.end)}`);
+      const out = handout.accept(m.start, m.data.length, m.end);
+      if (out) return fail(out);
       const why = check.check(m.start, m.data);
       if (why) return fail(`node sent invalid WAL: ${why}`);
-      expected = end;
-      this.received = end;
+      this.received = m.start + BigInt(m.data.length);
       this.h.data(m.start, m.data, m.end, tli);
     };
     copy.onKeepalive = (k) => {
@@ -184,7 +185,7 @@ export class ReceiverConnection {
       const end = await this.runPump(sink, copy, lent, start, tli, systemId);
       if (end) return end;
       // The pump stopped at a message it leaves to us (CopyDone, ErrorResponse): go on below.
-      expected = this.received;
+      handout.advanceTo(this.received);
     }
     let result;
     try {

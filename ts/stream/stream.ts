@@ -16,6 +16,8 @@ import type { Logger } from '../log.js';
 import { ReplicaRegistry, type Replica } from './replica.js';
 import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from '../wal/timeline.js';
 import { findEndOfWal, WalStore } from '../wal/wal_storage.js';
+import { CommitFile } from '../wal/commit_file.js';
+import { DurableCommit } from './commit_lsn.js';
 import { LsnWatch } from './watch.js';
 
 export type StreamState = 'active' | 'suspended' | 'removed';
@@ -73,7 +75,11 @@ export class Stream extends EventEmitter {
   private persistDue = 0;
   private persisting: Promise<void> = Promise.resolve();
 
-  private constructor(name: string, dir: string, store: WalStore, control: ControlData, history: TimelineEntry[], flush: Lsn, log: Logger) {
+  /** commit_lsn as it is made durable before it is published (commitWatch is its published value). */
+  private readonly commit: DurableCommit;
+  private readonly commitFile: CommitFile;
+
+  private constructor(name: string, dir: string, store: WalStore, control: ControlData, commitFile: CommitFile, commit: Lsn, history: TimelineEntry[], flush: Lsn, log: Logger) {
     super();
     this.name = name;
     this.dir = dir;
@@ -84,8 +90,15 @@ export class Stream extends EventEmitter {
     this._tli = control.tli;
     this._history = history;
     this.flushWatch = new LsnWatch(flush);
-    this.commitWatch = new LsnWatch(control.commitLsn);
+    this.commitWatch = new LsnWatch(commit);
     this.log = log;
+    this.commitFile = commitFile;
+    this.commit = new DurableCommit(
+      this.commitWatch,
+      { write: (lsn, done) => void commitFile.write(lsn).then(() => done(null), done) },
+      (err) => this.log.error({ err: err.message }, 'cannot write commit_lsn; it stays where it was until a write succeeds'),
+    );
+    this.commitWatch.listen(() => this.persistSoon());
     for (const [n, s] of Object.entries(control.slots)) {
       this.slots.set(n, { name: n, restartLsn: s.restartLsn, tli: s.tli, temporary: false, activeBy: null });
     }
@@ -110,6 +123,10 @@ export class Stream extends EventEmitter {
       throw new Error(`stream ${name}: timeline ${control.tli} has no history file ${historyFileName(control.tli)} in ${dir}`);
     }
     const history = parseHistory(control.tli, historyText);
+    // commit_lsn is in its own file, written before each value is published;
+    // the control file's copy (written a second late) is a lower bound.
+    const commitFile = await CommitFile.open(dir);
+    const commit = commitFile.initial !== null && commitFile.initial > control.commitLsn ? commitFile.initial : control.commitLsn;
     let end = control.flushLsn;
     if (store.list().length > 0) {
       const scan = await findEndOfWal(dir, control.tli, control.segmentSize, segmentStart(control.flushLsn, control.segmentSize), {
@@ -130,9 +147,10 @@ export class Stream extends EventEmitter {
         const lastSeg = Number((control.flushLsn - 1n) / BigInt(control.segmentSize));
         if (store.list().some((f) => f.segno === lastSeg)) end = control.flushLsn;
       }
-      if (end < control.commitLsn) {
+      if (end < commit) {
+        await commitFile.close();
         throw new Error(
-          `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(control.commitLsn)} ` +
+          `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(commit)} ` +
             `(${scan.stopReason}); WAL that clients may have received is missing, refusing to start`,
         );
       }
@@ -141,7 +159,7 @@ export class Stream extends EventEmitter {
       }
       await store.truncate(end);
     }
-    const s = new Stream(name, dir, store, control, history, end, slog);
+    const s = new Stream(name, dir, store, control, commitFile, commit, history, end, slog);
     s.log.info({ tli: s.tli, flush_lsn: formatLsn(end), commit_lsn: formatLsn(s.commitLsn), system_id: s.systemId.toString() }, 'stream opened');
     return s;
   }
@@ -240,10 +258,18 @@ export class Stream extends EventEmitter {
     await this.persistNow();
   }
 
-  /** Raises commit_lsn (never above flush_lsn, never down) and wakes the senders waiting on it. */
+  /**
+   * Raises commit_lsn (never above flush_lsn, never down): once it is
+   * durable, the senders waiting on it wake (see DurableCommit).
+   */
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`stream ${this.name}: commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
-    if (this.commitWatch.set(lsn)) this.persistSoon();
+    this.commit.raise(lsn);
+  }
+
+  /** Resolves once every commit_lsn asked for is durable and published (or its write failed). */
+  commitSettled(): Promise<void> {
+    return this.commit.settled();
   }
 
   /** Why the last write or fsync failed (disk full, I/O error), until the WAL it could not store is on disk. */
@@ -393,7 +419,8 @@ export class Stream extends EventEmitter {
     await this.store.truncate(lsn);
     this._oldest = undefined;
     this.flushWatch.resetTo(lsn);
-    this.commitWatch.resetTo(lsn);
+    this.commit.resetTo(lsn);
+    await this.commit.settled();
     await this.persistNow();
   }
 
@@ -532,7 +559,9 @@ export class Stream extends EventEmitter {
   async close(): Promise<void> {
     this.flushWatch.cancelAll();
     this.commitWatch.cancelAll();
+    await this.commit.settled();
     if (this._state !== 'removed') await this.persistNow();
     else if (this.persistTimer) clearTimeout(this.persistTimer);
+    await this.commitFile.close().catch(() => undefined);
   }
 }
