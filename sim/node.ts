@@ -173,6 +173,11 @@ export class SimNode {
     return out;
   }
 
+  /** Whether ingest streams from the upstream now. */
+  get ingesting(): boolean {
+    return this.life?.ingestStreaming === true && this.life.writer !== null;
+  }
+
   get stream(): SimStream | null {
     return this.life?.stream ?? null;
   }
@@ -343,7 +348,10 @@ export class SimNode {
     if (wr.stopping) return;
     wr.stopping = true;
     wr.conn.close(0, 'writer stopped');
-    if (wr.who === 'ingest') life.ingestStreaming = false;
+    if (wr.who === 'ingest') {
+      life.ingestStreaming = false;
+      if (life.ingestConn === wr.conn) life.ingestConn = null;
+    }
     this.flush(life);
     this.writerFlushed(life);
   }

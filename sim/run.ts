@@ -36,6 +36,9 @@ export interface RunResult {
 }
 
 const START: Lsn = 0x1000000n;
+const HEAL_MS = 35_000;
+/** What must be through the cluster at the end: the upstream's WAL as of this long before it. */
+const LIVENESS_LAG_MS = 5_000;
 
 export function describeFault(f: Fault): string {
   const what = f.other ? `${f.target}<->${f.other}` : f.target;
@@ -111,16 +114,18 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
     };
   }
 
-  // The fault schedule, drawn before the run starts, in the last 15 s none (the cluster heals).
+  // The fault schedule, drawn before the run starts. None begins in the
+  // last 35 s and none lasts over 12 s: the cluster has healed 23 s before
+  // the end, and every backoff (at most 15 s) has run out 8 s before it.
   const schedule: Fault[] = [];
-  const faultEnd = Math.max(1000, opts.virtualMs - 15_000);
-  const count = r.int(4, 4 + Math.floor(opts.virtualMs / 3000));
+  const faultEnd = Math.max(1000, opts.virtualMs - HEAL_MS);
+  const count = r.int(4, 4 + Math.floor(faultEnd / 1500));
   const hosts = sim.map((n) => n.host);
   for (let i = 0; i < count; i++) {
     const at = r.int(500, faultEnd);
     const kind = r.pick(['crash', 'crash', 'partition', 'isolate', 'slow', 'primary', 'primary', 'diskfull', 's3down', 'reset', 'reset'] as const);
     const target = r.pick(hosts);
-    const ms = kind === 'reset' ? 0 : r.chance(0.2) ? r.int(3000, 12000) : r.int(100, 3000);
+    const ms = kind === 'reset' ? 0 : r.chance(0.2) ? r.int(3000, 12_000) : r.int(100, 3000);
     const f: Fault = { at, kind, target, ms };
     if (kind === 'partition') f.other = r.pick([...hosts.filter((h) => h !== target), 'pg', 'rx']);
     if (kind === 'primary') f.target = 'pg';
@@ -186,7 +191,20 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
   }
   rx.start();
   world.after(1, 'pg writes', write);
+  // Liveness, once healed: WAL the primary wrote 5 s before the end is on every node and past commit_lsn, and the receiver has it.
+  let wanted: Lsn = START;
+  world.at(opts.virtualMs - LIVENESS_LAG_MS, 'liveness mark', () => (wanted = primary.end));
   await world.run(opts.virtualMs);
+  if (world.violation === null && opts.virtualMs >= HEAL_MS + 10_000) {
+    for (const n of sim) {
+      const c = n.stream?.commitLsn ?? null;
+      if (c === null) world.fail(`${n.host} is not up at the end, though the cluster healed`);
+      else if (c < wanted) world.fail(`${n.host} is stuck: commit_lsn ${formatLsn(c)} at the end, below ${formatLsn(wanted)} written ${LIVENESS_LAG_MS / 1000} s before`);
+      else if (!n.ingesting) world.fail(`${n.host} does not stream from the upstream at the end, though the cluster healed (writer lock: ${n.life!.lock.heldBy ?? 'free'})`);
+    }
+    // Without object storage, a receiver that was away from every node longer than their horizons (replica window, wal_keep_size; a crash forgets its replicas) has lost its place, as pg_receivewal without a slot: only with the archive must it catch up.
+    if (world.violation === null && cfg.offload && rx.delivered < wanted) world.fail(`the receiver is stuck at ${formatLsn(rx.delivered)}, below ${formatLsn(wanted)} written ${LIVENESS_LAG_MS / 1000} s before the end`);
+  }
 
   return {
     seed: opts.seed,
