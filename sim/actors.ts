@@ -17,7 +17,6 @@ export class Primary {
   private sessions = new Set<{ conn: Conn<Msg>; sent: Lsn }>();
 
   constructor(
-    private readonly world: World,
     private readonly net: Net,
     start: Lsn,
   ) {

@@ -151,6 +151,8 @@ export class SimNode {
   life: Life | null = null;
   up = false;
   crashes = 0;
+  /** Restarts where the commit_lsn file held more than the control file (what DurableCommit is for). */
+  commitFileAhead = 0;
 
   constructor(
     readonly id: number,
@@ -193,6 +195,7 @@ export class SimNode {
     const end = this.disk.end;
     this.disk.durable = end;
     const commit = this.commitFile !== null && this.commitFile > this.control.commit ? this.commitFile : this.control.commit;
+    if (commit > this.control.commit) this.commitFileAhead++;
     if (end < commit) {
       w.fail(`${this.host}: valid WAL ends at ${formatLsn(end)}, below its commit_lsn ${formatLsn(commit)}: the node refuses to start (acknowledged WAL lost)`);
       return;

@@ -32,7 +32,7 @@ export interface RunResult {
   events: number;
   schedule: Fault[];
   recent: string[];
-  stats: { walBytes: bigint; delivered: bigint; switches: number; crashes: number; offload: boolean; maxCommit: Lsn };
+  stats: { walBytes: bigint; delivered: bigint; switches: number; crashes: number; commitFileAhead: number; offload: boolean; maxCommit: Lsn };
 }
 
 const START: Lsn = 0x1000000n;
@@ -60,7 +60,7 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
   };
   const truth: Truth = { maxReportedCommit: START, reportedBy: new Map() };
   const store = new ObjectStore(world);
-  const primary = new Primary(world, net, START);
+  const primary = new Primary(net, START);
   const sim: SimNode[] = [];
   for (let i = 1; i <= nodes; i++) {
     const n = new SimNode(i, world, net, cfg, store, truth, primary.host, START);
@@ -219,6 +219,7 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
       delivered: rx.delivered - START,
       switches: rx.switches,
       crashes: sim.reduce((a, n) => a + n.crashes, 0),
+      commitFileAhead: sim.reduce((a, n) => a + n.commitFileAhead, 0),
       offload: cfg.offload,
       maxCommit: truth.maxReportedCommit,
     },

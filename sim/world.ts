@@ -58,14 +58,14 @@ export class World {
 
   /** Records a broken invariant (the run stops after this event). */
   fail(why: string): void {
-    this.violation ??= `t=${this.now}ms: ${why}`;
+    this.violation ??= `at ${(this.now / 1000).toFixed(4)} s: ${why}`;
   }
 
   /** Something that is part of the run's path but not an event (a decision), into the digest. */
   note(text: string): void {
     this.hash.update(text);
     this.hash.update('\n');
-    this.recent.push(`${this.now} ${text}`);
+    this.recent.push(`${(this.now / 1000).toFixed(4).padStart(9)} s  ${text}`);
     if (this.recent.length > 60) this.recent.shift();
   }
 

@@ -128,6 +128,7 @@ export class Stream extends EventEmitter {
     const commitFile = await CommitFile.open(dir);
     const commit = commitFile.initial !== null && commitFile.initial > control.commitLsn ? commitFile.initial : control.commitLsn;
     let end = control.flushLsn;
+    let stop = 'no WAL files';
     if (store.list().length > 0) {
       const scan = await findEndOfWal(dir, control.tli, control.segmentSize, segmentStart(control.flushLsn, control.segmentSize), {
         search: true,
@@ -147,18 +148,20 @@ export class Stream extends EventEmitter {
         const lastSeg = Number((control.flushLsn - 1n) / BigInt(control.segmentSize));
         if (store.list().some((f) => f.segno === lastSeg)) end = control.flushLsn;
       }
-      if (end < commit) {
-        await commitFile.close();
-        throw new Error(
-          `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(commit)} ` +
-            `(${scan.stopReason}); WAL that clients may have received is missing, refusing to start`,
-        );
-      }
-      if (end !== control.flushLsn) {
+      if (end < commit) stop = scan.stopReason;
+      else if (end !== control.flushLsn) {
         slog.warn({ flush_lsn: formatLsn(control.flushLsn), end_of_wal: formatLsn(end), reason: scan.stopReason }, 'end of valid WAL differs from the recorded flush position');
       }
-      await store.truncate(end);
     }
+    // Refused before anything is cut: the torn tail is left for a look.
+    if (end < commit) {
+      await commitFile.close();
+      throw new Error(
+        `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(commit)} ` +
+          `(${stop}); WAL that clients may have received is missing, refusing to start`,
+      );
+    }
+    if (store.list().length > 0) await store.truncate(end);
     const s = new Stream(name, dir, store, control, commitFile, commit, history, end, slog);
     s.log.info({ tli: s.tli, flush_lsn: formatLsn(end), commit_lsn: formatLsn(s.commitLsn), system_id: s.systemId.toString() }, 'stream opened');
     return s;
