@@ -56,7 +56,7 @@ for (const seed of REGRESSION_SEEDS()) {
 }
 
 function REGRESSION_SEEDS(): number[] {
-  return [4];
+  return [2, 4, 5];
 }
 
 function sim(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
