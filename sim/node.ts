@@ -134,7 +134,8 @@ class Life {
   /** This node's watch on each peer. */
   readonly watching = new Map<number, Conn<Msg> | null>();
   readonly replicas = new Map<string, { lsn: Lsn; leftAt: number | null }>();
-  uploading = false;
+  /** Segments being offloaded (false) or offloaded ahead of backup_lsn (true), by start. */
+  readonly uploads = new Map<Lsn, boolean>();
   controlTimer: Timer | null = null;
   timers: Timer[] = [];
 }
@@ -708,8 +709,13 @@ export class SimNode {
   /** Told of every removal, with the range removed (the run checks it against the ground truth). */
   removed: ((node: SimNode, from: Lsn, to: Lsn) => void) | null = null;
 
+  /**
+   * The offloader (offloader.ts's shape): every member runs the election;
+   * the chosen one keeps up to eight whole segments below commit_lsn in
+   * flight, and backup_lsn moves past a segment only once it and every one
+   * before it are complete in the store.
+   */
   private offload(life: Life): void {
-    if (life.uploading) return;
     const s = life.stream;
     const now = this.world.now;
     const oldest = this.disk.ext.length > 0 ? this.disk.oldest : null;
@@ -720,24 +726,43 @@ export class SimNode {
     const e = electOffloader('main', { nodeId: this.id, commitLsn: s.commitLsn, oldestLsn: oldest, heardAt: null }, peers, this.backupLsn, now);
     if (e.offloader !== this.id) return;
     const seg = this.cfg.segmentSize;
-    const from = this.backupLsn ?? this.firstLsn;
-    const to = from + seg;
-    if (to > s.commitLsn || oldest === null || oldest > from) return;
-    const ext = this.disk.read(from, to);
-    if (!covers(ext, from, to)) {
-      this.world.fail(`${this.host}: segment ${segName(from)} to offload is not whole on disk`);
-      return;
-    }
-    life.uploading = true;
-    this.store.put(segName(from), ext, (err) => {
-      if (this.life !== life) return;
-      life.uploading = false;
-      if (err) return;
-      if (this.backupLsn === null || to > this.backupLsn) {
-        this.backupLsn = to;
-        this.persistSoon(life);
+    const base = this.backupLsn ?? this.firstLsn;
+    // backup_lsn may have moved past segments this node completed ahead of it (a peer reported it did them too).
+    for (const [k, up] of life.uploads) if (up && k < base) life.uploads.delete(k);
+    let inFlight = 0;
+    for (const up of life.uploads.values()) if (!up) inFlight++;
+    for (let from = base; inFlight < 8; from += seg) {
+      const to = from + seg;
+      if (to > s.commitLsn) break;
+      if (life.uploads.has(from)) continue;
+      if (from - base > 64n * seg) break;
+      if (oldest === null || oldest > from) break;
+      const ext = this.disk.read(from, to);
+      if (!covers(ext, from, to)) {
+        this.world.fail(`${this.host}: segment ${segName(from)} to offload is not whole on disk`);
+        return;
       }
-    });
+      life.uploads.set(from, false);
+      inFlight++;
+      this.store.put(segName(from), ext, (err) => {
+        if (this.life !== life) return;
+        if (err) {
+          life.uploads.delete(from);
+          return;
+        }
+        life.uploads.set(from, true);
+        let b = this.backupLsn ?? this.firstLsn;
+        while (life.uploads.get(b) === true) {
+          life.uploads.delete(b);
+          b += seg;
+        }
+        if (this.backupLsn === null || b > this.backupLsn) {
+          this.backupLsn = b;
+          this.persistSoon(life);
+        }
+        this.offload(life);
+      });
+    }
   }
 
   /** Where the stream began (the first segment anyone offloads). */

@@ -39,6 +39,7 @@ const START: Lsn = 0x1000000n;
 const HEAL_MS = 35_000;
 /** What must be through the cluster at the end: the upstream's WAL as of this long before it. */
 const LIVENESS_LAG_MS = 5_000;
+const OFFLOAD_LAG_MS = 15_000;
 
 export function describeFault(f: Fault): string {
   const what = f.other ? `${f.target}<->${f.other}` : f.target;
@@ -194,6 +195,9 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
   // Liveness, once healed: WAL the primary wrote 5 s before the end is on every node and past commit_lsn, and the receiver has it.
   let wanted: Lsn = START;
   world.at(opts.virtualMs - LIVENESS_LAG_MS, 'liveness mark', () => (wanted = primary.end));
+  // Offload may wait out one timed-out put (5 s) and then catch up on the segments behind it.
+  let wantedUp: Lsn = START;
+  world.at(opts.virtualMs - OFFLOAD_LAG_MS, 'offload liveness mark', () => (wantedUp = primary.end));
   await world.run(opts.virtualMs);
   if (world.violation === null && opts.virtualMs >= HEAL_MS + 10_000) {
     for (const n of sim) {
@@ -203,6 +207,12 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
       else if (!n.ingesting) world.fail(`${n.host} does not stream from the upstream at the end, though the cluster healed (writer lock: ${n.life!.lock.heldBy ?? 'free'})`);
     }
     // Without object storage, a receiver that was away from every node longer than their horizons (replica window, wal_keep_size; a crash forgets its replicas) has lost its place, as pg_receivewal without a slot: only with the archive must it catch up.
+    if (world.violation === null && cfg.offload) {
+      let backup: Lsn = 0n;
+      for (const n of sim) if (n.backupLsn !== null && n.backupLsn > backup) backup = n.backupLsn;
+      const need = wantedUp - (wantedUp % cfg.segmentSize);
+      if (backup < need) world.fail(`offload is stuck: backup_lsn ${formatLsn(backup)} at the end, below ${formatLsn(need)} (the last whole segment written ${OFFLOAD_LAG_MS / 1000} s before)`);
+    }
     if (world.violation === null && cfg.offload && rx.delivered < wanted) world.fail(`the receiver is stuck at ${formatLsn(rx.delivered)}, below ${formatLsn(wanted)} written ${LIVENESS_LAG_MS / 1000} s before the end`);
   }
 
