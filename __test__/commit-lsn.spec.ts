@@ -80,10 +80,8 @@ test('the commit_lsn file: two slots in turn, the newer valid one read back; a t
   await f.write(L('0/1000'));
   await f.write(L('0/2000'));
   await f.write(L('0/3000'));
-  await f.close();
   const g = await CommitFile.open(dir);
   t.is(g.initial, L('0/3000'));
-  await g.close();
   // Tear the slot written last (seq 3, the second slot): the one before it is read.
   const fh = await open(path.join(dir, COMMIT_FILE_NAME), 'r+');
   await fh.write(Buffer.from([0xff, 0xff]), 0, 2, 512 + 10);
@@ -91,10 +89,8 @@ test('the commit_lsn file: two slots in turn, the newer valid one read back; a t
   const h = await CommitFile.open(dir);
   t.is(h.initial, L('0/2000'));
   await h.write(L('0/4000'));
-  await h.close();
   const k = await CommitFile.open(dir);
   t.is(k.initial, L('0/4000'), 'writing goes on after a torn slot');
-  await k.close();
 });
 
 test('Stream.open takes commit_lsn from the commit_lsn file, and refuses to start when valid WAL ends below it', async (t) => {
@@ -104,7 +100,6 @@ test('Stream.open takes commit_lsn from the commit_lsn file, and refuses to star
   await s.close();
   const f = await CommitFile.open(dir);
   await f.write(L('0/1800000'));
-  await f.close();
   const err = await t.throwsAsync(Stream.open(dir, log));
   t.regex(err!.message, /valid WAL ends at 0\/1000000, below commit_lsn 0\/1800000 \(no WAL files\).*refusing to start/);
 });

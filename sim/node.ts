@@ -130,7 +130,7 @@ class Life {
   storageError = false;
   readonly sessions = new Set<Session>();
   /** Peers watching this node: their connection and what they asked for. */
-  readonly watchers = new Map<Conn<Msg>, { mode: 'flush' | 'heartbeat'; last: string }>();
+  readonly watchers = new Map<Conn<Msg>, { mode: 'flush' | 'heartbeat'; last: string; seg: bigint }>();
   /** This node's watch on each peer. */
   readonly watching = new Map<number, Conn<Msg> | null>();
   readonly replicas = new Map<string, { lsn: Lsn; leftAt: number | null }>();
@@ -487,7 +487,7 @@ export class SimNode {
   private accept(life: Life, conn: Conn<Msg>, what: string): Side<unknown> | null {
     if (this.life !== life) return null;
     if (what === 'watch') {
-      life.watchers.set(conn, { mode: 'heartbeat', last: '' });
+      life.watchers.set(conn, { mode: 'heartbeat', last: '', seg: life.stream.flushLsn / this.cfg.segmentSize });
       const rep = this.report(life);
       life.watchers.get(conn)!.last = fingerprint(rep);
       conn.send(1, { t: 'status', s: rep });
@@ -643,10 +643,12 @@ export class SimNode {
     }
   }
 
-  /** A flush: peers that asked for every flush hear now (peer_watch.ts). */
+  /** A flush: peers that asked for every flush hear now, the others when it enters a new segment (peer_watch.ts). */
   private pushFlush(life: Life): void {
+    const seg = life.stream.flushLsn / this.cfg.segmentSize;
     for (const [conn, wtch] of life.watchers) {
-      if (wtch.mode !== 'flush') continue;
+      if (wtch.mode !== 'flush' && seg === wtch.seg) continue;
+      wtch.seg = seg;
       const rep = this.report(life);
       wtch.last = fingerprint(rep);
       conn.send(1, { t: 'status', s: rep });

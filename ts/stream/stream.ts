@@ -77,7 +77,6 @@ export class Stream extends EventEmitter {
 
   /** commit_lsn as it is made durable before it is published (commitWatch is its published value). */
   private readonly commit: DurableCommit;
-  private readonly commitFile: CommitFile;
 
   private constructor(name: string, dir: string, store: WalStore, control: ControlData, commitFile: CommitFile, commit: Lsn, history: TimelineEntry[], flush: Lsn, log: Logger) {
     super();
@@ -92,7 +91,6 @@ export class Stream extends EventEmitter {
     this.flushWatch = new LsnWatch(flush);
     this.commitWatch = new LsnWatch(commit);
     this.log = log;
-    this.commitFile = commitFile;
     this.commit = new DurableCommit(
       this.commitWatch,
       { write: (lsn, done) => void commitFile.write(lsn).then(() => done(null), done) },
@@ -155,7 +153,6 @@ export class Stream extends EventEmitter {
     }
     // Refused before anything is cut: the torn tail is left for a look.
     if (end < commit) {
-      await commitFile.close();
       throw new Error(
         `stream ${name}: valid WAL ends at ${formatLsn(end)}, below commit_lsn ${formatLsn(commit)} ` +
           `(${stop}); WAL that clients may have received is missing, refusing to start`,
@@ -565,6 +562,5 @@ export class Stream extends EventEmitter {
     await this.commit.settled();
     if (this._state !== 'removed') await this.persistNow();
     else if (this.persistTimer) clearTimeout(this.persistTimer);
-    await this.commitFile.close().catch(() => undefined);
   }
 }

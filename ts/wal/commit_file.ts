@@ -11,7 +11,7 @@
  * sequence.
  */
 import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 
@@ -42,34 +42,45 @@ function newer(a: number, b: number): boolean {
 
 export class CommitFile {
   private constructor(
-    private readonly fh: FileHandle,
+    private readonly file: string,
     private seq: number,
     readonly initial: Lsn | null,
   ) {}
 
-  /** Opens (or creates) the file in `dir`; `initial` is the value found, null when none. */
+  /** Reads the file in `dir` (creating it); `initial` is the value found, null when none. */
   static async open(dir: string): Promise<CommitFile> {
-    const fh = await open(path.join(dir, COMMIT_FILE_NAME), constants.O_RDWR | constants.O_CREAT, 0o600);
+    const file = path.join(dir, COMMIT_FILE_NAME);
+    const fh = await open(file, constants.O_RDWR | constants.O_CREAT, 0o600);
     const buf = Buffer.alloc(2 * SLOT);
-    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await fh.read(buf, 0, buf.length, 0));
+    } finally {
+      await fh.close();
+    }
     let best: { seq: number; lsn: Lsn } | null = null;
     for (const off of [0, SLOT]) {
       if (bytesRead < off + 20) continue;
       const v = decode(buf.subarray(off, off + 20));
       if (v && (best === null || newer(v.seq, best.seq))) best = v;
     }
-    return new CommitFile(fh, best?.seq ?? 0, best?.lsn ?? null);
+    return new CommitFile(file, best?.seq ?? 0, best?.lsn ?? null);
   }
 
-  /** Writes `lsn` durably (one write into the older slot, then fdatasync). */
+  /**
+   * Writes `lsn` durably: one write into the older slot, then fdatasync.
+   * The file is opened for each write rather than held: a node with a
+   * thousand idle streams should not hold a thousand more descriptors.
+   */
   async write(lsn: Lsn): Promise<void> {
     const seq = (this.seq + 1) >>> 0;
-    await this.fh.write(encode(seq, lsn), 0, 20, (seq % 2) * SLOT);
-    await this.fh.datasync();
+    const fh = await open(this.file, constants.O_RDWR);
+    try {
+      await fh.write(encode(seq, lsn), 0, 20, (seq % 2) * SLOT);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
     this.seq = seq;
-  }
-
-  async close(): Promise<void> {
-    await this.fh.close();
   }
 }
