@@ -20,6 +20,7 @@ import { electOffloader } from '../ts/offload/policy.js';
 import { WalHandout } from '../ts/receiver/handout.js';
 import { DurableCommit } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
+import { ReplicaRegistry, type Replica } from '../ts/stream/replica.js';
 import { wrongBytes, type Extent, type ObjectStore, WalDisk } from './disk.js';
 import type { Conn, Net, Side, Timer, World } from './world.js';
 
@@ -102,6 +103,7 @@ interface Session {
   /** Reading from object storage (below the oldest local segment). */
   archiveBusy: boolean;
   keepalive: Timer | null;
+  replica: Replica;
 }
 
 interface Writer {
@@ -133,7 +135,7 @@ class Life {
   readonly watchers = new Map<Conn<Msg>, { mode: 'flush' | 'heartbeat'; last: string; seg: bigint }>();
   /** This node's watch on each peer. */
   readonly watching = new Map<number, Conn<Msg> | null>();
-  readonly replicas = new Map<string, { lsn: Lsn; leftAt: number | null }>();
+  readonly replicas = new ReplicaRegistry();
   /** Segments being offloaded (false) or offloaded ahead of backup_lsn (true), by start. */
   readonly uploads = new Map<Lsn, boolean>();
   controlTimer: Timer | null = null;
@@ -514,10 +516,7 @@ export class SimNode {
       message: (m: Msg) => {
         if (this.life !== life) return;
         if (m.t === 'start' && !session) session = this.startSending(life, conn, m);
-        else if (m.t === 'feedback' && session) {
-          const r = life.replicas.get(session.client);
-          if (r && m.flush > r.lsn) r.lsn = m.flush;
-        }
+        else if (m.t === 'feedback' && session) session.replica.feedback.flushLsn = m.flush;
       },
       closed: () => {
         if (this.life !== life || !session) return;
@@ -539,12 +538,10 @@ export class SimNode {
       conn.close(1, err);
       return null;
     }
-    const session: Session = { conn, client: m.client, recovery: m.recovery, sent: m.start, archiveBusy: false, keepalive: null };
+    const replica = life.replicas.register({ applicationName: m.client, address: `${m.client}:5432`, recovery: m.recovery, slot: null, tli: 1, startLsn: m.start });
+    const session: Session = { conn, client: m.client, recovery: m.recovery, sent: m.start, archiveBusy: false, keepalive: null, replica };
     life.sessions.add(session);
-    if (!m.recovery) {
-      life.replicas.set(m.client, { lsn: life.replicas.get(m.client)?.lsn ?? m.start, leftAt: null });
-      this.clientsChanged(life);
-    }
+    this.clientsChanged(life);
     const ka = (): void => {
       if (this.life !== life || !life.sessions.has(session)) return;
       conn.send(1, { t: 'keepalive', walEnd: this.limit(life, session) });
@@ -558,18 +555,13 @@ export class SimNode {
   private endSession(life: Life, session: Session): void {
     if (!life.sessions.delete(session)) return;
     session.keepalive?.cancel();
-    if (!session.recovery) {
-      const r = life.replicas.get(session.client);
-      if (r) r.leftAt = this.world.now;
-      this.clientsChanged(life);
-    }
+    life.replicas.unregister(session.replica, this.world.now);
+    this.clientsChanged(life);
   }
 
   private clientsChanged(life: Life): void {
-    let n = 0;
-    for (const x of life.sessions) if (!x.recovery) n++;
     const before = life.demand.prompt(this.world.now);
-    life.demand.setClients(n, this.world.now);
+    life.demand.setClients(life.replicas.regular, this.world.now);
     this.applyDemand(life, before);
   }
 
@@ -687,11 +679,7 @@ export class SimNode {
   private retain(life: Life): void {
     const s = life.stream;
     const now = this.world.now;
-    const replicas: { name: string; lsn: Lsn }[] = [];
-    for (const [name, r] of life.replicas) {
-      if (r.leftAt !== null && now - r.leftAt > this.cfg.replicaWindowMs) life.replicas.delete(name);
-      else replicas.push({ name, lsn: r.lsn });
-    }
+    const replicas = life.replicas.retention(now, this.cfg.replicaWindowMs);
     const h = retentionHorizon({
       commitLsn: s.commitLsn,
       flushLsn: s.flushLsn,
