@@ -712,7 +712,8 @@ export class WalkeeperNode {
    *  1. timers (retention, history), and the retention pass in flight;
    *  2. each stream's writers — ingest, then peer recovery — its offloader
    *     and its broker attachment (nothing new is flushed or uploaded from
-   *     here on), then the broker and the object storage client;
+   *     here on), then the broker and the object storage client; the
+   *     last commit_lsn write completes (it is published only once durable);
    *  3. the listeners (replication and HTTP): no new clients;
    *  4. every sender ends its copy once its client confirmed what was sent;
    *     sessions get 10 s to finish, then their connections are closed;
@@ -729,6 +730,8 @@ export class WalkeeperNode {
       await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
       this.log.info('stopping: broker');
       await this.broker?.close();
+      // The last commit_lsn raised is being made durable: publish it before the senders send what is left.
+      await Promise.all([...this.streams.values()].map((sv) => sv.stream.commitSettled()));
       this.log.info('stopping: listeners and senders');
       this.remote?.close();
       this.pgServer?.close();
