@@ -77,6 +77,7 @@ export class Stream extends EventEmitter {
 
   /** commit_lsn as it is made durable before it is published (commitWatch is its published value). */
   private readonly commit: DurableCommit;
+  private readonly commitFile: CommitFile;
 
   private constructor(name: string, dir: string, store: WalStore, control: ControlData, commitFile: CommitFile, commit: Lsn, history: TimelineEntry[], flush: Lsn, log: Logger) {
     super();
@@ -91,6 +92,7 @@ export class Stream extends EventEmitter {
     this.flushWatch = new LsnWatch(flush);
     this.commitWatch = new LsnWatch(commit);
     this.log = log;
+    this.commitFile = commitFile;
     this.commit = new DurableCommit(
       this.commitWatch,
       { write: (lsn, done) => void commitFile.write(lsn).then(() => done(null), done) },
@@ -562,5 +564,6 @@ export class Stream extends EventEmitter {
     await this.commit.settled();
     if (this._state !== 'removed') await this.persistNow();
     else if (this.persistTimer) clearTimeout(this.persistTimer);
+    await this.commitFile.close().catch(() => undefined);
   }
 }
