@@ -62,6 +62,8 @@ export class CommitFile {
     } finally {
       await fh.close();
     }
+    // A new (or empty) file: its name must survive a crash before any value written into it counts.
+    if (bytesRead === 0) await syncDir(dir);
     let best: { seq: number; lsn: Lsn } | null = null;
     for (const off of [0, SLOT]) {
       if (bytesRead < off + 20) continue;
@@ -99,3 +101,16 @@ export class CommitFile {
 }
 
 const IDLE_CLOSE_MS = 5000;
+
+async function syncDir(dir: string): Promise<void> {
+  let fh: FileHandle | null = null;
+  try {
+    fh = await open(dir, constants.O_RDONLY);
+    await fh.sync();
+  } catch (err) {
+    // Windows cannot open a directory; NTFS makes the entry durable with the file's own flush.
+    if (process.platform !== 'win32') throw err;
+  } finally {
+    await fh?.close();
+  }
+}
