@@ -17,6 +17,7 @@ import { silentLogger, type Logger } from '../ts/log.js';
 import { formatLsn, type Lsn } from '../ts/lsn.js';
 import type { NodeStatus } from '../ts/member_status.js';
 import { electOffloader } from '../ts/offload/policy.js';
+import { PeerPushRule } from '../ts/http/peer_watch.js';
 import { WalHandout } from '../ts/receiver/handout.js';
 import { DurableCommit } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
@@ -132,7 +133,8 @@ class Life {
   storageError = false;
   readonly sessions = new Set<Session>();
   /** Peers watching this node: their connection and what they asked for. */
-  readonly watchers = new Map<Conn<Msg>, { mode: 'flush' | 'heartbeat'; last: string; seg: bigint }>();
+  /** Peers watching this node: the push rule (peer_watch.ts) and whether anything went out since the last tick. */
+  readonly watchers = new Map<Conn<Msg>, { rule: PeerPushRule; wrote: boolean }>();
   /** This node's watch on each peer. */
   readonly watching = new Map<number, Conn<Msg> | null>();
   readonly replicas = new ReplicaRegistry();
@@ -446,11 +448,9 @@ export class SimNode {
     }
     for (const [conn, wtch] of life.watchers) {
       const rep = this.report(life);
-      const fp = fingerprint(rep);
-      if (fp !== wtch.last) {
-        wtch.last = fp;
-        conn.send(1, { t: 'status', s: rep });
-      } else conn.send(1, { t: 'alive' });
+      if (wtch.rule.changed(fingerprint(rep))) this.pushTo(conn, wtch, rep);
+      if (!wtch.wrote) conn.send(1, { t: 'alive' });
+      wtch.wrote = false;
     }
   }
 
@@ -489,15 +489,16 @@ export class SimNode {
   private accept(life: Life, conn: Conn<Msg>, what: string): Side<unknown> | null {
     if (this.life !== life) return null;
     if (what === 'watch') {
-      life.watchers.set(conn, { mode: 'heartbeat', last: '', seg: life.stream.flushLsn / this.cfg.segmentSize });
-      const rep = this.report(life);
-      life.watchers.get(conn)!.last = fingerprint(rep);
-      conn.send(1, { t: 'status', s: rep });
+      const open = (prompt: boolean): void => {
+        const wtch = { rule: new PeerPushRule(prompt, life.stream.flushLsn, this.cfg.segmentSize), wrote: false };
+        life.watchers.set(conn, wtch);
+        this.pushTo(conn, wtch, this.report(life));
+      };
+      open(false);
       return {
         message: (m: Msg) => {
-          if (this.life !== life) return;
-          const wtch = life.watchers.get(conn);
-          if (m.t === 'watch' && wtch) wtch.mode = m.mode;
+          // The peer's demand changed: it watches anew (`flush=` names the stream or not), and hears the status at once.
+          if (this.life === life && m.t === 'watch' && life.watchers.has(conn)) open(m.mode === 'flush');
         },
         closed: () => life.watchers.delete(conn),
       };
@@ -635,16 +636,15 @@ export class SimNode {
     }
   }
 
-  /** A flush: peers that asked for every flush hear now, the others when it enters a new segment (peer_watch.ts). */
+  /** A flush: each watching peer's push rule says whether it hears now (peer_watch.ts). */
   private pushFlush(life: Life): void {
-    const seg = life.stream.flushLsn / this.cfg.segmentSize;
-    for (const [conn, wtch] of life.watchers) {
-      if (wtch.mode !== 'flush' && seg === wtch.seg) continue;
-      wtch.seg = seg;
-      const rep = this.report(life);
-      wtch.last = fingerprint(rep);
-      conn.send(1, { t: 'status', s: rep });
-    }
+    for (const [conn, wtch] of life.watchers) if (wtch.rule.onFlush(life.stream.flushLsn)) this.pushTo(conn, wtch, this.report(life));
+  }
+
+  private pushTo(conn: Conn<Msg>, wtch: { rule: PeerPushRule; wrote: boolean }, rep: PeerReport): void {
+    wtch.rule.wrote(fingerprint(rep));
+    wtch.wrote = true;
+    conn.send(1, { t: 'status', s: rep });
   }
 
   /** Holds a watch on peer `p`; reconnects 250–1000 ms after it is lost. */

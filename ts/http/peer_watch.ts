@@ -38,10 +38,48 @@ function fingerprint(s: Stream): string {
   return `${s.state}|${s.tli}|${s.flushLsn}|${s.commitLsn}|${s.oldestLsn}|${s.backupLsn}|${a.maxRemoteConsistentLsn}`;
 }
 
+/**
+ * When one stream's status goes to one watching peer, pure (the simulator
+ * runs it too): at every flush if the peer asked for them (`prompt`),
+ * otherwise when flush_lsn enters a new segment; and at a tick, when what a
+ * member reads (the fingerprint) differs from what was last written.
+ */
+export class PeerPushRule {
+  private pushedSeg: bigint;
+  private sent: string | null = null;
+
+  constructor(
+    readonly prompt: boolean,
+    flushLsn: bigint,
+    private readonly segmentSize: bigint,
+  ) {
+    this.pushedSeg = flushLsn / segmentSize;
+  }
+
+  /** flush_lsn moved to `lsn`: write the status now? */
+  onFlush(lsn: bigint): boolean {
+    if (this.prompt) return true;
+    const seg = lsn / this.segmentSize;
+    if (seg === this.pushedSeg) return false;
+    this.pushedSeg = seg;
+    return true;
+  }
+
+  /** At a tick: has what a member reads changed since the last status written? */
+  changed(fingerprint: string): boolean {
+    return this.sent !== fingerprint;
+  }
+
+  /** A status with this fingerprint was written. */
+  wrote(fingerprint: string): void {
+    this.sent = fingerprint;
+  }
+}
+
 /** `flush`: the streams whose every flush the peer wants ('*': all). */
 export function servePeerWatch(res: http.ServerResponse, src: PeerWatchSource, flush: ReadonlySet<string> | '*'): void {
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-  const sent = new Map<Stream, string>();
+  const rules = new Map<Stream, PeerPushRule>();
   const unlisten = new Map<Stream, () => void>();
   let backlogged = false;
   let wroteSinceTick = false;
@@ -60,19 +98,16 @@ export function servePeerWatch(res: http.ServerResponse, src: PeerWatchSource, f
   const push = (s: Stream): void => {
     // (while backlogged, not marked as sent: the tick after the drain sends the latest)
     if (backlogged) return;
-    sent.set(s, fingerprint(s));
+    rules.get(s)?.wrote(fingerprint(s));
     write(src.status(s));
     res.socket?.uncork();
   };
   const follow = (s: Stream): void => {
-    const seg = BigInt(s.segmentSize);
-    let pushedSeg = s.flushLsn / seg;
     const prompt = flush === '*' || flush.has(s.name);
+    const rule = new PeerPushRule(prompt, s.flushLsn, BigInt(s.segmentSize));
+    rules.set(s, rule);
     const off = s.flushWatch.listen((lsn) => {
-      if (prompt) return push(s);
-      if (lsn / seg === pushedSeg) return;
-      pushedSeg = lsn / seg;
-      push(s);
+      if (rule.onFlush(lsn)) push(s);
     });
     // (the status page and the tests show who follows each stream, and how)
     const how = prompt ? 'flush' : 'heartbeat';
@@ -89,13 +124,13 @@ export function servePeerWatch(res: http.ServerResponse, src: PeerWatchSource, f
     for (const s of src.streams()) {
       now.add(s);
       if (!unlisten.has(s)) follow(s);
-      else if (sent.get(s) !== fingerprint(s)) push(s);
+      else if (rules.get(s)!.changed(fingerprint(s))) push(s);
     }
     for (const [s, off] of unlisten) {
       if (now.has(s)) continue;
       off();
       unlisten.delete(s);
-      sent.delete(s);
+      rules.delete(s);
     }
     if (!wroteSinceTick) write({ alive: Date.now() });
     wroteSinceTick = false;
