@@ -51,6 +51,40 @@ test('DurableCommit publishes a value only after its write completed, and coales
   t.is(writes.length, 3, 'never lowered by a raise');
 });
 
+test('DurableCommit: a raise may wait to gather others (nobody waits on commit_lsn); one with no wait, or settled(), writes at once', async (t) => {
+  const watch = new LsnWatch(L('0/100'));
+  const writes: { lsn: Lsn; done: (e: Error | null) => void }[] = [];
+  const timers: { fn: () => void; ms: number; cancelled: boolean }[] = [];
+  const defer = (fn: () => void, ms: number) => {
+    const x = { fn, ms, cancelled: false };
+    timers.push(x);
+    return () => (x.cancelled = true);
+  };
+  const c = new DurableCommit(watch, { write: (lsn, done) => writes.push({ lsn, done }) }, () => undefined, defer);
+  c.raise(L('0/200'), 100);
+  c.raise(L('0/300'), 100);
+  t.is(writes.length, 0, 'nothing written yet');
+  t.is(timers.length, 1, 'one timer gathers both');
+  t.is(timers[0]!.ms, 100);
+  timers[0]!.fn();
+  t.is(writes.length, 1);
+  t.is(writes[0]!.lsn, L('0/300'));
+  writes[0]!.done(null);
+  t.is(watch.value, L('0/300'));
+  c.raise(L('0/400'), 100);
+  c.raise(L('0/500'));
+  t.true(timers[1]!.cancelled, 'a raise with no wait cancels the gathering');
+  t.is(writes.length, 2);
+  t.is(writes[1]!.lsn, L('0/500'));
+  writes[1]!.done(null);
+  c.raise(L('0/600'), 100);
+  const settled = c.settled();
+  t.is(writes.length, 3, 'settled() writes what was gathered at once');
+  writes[2]!.done(null);
+  await settled;
+  t.is(watch.value, L('0/600'));
+});
+
 test('DurableCommit.resetTo lowers at once and a write begun before it does not publish its higher value', async (t) => {
   const watch = new LsnWatch(L('0/100'));
   const writes: { lsn: Lsn; done: (e: Error | null) => void }[] = [];

@@ -19,7 +19,7 @@ import type { NodeStatus } from '../ts/member_status.js';
 import { electOffloader } from '../ts/offload/policy.js';
 import { PeerPushRule } from '../ts/http/peer_watch.js';
 import { WalHandout } from '../ts/receiver/handout.js';
-import { DurableCommit } from '../ts/stream/commit_lsn.js';
+import { DurableCommit, type Defer } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
 import { ReplicaRegistry, type Replica } from '../ts/stream/replica.js';
 import { wrongBytes, type Extent, type ObjectStore, WalDisk } from './disk.js';
@@ -78,10 +78,12 @@ class SimStream implements QuorumStream {
     flush: Lsn,
     commit: Lsn,
     store: (lsn: Lsn, done: (err: Error | null) => void) => void,
+    defer: Defer,
+    private readonly waiting: () => boolean,
   ) {
     this.flushWatch = new LsnWatch(flush);
     this.commitWatch = new LsnWatch(commit);
-    this.commit = new DurableCommit(this.commitWatch, { write: store }, () => undefined);
+    this.commit = new DurableCommit(this.commitWatch, { write: store }, () => undefined, defer);
   }
 
   get flushLsn(): Lsn {
@@ -92,7 +94,8 @@ class SimStream implements QuorumStream {
   }
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
-    this.commit.raise(lsn);
+    // As Stream.setCommitLsn: at once when a client waits on commit_lsn here, else gathered for up to 100 ms.
+    this.commit.raise(lsn, this.waiting() ? 0 : 100);
   }
 }
 
@@ -211,7 +214,19 @@ export class SimNode {
     this.life = life;
     this.up = true;
     this.backupLsn = this.control.backupLsn;
-    life.stream = new SimStream(Number(this.cfg.segmentSize), end, commit, (lsn, done) => this.writeCommit(life, lsn, done));
+    life.stream = new SimStream(
+      Number(this.cfg.segmentSize),
+      end,
+      commit,
+      (lsn, done) => this.writeCommit(life, lsn, done),
+      (fn, ms) => {
+        const t = this.world.after(ms, `${this.host} commit_lsn gathered`, () => {
+          if (this.life === life) fn();
+        });
+        return () => t.cancel();
+      },
+      () => life.replicas.regular > 0 || life.demand.prompt(this.world.now),
+    );
     const s = life.stream;
     s.commitWatch.listen((lsn) => {
       // Published: clients, peers and receivers may hear it from now on.

@@ -25,8 +25,19 @@ export interface CommitStore {
   write(lsn: Lsn, done: (err: Error | null) => void): void;
 }
 
+/** Runs `fn` after `ms`; returns what cancels it. The simulator gives its own clock. */
+export type Defer = (fn: () => void, ms: number) => () => void;
+
+const realDefer: Defer = (fn, ms) => {
+  const t = setTimeout(fn, ms);
+  t.unref();
+  return () => clearTimeout(t);
+};
+
 export class DurableCommit {
   private wanted: Lsn;
+  /** A write put off (nobody waits on commit_lsn at once): what cancels it. */
+  private deferred: (() => void) | null = null;
   private durable: Lsn;
   private writing = false;
   /** Bumped by resetTo: a write begun before it must not publish its value. */
@@ -39,6 +50,7 @@ export class DurableCommit {
     readonly watch: LsnWatch,
     private readonly store: CommitStore,
     private readonly onError: (err: Error) => void,
+    private readonly defer: Defer = realDefer,
   ) {
     this.wanted = this.durable = watch.value;
   }
@@ -53,10 +65,29 @@ export class DurableCommit {
     return this.wanted;
   }
 
-  /** Asks for commit_lsn `lsn` (never lowers it). */
-  raise(lsn: Lsn): void {
+  /**
+   * Asks for commit_lsn `lsn` (never lowers it). `waitMs` > 0 lets the write
+   * wait that long, gathering the raises that come meanwhile into it: for a
+   * stream where no client waits on commit_lsn, so that a busy node does not
+   * add a write to stable storage to every flush (the disk is shared with
+   * the WAL's own fsyncs). A raise with no wait writes at once.
+   */
+  raise(lsn: Lsn, waitMs = 0): void {
     if (lsn <= this.wanted) return;
     this.wanted = lsn;
+    if (waitMs <= 0 || this.writing) {
+      this.kickNow();
+      return;
+    }
+    this.deferred ??= this.defer(() => {
+      this.deferred = null;
+      this.kick();
+    }, waitMs);
+  }
+
+  private kickNow(): void {
+    this.deferred?.();
+    this.deferred = null;
     this.kick();
   }
 
@@ -75,6 +106,7 @@ export class DurableCommit {
 
   /** Resolves when everything asked for is written, or a write failed (for close and truncation). */
   settled(): Promise<void> {
+    if (this.deferred) this.kickNow();
     if (!this.writing && this.written === this.generation && this.wanted <= this.durable) return Promise.resolve();
     return new Promise((r) => this.idle.push(r));
   }

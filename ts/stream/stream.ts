@@ -45,6 +45,8 @@ export interface Slot {
 export const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
 const PERSIST_LSN_DELAY_MS = 1000;
 const PERSIST_SLOT_DELAY_MS = 50;
+/** How long a commit_lsn write may wait for more raises when no client waits on commit_lsn (see DurableCommit.raise). */
+const COMMIT_GATHER_MS = 100;
 
 export class Stream extends EventEmitter {
   readonly name: string;
@@ -266,7 +268,9 @@ export class Stream extends EventEmitter {
    */
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`stream ${this.name}: commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
-    this.commit.raise(lsn);
+    // A client served up to commit_lsn here (or one expected back soon) hears of it once it is durable; otherwise the write may gather a tenth of a second of raises.
+    const waiting = this.replicas.regular > 0 || this.followPeers === 'flush';
+    this.commit.raise(lsn, waiting ? 0 : COMMIT_GATHER_MS);
   }
 
   /** Resolves once every commit_lsn asked for is durable and published (or its write failed). */

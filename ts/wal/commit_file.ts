@@ -10,7 +10,7 @@
  * told yet the new one). Reading takes the valid slot with the higher
  * sequence.
  */
-import { constants } from 'node:fs';
+import fs, { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -42,7 +42,7 @@ function newer(a: number, b: number): boolean {
 
 export class CommitFile {
   /** Open while values are being written; closed after IDLE_CLOSE_MS without one. */
-  private fh: FileHandle | null = null;
+  private fd: number | null = null;
   private idle: NodeJS.Timeout | null = null;
 
   private constructor(
@@ -85,8 +85,10 @@ export class CommitFile {
   async write(lsn: Lsn): Promise<void> {
     const seq = (this.seq + 1) >>> 0;
     if (this.idle) clearTimeout(this.idle);
-    this.fh ??= await open(this.file, constants.O_RDWR | constants.O_DSYNC);
-    await this.fh.write(encode(seq, lsn), 0, 20, (seq % 2) * SLOT);
+    // (the callback API: FileHandle's promises cost a good deal more per call, on a path every commit takes)
+    this.fd ??= await new Promise<number>((resolve, reject) => fs.open(this.file, constants.O_RDWR | constants.O_DSYNC, (err, fd) => (err ? reject(err) : resolve(fd))));
+    const fd = this.fd;
+    await new Promise<void>((resolve, reject) => fs.write(fd, encode(seq, lsn), 0, 20, (seq % 2) * SLOT, (err) => (err ? reject(err) : resolve())));
     this.seq = seq;
     this.idle = setTimeout(() => void this.close(), IDLE_CLOSE_MS).unref();
   }
@@ -94,9 +96,9 @@ export class CommitFile {
   async close(): Promise<void> {
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
-    const fh = this.fh;
-    this.fh = null;
-    await fh?.close();
+    const fd = this.fd;
+    this.fd = null;
+    if (fd !== null) await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
   }
 }
 
