@@ -18,6 +18,7 @@ import { formatLsn, type Lsn } from '../ts/lsn.js';
 import type { NodeStatus } from '../ts/member_status.js';
 import { electOffloader } from '../ts/offload/policy.js';
 import { PeerPushRule } from '../ts/http/peer_watch.js';
+import { SILENCE_MS } from '../ts/cluster/broker/embedded.js';
 import { WalHandout } from '../ts/receiver/handout.js';
 import { DurableCommit, type Defer } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
@@ -662,16 +663,32 @@ export class SimNode {
     conn.send(1, { t: 'status', s: rep });
   }
 
-  /** Holds a watch on peer `p`; reconnects 250–1000 ms after it is lost. */
+  /**
+   * Holds a watch on peer `p`; reconnects 250–1000 ms after it is lost, and
+   * drops it when it falls silent for SILENCE_MS (the embedded broker's
+   * rule: a stalled connection is not a live peer).
+   */
   private watchPeer(life: Life, p: number): void {
     if (this.life !== life) return;
     const key = String(p);
+    let heardAt = this.world.now;
+    const silence = (): void => {
+      if (this.life !== life || !conn.open) return;
+      if (this.world.now - heardAt > SILENCE_MS) {
+        conn.close(0, 'silent');
+        life.watching.set(p, null);
+        this.world.after(this.world.rng.int(250, 1000), `${this.host} rewatch n${p}`, () => this.watchPeer(life, p));
+        return;
+      }
+      life.timers.push(this.world.after(1000, `${this.host} watch silence n${p}`, silence));
+    };
     const conn = this.net.connect<Msg>(this.host, `n${p}`, 'watch', {
       opened: () => {
         if (this.life === life && life.demand.prompt(this.world.now)) conn.send(0, { t: 'watch', mode: 'flush' });
       },
       message: (m) => {
         if (this.life !== life) return;
+        heardAt = this.world.now;
         if (m.t === 'status') {
           life.quorum.onStatus(nodeStatus(key, m.s, Number(this.cfg.segmentSize)));
           if (m.s.backupLsn !== null && (this.backupLsn === null || m.s.backupLsn > this.backupLsn)) {
@@ -687,6 +704,7 @@ export class SimNode {
       },
     });
     life.watching.set(p, conn);
+    life.timers.push(this.world.after(1000, `${this.host} watch silence n${p}`, silence));
   }
 
   // --- retention and offload ----------------------------------------------

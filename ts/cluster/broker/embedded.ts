@@ -19,7 +19,7 @@ import { PEER_RETRY_MS, type Broker, type BrokerListener, type BrokerStream } fr
 /** A `flush` list longer than this asks for every stream's flushes instead (`*`): a URL stays short. */
 const MAX_FLUSH_PARAM = 4000;
 /** A peer silent this long (its watch writes every 250 ms) is gone. */
-const SILENCE_MS = 3000;
+export const SILENCE_MS = 3000;
 /** How often a live connection tells the quorum that each stream's last status is current. */
 const HEARD_EVERY_MS = 1000;
 
