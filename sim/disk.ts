@@ -67,14 +67,12 @@ export class WalDisk {
 
   /** The extents covering [from, to) (clipped). */
   read(from: Lsn, to: Lsn): Extent[] {
-    const out: Extent[] = [];
-    for (const e of this.ext) {
-      if (e.end <= from || e.start >= to) continue;
-      const s = e.start > from ? e.start : from;
-      const t = e.end < to ? e.end : to;
-      out.push({ start: s, end: t, origin: e.origin + (s - e.start) });
-    }
-    return out;
+    return clip(this.ext, from, to);
+  }
+
+  /** Start of the oldest WAL held, or null when none (a node's oldest_lsn). */
+  get oldestHeld(): Lsn | null {
+    return this.ext.length > 0 ? this.oldest : null;
   }
 
   /** A crash: what was not fsynced is lost, except a random part of it that the page cache had written back. */
@@ -85,6 +83,18 @@ export class WalDisk {
     this.truncate(survive);
     this.durable = survive;
   }
+}
+
+/** The parts of `ext` within [from, to). */
+export function clip(ext: readonly Extent[], from: Lsn, to: Lsn): Extent[] {
+  const out: Extent[] = [];
+  for (const e of ext) {
+    if (e.end <= from || e.start >= to) continue;
+    const s = e.start > from ? e.start : from;
+    const t = e.end < to ? e.end : to;
+    out.push({ start: s, end: t, origin: e.origin + (s - e.start) });
+  }
+  return out;
 }
 
 /** First place in `ext` whose bytes are not the upstream's (origin ≠ start), or null. */

@@ -9,7 +9,7 @@
  * (the send loop, the fsync, the peer watch's pushes) is modelled here in
  * a few lines each; the decisions are not copied.
  */
-import { quorumSize, PeerDemand, Quorum, type QuorumStream } from '../ts/cluster/quorum.js';
+import { PeerDemand, Quorum, type QuorumStream } from '../ts/cluster/quorum.js';
 import { retentionHorizon } from '../ts/cluster/retention.js';
 import { RecoveryTrigger, WriterLock } from '../ts/cluster/writer_lock.js';
 import { Backoff } from '../ts/ingest/backoff.js';
@@ -23,7 +23,7 @@ import { WalHandout } from '../ts/receiver/handout.js';
 import { DurableCommit, type Defer } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
 import { ReplicaRegistry, type Replica } from '../ts/stream/replica.js';
-import { wrongBytes, type Extent, type ObjectStore, WalDisk } from './disk.js';
+import { clip, wrongBytes, type Extent, type ObjectStore, WalDisk } from './disk.js';
 import type { Conn, Net, Side, Timer, World } from './world.js';
 
 export const SYSTEM_ID = 7300000000000000001n;
@@ -102,7 +102,6 @@ class SimStream implements QuorumStream {
 
 interface Session {
   conn: Conn<Msg>;
-  client: string;
   recovery: boolean;
   sent: Lsn;
   /** Reading from object storage (below the oldest local segment). */
@@ -499,7 +498,7 @@ export class SimNode {
 
   report(life: Life): PeerReport {
     const s = life.stream;
-    return { nodeId: this.id, flushLsn: s.flushLsn, commitLsn: s.commitLsn, oldestLsn: this.disk.ext.length > 0 ? this.disk.oldest : null, backupLsn: this.backupLsn };
+    return { nodeId: this.id, flushLsn: s.flushLsn, commitLsn: s.commitLsn, oldestLsn: this.disk.oldestHeld, backupLsn: this.backupLsn };
   }
 
   private accept(life: Life, conn: Conn<Msg>, what: string): Side<unknown> | null {
@@ -545,7 +544,7 @@ export class SimNode {
   /** START_REPLICATION (session.ts's preflight, then send_wal.ts's loop). */
   private startSending(life: Life, conn: Conn<Msg>, m: Extract<Msg, { t: 'start' }>): Session | null {
     const s = life.stream;
-    const oldest = this.disk.ext.length > 0 ? this.disk.oldest : null;
+    const oldest = this.disk.oldestHeld;
     const archived = this.cfg.offload && this.backupLsn !== null && m.start < this.backupLsn && (oldest === null || m.start < oldest);
     let err: string | null = null;
     if (m.start > s.flushLsn) err = `requested starting point ${formatLsn(m.start)} is ahead of the WAL flush position of this server ${formatLsn(s.flushLsn)}`;
@@ -556,7 +555,7 @@ export class SimNode {
       return null;
     }
     const replica = life.replicas.register({ applicationName: m.client, address: `${m.client}:5432`, recovery: m.recovery, slot: null, tli: 1, startLsn: m.start });
-    const session: Session = { conn, client: m.client, recovery: m.recovery, sent: m.start, archiveBusy: false, keepalive: null, replica };
+    const session: Session = { conn, recovery: m.recovery, sent: m.start, archiveBusy: false, keepalive: null, replica };
     life.sessions.add(session);
     this.clientsChanged(life);
     const ka = (): void => {
@@ -741,7 +740,7 @@ export class SimNode {
   private offload(life: Life): void {
     const s = life.stream;
     const now = this.world.now;
-    const oldest = this.disk.ext.length > 0 ? this.disk.oldest : null;
+    const oldest = this.disk.oldestHeld;
     const peers = life.quorum
       .list()
       .filter((m) => m.nodeId !== null)
@@ -829,15 +828,3 @@ export function covers(ext: readonly Extent[], from: Lsn, to: Lsn): boolean {
   return at >= to;
 }
 
-function clip(ext: readonly Extent[], from: Lsn, to: Lsn): Extent[] {
-  const out: Extent[] = [];
-  for (const e of ext) {
-    if (e.end <= from || e.start >= to) continue;
-    const s = e.start > from ? e.start : from;
-    const t = e.end < to ? e.end : to;
-    out.push({ start: s, end: t, origin: e.origin + (s - e.start) });
-  }
-  return out;
-}
-
-export { quorumSize };

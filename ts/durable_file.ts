@@ -27,10 +27,15 @@ export async function replaceFileDurably(file: string, body: Buffer | string, op
     await rm(tmp, { force: true });
     throw err;
   }
-  const dir = await open(path.dirname(file), 'r');
+  await syncDir(path.dirname(file));
+}
+
+/** fsyncs a directory: a file created or renamed in it survives a crash. */
+export async function syncDir(dir: string): Promise<void> {
+  const dh = await open(dir, 'r');
   try {
-    await dir.sync();
+    await dh.sync();
   } finally {
-    await dir.close();
+    await dh.close();
   }
 }

@@ -121,7 +121,7 @@ export class PeerRecovery {
     if (!go) return;
     const release = this.lock.tryAcquire('recovery', () => void this.receiver?.stop());
     if (!release) return;
-    this.running = this.run(own)
+    this.running = this.run(own, go.flushLsn!)
       .catch((err: Error) => this.log.error({ err: err.message }, 'peer recovery failed'))
       .finally(() => {
         release();
@@ -130,10 +130,10 @@ export class PeerRecovery {
       });
   }
 
-  private async run(from: Lsn): Promise<void> {
+  /** `peerFlush`: the flush_lsn of the most advanced member, as the trigger found it. */
+  private async run(from: Lsn, peerFlush: Lsn): Promise<void> {
     const s = this.stream;
-    const best = this.quorum.list().reduce((a, m) => ((m.flushLsn ?? 0n) > (a.flushLsn ?? 0n) ? m : a));
-    this.log.info({ from: formatLsn(from), peer_flush_lsn: formatLsn(best.flushLsn ?? 0n) }, 'upstream unreachable and a peer is ahead: recovering WAL from peers');
+    this.log.info({ from: formatLsn(from), peer_flush_lsn: formatLsn(peerFlush) }, 'upstream unreachable and a peer is ahead: recovering WAL from peers');
     const rx = new WalReceiver({
       stream: s.name,
       source: new MemberSource(s, this.quorum),

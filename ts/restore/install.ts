@@ -11,6 +11,8 @@ import { constants as fsc } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 
+import { syncDir } from '../durable_file.js';
+
 /** Has `write` fill a new temporary file beside `dest` (whole and fsynced), then renames it to `dest`. */
 export async function installWith(dest: string, write: (tmp: string) => Promise<void>): Promise<void> {
   const dir = path.dirname(dest);
@@ -38,11 +40,3 @@ export function installFile(dest: string, data: Buffer): Promise<void> {
   });
 }
 
-export async function syncDir(dir: string): Promise<void> {
-  const dh = await open(dir, 'r');
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
-}

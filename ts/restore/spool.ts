@@ -15,7 +15,7 @@ import path from 'node:path';
 
 import { parseWalFileName, segmentAfter } from '../lsn.js';
 import type { WalArchive } from './archive.js';
-import { syncDir } from './install.js';
+import { syncDir } from '../durable_file.js';
 
 function alive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;

@@ -10,12 +10,13 @@
  * bring commit_lsn back by up to a second of WAL — the simulator's first
  * finding (docs/simulation.md).
  *
- * So a new commit_lsn is first written (one small in-place write and an
- * fdatasync, on the thread pool; see wal/commit_file.ts) and only then
- * published on the watch that senders, peers and the offloader follow.
- * Writes are coalesced: while one is in flight, further raises only move
- * the target, and the next write takes the latest value. The store is a
- * callback so that the simulator can give its own disk.
+ * So a new commit_lsn is first written (one small O_DSYNC write on the
+ * thread pool; see wal/commit_file.ts) and only then published on the watch
+ * that senders, peers and the offloader follow: the watch's value is the
+ * durable one. Writes are coalesced: while one is in flight, further raises
+ * only move the target, and the next write takes the latest value. The
+ * store and the timer are callbacks so that the simulator can give its own
+ * disk and clock.
  */
 import type { Lsn } from '../lsn.js';
 import type { LsnWatch } from './watch.js';
@@ -38,7 +39,6 @@ export class DurableCommit {
   private wanted: Lsn;
   /** A write put off (nobody waits on commit_lsn at once): what cancels it. */
   private deferred: (() => void) | null = null;
-  private durable: Lsn;
   private writing = false;
   /** Bumped by resetTo: a write begun before it must not publish its value. */
   private generation = 0;
@@ -52,17 +52,7 @@ export class DurableCommit {
     private readonly onError: (err: Error) => void,
     private readonly defer: Defer = realDefer,
   ) {
-    this.wanted = this.durable = watch.value;
-  }
-
-  /** Durable and published. */
-  get value(): Lsn {
-    return this.watch.value;
-  }
-
-  /** The highest value asked for (published once written). */
-  get target(): Lsn {
-    return this.wanted;
+    this.wanted = watch.value;
   }
 
   /**
@@ -98,7 +88,6 @@ export class DurableCommit {
   resetTo(lsn: Lsn): void {
     if (lsn >= this.wanted) return;
     this.wanted = lsn;
-    this.durable = lsn;
     this.watch.resetTo(lsn);
     this.generation++;
     this.kick();
@@ -107,13 +96,13 @@ export class DurableCommit {
   /** Resolves when everything asked for is written, or a write failed (for close and truncation). */
   settled(): Promise<void> {
     if (this.deferred) this.kickNow();
-    if (!this.writing && this.written === this.generation && this.wanted <= this.durable) return Promise.resolve();
+    if (!this.writing && this.written === this.generation && this.wanted <= this.watch.value) return Promise.resolve();
     return new Promise((r) => this.idle.push(r));
   }
 
   private kick(): void {
     if (this.writing) return;
-    if (this.wanted <= this.durable && this.written === this.generation) {
+    if (this.wanted <= this.watch.value && this.written === this.generation) {
       for (const r of this.idle.splice(0)) r();
       return;
     }
@@ -130,7 +119,6 @@ export class DurableCommit {
       }
       if (gen === this.generation) {
         this.written = gen;
-        if (target > this.durable) this.durable = target;
         this.watch.set(target);
       }
       this.kick();

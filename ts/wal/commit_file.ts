@@ -10,19 +10,20 @@
  * told yet the new one). Reading takes the valid slot with the higher
  * sequence.
  */
-import fs, { constants } from 'node:fs';
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 
+import { syncDir } from '../durable_file.js';
 import type { Lsn } from '../lsn.js';
 
 export const COMMIT_FILE_NAME = 'commit_lsn';
 const SLOT = 512;
 const MAGIC = 0x4c434b57; // "WKCL"
 
-function encode(seq: number, lsn: Lsn): Buffer {
-  const b = Buffer.alloc(20);
+/** Fills `b` (20 bytes) with one slot's content. */
+function encode(b: Buffer, seq: number, lsn: Lsn): Buffer {
   b.writeUInt32LE(MAGIC, 0);
   b.writeUInt32LE(seq >>> 0, 4);
   b.writeBigUInt64LE(lsn, 8);
@@ -42,8 +43,10 @@ function newer(a: number, b: number): boolean {
 
 export class CommitFile {
   /** Open while values are being written; closed after IDLE_CLOSE_MS without one. */
-  private fd: number | null = null;
+  private fh: FileHandle | null = null;
   private idle: NodeJS.Timeout | null = null;
+  /** One slot's bytes, reused: DurableCommit has one write in flight at a time. */
+  private readonly slot = Buffer.alloc(20);
 
   private constructor(
     private readonly file: string,
@@ -85,10 +88,8 @@ export class CommitFile {
   async write(lsn: Lsn): Promise<void> {
     const seq = (this.seq + 1) >>> 0;
     if (this.idle) clearTimeout(this.idle);
-    // (the callback API: FileHandle's promises cost a good deal more per call, on a path every commit takes)
-    this.fd ??= await new Promise<number>((resolve, reject) => fs.open(this.file, constants.O_RDWR | constants.O_DSYNC, (err, fd) => (err ? reject(err) : resolve(fd))));
-    const fd = this.fd;
-    await new Promise<void>((resolve, reject) => fs.write(fd, encode(seq, lsn), 0, 20, (seq % 2) * SLOT, (err) => (err ? reject(err) : resolve())));
+    this.fh ??= await open(this.file, constants.O_RDWR | constants.O_DSYNC);
+    await this.fh.write(encode(this.slot, seq, lsn), 0, 20, (seq % 2) * SLOT);
     this.seq = seq;
     this.idle = setTimeout(() => void this.close(), IDLE_CLOSE_MS).unref();
   }
@@ -96,23 +97,10 @@ export class CommitFile {
   async close(): Promise<void> {
     if (this.idle) clearTimeout(this.idle);
     this.idle = null;
-    const fd = this.fd;
-    this.fd = null;
-    if (fd !== null) await new Promise<void>((resolve) => fs.close(fd, () => resolve()));
+    const fh = this.fh;
+    this.fh = null;
+    await fh?.close();
   }
 }
 
 const IDLE_CLOSE_MS = 5000;
-
-async function syncDir(dir: string): Promise<void> {
-  let fh: FileHandle | null = null;
-  try {
-    fh = await open(dir, constants.O_RDONLY);
-    await fh.sync();
-  } catch (err) {
-    // Windows cannot open a directory; NTFS makes the entry durable with the file's own flush.
-    if (process.platform !== 'win32') throw err;
-  } finally {
-    await fh?.close();
-  }
-}
