@@ -1,16 +1,17 @@
-// commit_lsn is durable before it is published: DurableCommit's order and
-// coalescing, the two-slot commit_lsn file, and Stream.open reading it.
-import { open, writeFile } from 'node:fs/promises';
+// commit_lsn is never reported below what was reported before, also
+// across a crash: CommitLsn holds the report back until a quorum reaches the
+// end of WAL found at start-up; Stream.open gives it that bound, or none
+// after a clean stop.
 import path from 'node:path';
 
 import test from 'ava';
 
 import { createLogger } from '../ts/log.js';
 import { parseLsn, type Lsn } from '../ts/lsn.js';
-import { DurableCommit } from '../ts/stream/commit_lsn.js';
+import { CommitLsn } from '../ts/stream/commit_lsn.js';
 import { Stream } from '../ts/stream/stream.js';
 import { LsnWatch } from '../ts/stream/watch.js';
-import { COMMIT_FILE_NAME, CommitFile } from '../ts/wal/commit_file.js';
+import { readControlFile, writeControlFile } from '../ts/wal/control_file.js';
 import { RecoveryTrigger, WriterLock } from '../ts/cluster/writer_lock.js';
 import { WalHandout } from '../ts/receiver/handout.js';
 import { createTempDir, type TempDir } from './harness/index.js';
@@ -24,118 +25,69 @@ test.after.always(async () => {
   await tmp?.cleanup();
 });
 
-test('DurableCommit publishes a value only after its write completed, and coalesces raises behind a write in flight', (t) => {
+test('CommitLsn: after a crash nothing is reported until the value reaches the bound; clients are served the known part meanwhile', (t) => {
   const watch = new LsnWatch(L('0/100'));
-  const writes: { lsn: Lsn; done: (e: Error | null) => void }[] = [];
-  const errors: string[] = [];
-  const c = new DurableCommit(watch, { write: (lsn, done) => writes.push({ lsn, done }) }, (e) => errors.push(e.message));
-  c.raise(L('0/200'));
-  t.is(watch.value, L('0/100'), 'not published before it is durable');
-  t.is(writes.length, 1);
-  c.raise(L('0/300'));
-  c.raise(L('0/400'));
-  c.raise(L('0/350'));
-  t.is(writes.length, 1, 'one write in flight at a time');
-  writes[0]!.done(null);
-  t.is(watch.value, L('0/200'), 'the written value is published');
-  t.is(writes.length, 2);
-  t.is(writes[1]!.lsn, L('0/400'), 'the next write takes the latest value, the ones between are skipped');
-  writes[1]!.done(new Error('EIO'));
-  t.is(watch.value, L('0/200'), 'a failed write publishes nothing');
-  t.deepEqual(errors, ['EIO']);
-  c.raise(L('0/500'));
-  t.is(writes.length, 3, 'the next raise tries again');
-  writes[2]!.done(null);
-  t.is(watch.value, L('0/500'));
+  const c = new CommitLsn(watch, L('0/400'));
+  t.is(c.reported, null, 'the control file\'s copy may be below what was reported before the crash');
+  t.is(c.value, L('0/100'), 'served up to what is known');
+  t.is(c.waitingFor, L('0/400'));
+  const seen: (Lsn | null)[] = [];
+  watch.listen(() => seen.push(c.reported));
+  t.false(c.raise(L('0/300')));
+  t.is(c.value, L('0/300'), 'the quorum\'s progress is served at once');
+  t.is(c.reported, null, 'but not reported: 0/300 may still be below what was');
+  t.true(c.raise(L('0/400')), 'the raise that reaches the bound makes it known');
+  t.is(c.reported, L('0/400'));
+  t.is(c.waitingFor, null);
+  t.deepEqual(seen, [null, L('0/400')], 'listeners (the status publishers) see the report of the raise that made it known');
+  t.false(c.raise(L('0/500')));
+  t.is(c.reported, L('0/500'));
   c.raise(L('0/450'));
-  t.is(writes.length, 3, 'never lowered by a raise');
+  t.is(c.reported, L('0/500'), 'never lowered by a raise');
 });
 
-test('DurableCommit: a raise may wait to gather others (nobody waits on commit_lsn); one with no wait, or settled(), writes at once', async (t) => {
-  const watch = new LsnWatch(L('0/100'));
-  const writes: { lsn: Lsn; done: (e: Error | null) => void }[] = [];
-  const timers: { fn: () => void; ms: number; cancelled: boolean }[] = [];
-  const defer = (fn: () => void, ms: number) => {
-    const x = { fn, ms, cancelled: false };
-    timers.push(x);
-    return () => (x.cancelled = true);
-  };
-  const c = new DurableCommit(watch, { write: (lsn, done) => writes.push({ lsn, done }) }, () => undefined, defer);
-  c.raise(L('0/200'), 100);
-  c.raise(L('0/300'), 100);
-  t.is(writes.length, 0, 'nothing written yet');
-  t.is(timers.length, 1, 'one timer gathers both');
-  t.is(timers[0]!.ms, 100);
-  timers[0]!.fn();
-  t.is(writes.length, 1);
-  t.is(writes[0]!.lsn, L('0/300'));
-  writes[0]!.done(null);
-  t.is(watch.value, L('0/300'));
-  c.raise(L('0/400'), 100);
-  c.raise(L('0/500'));
-  t.true(timers[1]!.cancelled, 'a raise with no wait cancels the gathering');
-  t.is(writes.length, 2);
-  t.is(writes[1]!.lsn, L('0/500'));
-  writes[1]!.done(null);
-  c.raise(L('0/600'), 100);
-  const settled = c.settled();
-  t.is(writes.length, 3, 'settled() writes what was gathered at once');
-  writes[2]!.done(null);
-  await settled;
-  t.is(watch.value, L('0/600'));
+test('CommitLsn: known at once without a bound or with nothing past the value; a cut below the bound makes the cut point the bound', (t) => {
+  t.is(new CommitLsn(new LsnWatch(L('0/100')), null).reported, L('0/100'), 'a clean stop');
+  t.is(new CommitLsn(new LsnWatch(L('0/100')), L('0/100')).reported, L('0/100'), 'no WAL past commit_lsn');
+  const a = new CommitLsn(new LsnWatch(L('0/300')), L('0/800'));
+  a.resetTo(L('0/200'));
+  t.is(a.value, L('0/200'));
+  t.is(a.reported, L('0/200'), 'WAL past the cut is gone, and with it whatever was reported above it');
+  const b = new CommitLsn(new LsnWatch(L('0/100')), L('0/800'));
+  b.resetTo(L('0/500'));
+  t.is(b.waitingFor, L('0/500'), 'the bound comes down to the end of WAL left');
+  t.true(b.raise(L('0/500')));
 });
 
-test('DurableCommit.resetTo lowers at once and a write begun before it does not publish its higher value', async (t) => {
-  const watch = new LsnWatch(L('0/100'));
-  const writes: { lsn: Lsn; done: (e: Error | null) => void }[] = [];
-  const c = new DurableCommit(watch, { write: (lsn, done) => writes.push({ lsn, done }) }, () => undefined);
-  c.raise(L('0/300'));
-  c.resetTo(L('0/80'));
-  t.is(watch.value, L('0/80'));
-  let settled = false;
-  void c.settled().then(() => (settled = true));
-  writes[0]!.done(null);
-  t.is(watch.value, L('0/80'), 'the old write does not publish 0/300');
-  t.is(writes.length, 2);
-  t.is(writes[1]!.lsn, L('0/80'), 'the lowered value is written');
-  await Promise.resolve();
-  t.false(settled);
-  writes[1]!.done(null);
-  await new Promise((r) => setImmediate(r));
-  t.true(settled);
-});
+const INIT = { systemId: 42n, pgVersion: 15, segmentSize: 16 << 20, tli: 1, start: L('0/1000000'), histories: new Map<number, string>() };
 
-test('the commit_lsn file: two slots in turn, the newer valid one read back; a torn slot leaves the value before it', async (t) => {
-  const dir = path.join(tmp.path, 'file');
-  await writeFile(path.join(tmp.path, 'mk'), '');
-  await import('node:fs/promises').then((fs) => fs.mkdir(dir));
-  const f = await CommitFile.open(dir);
-  t.is(f.initial, null, 'a new file has no value');
-  await f.write(L('0/1000'));
-  await f.write(L('0/2000'));
-  await f.write(L('0/3000'));
-  const g = await CommitFile.open(dir);
-  t.is(g.initial, L('0/3000'));
-  // Tear the slot written last (seq 3, the second slot): the one before it is read.
-  const fh = await open(path.join(dir, COMMIT_FILE_NAME), 'r+');
-  await fh.write(Buffer.from([0xff, 0xff]), 0, 2, 512 + 10);
-  await fh.close();
-  const h = await CommitFile.open(dir);
-  t.is(h.initial, L('0/2000'));
-  await h.write(L('0/4000'));
-  const k = await CommitFile.open(dir);
-  t.is(k.initial, L('0/4000'), 'writing goes on after a torn slot');
-});
-
-test('Stream.open takes commit_lsn from the commit_lsn file, and refuses to start when valid WAL ends below it', async (t) => {
-  const dir = path.join(tmp.path, 's1');
+test('Stream.open: after a crash commit_lsn is not reported until a quorum reaches the end of WAL; after a clean stop it is, and stays so only for that life', async (t) => {
   const log = createLogger({ level: 'silent' });
-  const s = await Stream.create(dir, log, { systemId: 42n, pgVersion: 15, segmentSize: 16 << 20, tli: 1, start: L('0/1000000'), histories: new Map() });
+  const dir = path.join(tmp.path, 'crash');
+  const s = await Stream.create(dir, log, INIT);
   await s.close();
-  const f = await CommitFile.open(dir);
-  await f.write(L('0/1800000'));
-  const err = await t.throwsAsync(Stream.open(dir, log));
-  t.regex(err!.message, /valid WAL ends at 0\/1000000, below commit_lsn 0\/1800000 \(no WAL files\).*refusing to start/);
+  // What a crash leaves: the control file written a second late, with flush_lsn past commit_lsn (and no WAL files, so the end of WAL is its flush_lsn).
+  const crashed = (await readControlFile(dir))!;
+  await writeControlFile(dir, { ...crashed, flushLsn: L('0/1800000'), commitLsn: L('0/1200000'), commitExact: false });
+  const a = await Stream.open(dir, log);
+  t.is(a.commitLsn, L('0/1200000'), 'served up to the control file\'s copy');
+  t.is(a.reportedCommitLsn, null);
+  t.is(a.commitUnknownBelow, L('0/1800000'));
+  a.setCommitLsn(L('0/1700000'));
+  t.is(a.reportedCommitLsn, null);
+  a.setCommitLsn(L('0/1800000'));
+  t.is(a.reportedCommitLsn, L('0/1800000'));
+  // A clean stop at commit_lsn 0/1400000 (the quorum's) with WAL flushed to 0/1800000.
+  await a.close();
+  const stopped = (await readControlFile(dir))!;
+  t.true(stopped.commitExact, 'close() writes commit_lsn as exact');
+  await writeControlFile(dir, { ...stopped, commitLsn: L('0/1400000') });
+  const b = await Stream.open(dir, log);
+  t.is(b.reportedCommitLsn, L('0/1400000'), 'known at once after a clean stop');
+  t.is((await readControlFile(dir))!.commitExact, undefined, 'cleared on disk before anything can raise it: a crash in this life must not look clean');
+  b.setCommitLsn(L('0/1600000'));
+  t.is(b.reportedCommitLsn, L('0/1600000'));
+  await b.close();
 });
 
 test('WalHandout: a connection starts at our own position, never the node\'s; only the next piece is handed on', (t) => {

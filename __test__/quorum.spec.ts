@@ -113,19 +113,15 @@ test('Quorum over a real stream: peers move commit_lsn, bad reports do not, it n
   let clock = 1000;
   const q = new Quorum(s, { nodeId: 1 }, { peers: ['http://p2', 'http://p3'], membershipKnown: true }, () => clock);
   q.update();
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1000000'), 'no peer heard yet: commit_lsn stays at the stream start');
   q.onStatus(status('http://p2', '0/1200000'));
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1200000'));
   q.onStatus(status('http://p3', '0/1400000'));
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1400000'), 'the second highest of 1500000, 1400000, 1200000');
   // Another system, commit above flush, another segment size: ignored and reported.
   q.onStatus(status('http://p2', '0/9000000', { systemId: 1n }));
   q.onStatus(status('http://p3', '0/9000000', { commitLsn: L('0/9100000') }));
   q.onStatus(status('http://p3', '0/9000000', { segmentSize: 1024 * 1024 }));
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1400000'));
   const bad = q.list().find((m) => m.key === 'http://p3')!;
   t.regex(bad.error ?? '', /segment size/);
@@ -134,7 +130,6 @@ test('Quorum over a real stream: peers move commit_lsn, bad reports do not, it n
   clock = 2000;
   q.onStatus(status('http://p3', '0/1100000'));
   q.onStatus(status('http://p2', '0/1100000'));
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1400000'));
   t.is(q.list().find((m) => m.key === 'http://p3')!.heardAt, 2000);
   t.is(q.list().find((m) => m.key === 'http://p3')!.error, null, 'a good report clears the error');
@@ -142,12 +137,10 @@ test('Quorum over a real stream: peers move commit_lsn, bad reports do not, it n
   q.onStatus(status('http://p2', '0/2000000'));
   s.flushWatch.set(L('0/1800000'));
   q.update();
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1800000'));
   // Unknown peer keys are not members.
   q.onStatus(status('http://p9', '0/9000000'));
   t.is(q.memberCount, 3);
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1800000'));
 });
 
@@ -159,24 +152,19 @@ test('Quorum: a peer address that is this node is not counted; membership unknow
   q.onStatus(status('http://p1', '0/1500000'));
   t.is(q.memberCount, 2, 'http://p1 answered with our node id');
   q.onStatus(status('http://p2', '0/1300000'));
-  await s.commitSettled();
   t.is(s.commitLsn, L('0/1300000'));
 
   const e = await mkStream('q3', L('0/1500000'));
   t.teardown(() => e.close());
   const qe = new Quorum(e, { nodeId: 1 }, { peers: [], membershipKnown: false });
   qe.update();
-  await e.commitSettled();
   t.is(e.commitLsn, L('0/1000000'), 'etcd not read yet: nothing committed on a guess');
   qe.setMembers(['2', '3']);
-  await e.commitSettled();
   t.is(e.commitLsn, L('0/1000000'), 'two members never heard of');
   qe.onStatus(status('2', '0/1400000'));
-  await e.commitSettled();
   t.is(e.commitLsn, L('0/1400000'));
   qe.setMembers(['2', '3', '4', '5']);
   qe.onStatus(status('3', '0/1450000'));
-  await e.commitSettled();
   t.is(e.commitLsn, L('0/1400000'), 'five members: Q = 3 (1500000, 1450000, 1400000)');
   t.is(qe.size, 3);
 });

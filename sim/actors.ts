@@ -118,7 +118,7 @@ export class Receiver {
         message: (m) => {
           if (m.t !== 'status') return;
           this.statuses.set(node, m.s);
-          this.policy.updateCandidate({ nodeId: node, commitLsn: m.s.commitLsn, pgAddress: `${node}:5432`, availabilityZone: null }, w.now);
+          this.policy.updateCandidate({ nodeId: node, commitLsn: m.s.commitLsn ?? 0n, pgAddress: `${node}:5432`, availabilityZone: null }, w.now);
           this.loop();
         },
         closed: () => this.http.set(node, null),

@@ -1,6 +1,6 @@
 /**
  * A walkeeper node in the simulation: the product's decision code — Quorum
- * and commit_lsn (cluster/quorum.ts), DurableCommit (stream/commit_lsn.ts),
+ * and commit_lsn (cluster/quorum.ts), CommitLsn (stream/commit_lsn.ts),
  * PeerDemand, the WriterLock and RecoveryTrigger (cluster/writer_lock.ts),
  * WalHandout (receiver/handout.ts), retentionHorizon
  * (cluster/retention.ts), electOffloader (offload/policy.ts) and the
@@ -20,7 +20,7 @@ import { electOffloader } from '../ts/offload/policy.js';
 import { PeerPushRule } from '../ts/http/peer_watch.js';
 import { SILENCE_MS } from '../ts/cluster/broker/embedded.js';
 import { WalHandout } from '../ts/receiver/handout.js';
-import { DurableCommit, type Defer } from '../ts/stream/commit_lsn.js';
+import { CommitLsn } from '../ts/stream/commit_lsn.js';
 import { LsnWatch } from '../ts/stream/watch.js';
 import { ReplicaRegistry, type Replica } from '../ts/stream/replica.js';
 import { clip, wrongBytes, type Extent, type ObjectStore, WalDisk } from './disk.js';
@@ -53,16 +53,17 @@ export type Msg =
 export interface PeerReport {
   nodeId: number;
   flushLsn: Lsn;
-  commitLsn: Lsn;
+  /** null: not known yet after a restart (CommitLsn). */
+  commitLsn: Lsn | null;
   oldestLsn: Lsn | null;
   backupLsn: Lsn | null;
 }
 
 /** What everyone was ever told, and the ground truth the invariants read. */
 export interface Truth {
-  /** Highest commit_lsn any node published (to clients, peers, receivers). */
+  /** Highest commit_lsn any node served up to or reported (to clients, peers, receivers). */
   maxReportedCommit: Lsn;
-  /** Per node: the highest commit_lsn it ever published, across restarts. */
+  /** Per node: the highest commit_lsn it ever reported in its status, across restarts. */
   reportedBy: Map<number, Lsn>;
 }
 
@@ -72,19 +73,17 @@ class SimStream implements QuorumStream {
   readonly systemId = SYSTEM_ID;
   readonly flushWatch: LsnWatch;
   readonly commitWatch: LsnWatch;
-  readonly commit: DurableCommit;
+  readonly commit: CommitLsn;
 
   constructor(
     readonly segmentSize: number,
     flush: Lsn,
     commit: Lsn,
-    store: (lsn: Lsn, done: (err: Error | null) => void) => void,
-    defer: Defer,
-    private readonly waiting: () => boolean,
   ) {
     this.flushWatch = new LsnWatch(flush);
     this.commitWatch = new LsnWatch(commit);
-    this.commit = new DurableCommit(this.commitWatch, { write: store }, () => undefined, defer);
+    // As Stream.open after a crash: nothing is reported until a quorum reaches the end of WAL found.
+    this.commit = new CommitLsn(this.commitWatch, flush);
   }
 
   get flushLsn(): Lsn {
@@ -93,10 +92,12 @@ class SimStream implements QuorumStream {
   get commitLsn(): Lsn {
     return this.commitWatch.value;
   }
+  get reportedCommitLsn(): Lsn | null {
+    return this.commit.reported;
+  }
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
-    // As Stream.setCommitLsn: at once when a client waits on commit_lsn here, else gathered for up to 100 ms.
-    this.commit.raise(lsn, this.waiting() ? 0 : 100);
+    this.commit.raise(lsn);
   }
 }
 
@@ -152,15 +153,12 @@ export class SimNode {
   readonly disk: WalDisk;
   /** The control file: flush/commit/backup LSN as last persisted (a second late, as Stream.persistSoon). */
   control: { flush: Lsn; commit: Lsn; backupLsn: Lsn | null };
-  /** The commit_lsn file (wal/commit_file.ts): what DurableCommit made durable. */
-  commitFile: Lsn | null = null;
-  private commitWrite: { lsn: Lsn } | null = null;
   backupLsn: Lsn | null = null;
   life: Life | null = null;
   up = false;
   crashes = 0;
-  /** Restarts where the commit_lsn file held more than the control file (what DurableCommit is for). */
-  commitFileAhead = 0;
+  /** Restarts with the control file's commit_lsn below what the node had reported (CommitLsn holds the report back). */
+  commitBehind = 0;
 
   constructor(
     readonly id: number,
@@ -194,45 +192,30 @@ export class SimNode {
 
   /**
    * Starts (or restarts) the node from what its disk holds, as Stream.open:
-   * the end of WAL is what survived; commit_lsn is the larger of the
-   * control file's and the commit_lsn file's; WAL ending below commit_lsn
-   * refuses the start.
+   * the end of WAL is what survived; commit_lsn is the control file's (a
+   * lower bound), reported only once a quorum reaches that end; WAL ending
+   * below commit_lsn refuses the start.
    */
   start(): void {
     const w = this.world;
     const end = this.disk.end;
     this.disk.durable = end;
-    const commit = this.commitFile !== null && this.commitFile > this.control.commit ? this.commitFile : this.control.commit;
-    if (commit > this.control.commit) this.commitFileAhead++;
+    const commit = this.control.commit;
     if (end < commit) {
       w.fail(`${this.host}: valid WAL ends at ${formatLsn(end)}, below its commit_lsn ${formatLsn(commit)}: the node refuses to start (acknowledged WAL lost)`);
       return;
     }
-    const prev = this.truth.reportedBy.get(this.id) ?? 0n;
-    if (commit < prev) w.fail(`${this.host}: restarted with commit_lsn ${formatLsn(commit)}, below the ${formatLsn(prev)} it had published (commit_lsn went back across a restart)`);
+    if (commit < (this.truth.reportedBy.get(this.id) ?? 0n)) this.commitBehind++;
     const life = new Life();
     this.life = life;
     this.up = true;
     this.backupLsn = this.control.backupLsn;
-    life.stream = new SimStream(
-      Number(this.cfg.segmentSize),
-      end,
-      commit,
-      (lsn, done) => this.writeCommit(life, lsn, done),
-      (fn, ms) => {
-        const t = this.world.after(ms, `${this.host} commit_lsn gathered`, () => {
-          if (this.life === life) fn();
-        });
-        return () => t.cancel();
-      },
-      () => life.replicas.regular > 0 || life.demand.prompt(this.world.now),
-    );
+    life.stream = new SimStream(Number(this.cfg.segmentSize), end, commit);
     const s = life.stream;
     s.commitWatch.listen((lsn) => {
-      // Published: clients, peers and receivers may hear it from now on.
-      const before = this.truth.reportedBy.get(this.id) ?? 0n;
-      if (lsn > before) this.truth.reportedBy.set(this.id, lsn);
+      // Clients may be served up to it from now on; peers and receivers hear it once it is reported.
       if (lsn > this.truth.maxReportedCommit) this.truth.maxReportedCommit = lsn;
+      this.reported(s);
       this.persistSoon(life);
       this.pumpAll(life);
     });
@@ -241,8 +224,8 @@ export class SimNode {
       this.pushFlush(life);
       this.pumpAll(life, true);
     });
-    // The commit_lsn it starts with is published at once (its status says it).
-    if (commit > (this.truth.reportedBy.get(this.id) ?? 0n)) this.truth.reportedBy.set(this.id, commit);
+    // Its status says commit_lsn at once when it is known (nothing past the control file's value to doubt).
+    this.reported(s);
     life.quorum = new Quorum(s, { nodeId: this.id }, { peers: this.peers().map(String), membershipKnown: true }, () => this.world.now);
     this.net.listen(this.host, (conn, what) => this.accept(life, conn as Conn<Msg>, what));
     for (const p of this.peers()) this.watchPeer(life, p);
@@ -263,9 +246,6 @@ export class SimNode {
     life.controlTimer?.cancel();
     this.net.crash(this.host);
     this.disk.crash(this.world);
-    // A commit_lsn write in flight may have reached the disk or not.
-    if (this.commitWrite && this.world.rng.chance(0.5)) this.commitFile = this.commitWrite.lsn;
-    this.commitWrite = null;
     this.world.note(`${this.host} crashed, WAL ends at ${formatLsn(this.disk.end)}`);
   }
 
@@ -287,14 +267,13 @@ export class SimNode {
 
   // --- durability ---------------------------------------------------------
 
-  private writeCommit(life: Life, lsn: Lsn, done: (err: Error | null) => void): void {
-    this.commitWrite = { lsn };
-    this.world.after(this.fsyncMs(), `${this.host} commit_lsn written`, () => {
-      if (this.life !== life) return;
-      this.commitFile = lsn;
-      this.commitWrite = null;
-      done(null);
-    });
+  /** The node's status now says commit_lsn is what it reports: it must not be below anything it said before, in any life. */
+  private reported(s: SimStream): void {
+    const r = s.reportedCommitLsn;
+    if (r === null) return;
+    const before = this.truth.reportedBy.get(this.id) ?? 0n;
+    if (r < before) this.world.fail(`${this.host}: reports commit_lsn ${formatLsn(r)}, below the ${formatLsn(before)} it had reported (commit_lsn went back across a restart)`);
+    else if (r > before) this.truth.reportedBy.set(this.id, r);
   }
 
   /** The control file, written lazily (Stream.persistSoon: a second). */
@@ -498,7 +477,7 @@ export class SimNode {
 
   report(life: Life): PeerReport {
     const s = life.stream;
-    return { nodeId: this.id, flushLsn: s.flushLsn, commitLsn: s.commitLsn, oldestLsn: this.disk.oldestHeld, backupLsn: this.backupLsn };
+    return { nodeId: this.id, flushLsn: s.flushLsn, commitLsn: s.reportedCommitLsn, oldestLsn: this.disk.oldestHeld, backupLsn: this.backupLsn };
   }
 
   private accept(life: Life, conn: Conn<Msg>, what: string): Side<unknown> | null {

@@ -32,7 +32,7 @@ export interface RunResult {
   events: number;
   schedule: Fault[];
   recent: string[];
-  stats: { walBytes: bigint; delivered: bigint; switches: number; crashes: number; commitFileAhead: number; offload: boolean; maxCommit: Lsn };
+  stats: { walBytes: bigint; delivered: bigint; switches: number; crashes: number; commitBehind: number; offload: boolean; maxCommit: Lsn };
 }
 
 const START: Lsn = 0x1000000n;
@@ -204,6 +204,7 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
       const c = n.stream?.commitLsn ?? null;
       if (c === null) world.fail(`${n.host} is not up at the end, though the cluster healed`);
       else if (c < wanted) world.fail(`${n.host} is stuck: commit_lsn ${formatLsn(c)} at the end, below ${formatLsn(wanted)} written ${LIVENESS_LAG_MS / 1000} s before`);
+      else if (n.stream!.reportedCommitLsn === null) world.fail(`${n.host} does not know its commit_lsn at the end (it waits for a quorum at ${formatLsn(n.stream!.commit.waitingFor!)})`);
       else if (!n.ingesting) world.fail(`${n.host} does not stream from the upstream at the end, though the cluster healed (writer lock: ${n.life!.lock.heldBy ?? 'free'})`);
     }
     // Without object storage, a receiver that was away from every node longer than their horizons (replica window, wal_keep_size; a crash forgets its replicas) has lost its place, as pg_receivewal without a slot: only with the archive must it catch up.
@@ -229,7 +230,7 @@ export async function runSeed(opts: RunOptions): Promise<RunResult> {
       delivered: rx.delivered - START,
       switches: rx.switches,
       crashes: sim.reduce((a, n) => a + n.crashes, 0),
-      commitFileAhead: sim.reduce((a, n) => a + n.commitFileAhead, 0),
+      commitBehind: sim.reduce((a, n) => a + n.commitBehind, 0),
       offload: cfg.offload,
       maxCommit: truth.maxReportedCommit,
     },

@@ -13,7 +13,8 @@ export interface NodeStatus {
   nodeId: string;
   /** The node's own id, for messages. */
   nodeNumber: number | null;
-  commitLsn: Lsn;
+  /** null: the node does not know it yet after a restart (it reports none rather than less than before). */
+  commitLsn: Lsn | null;
   flushLsn: Lsn;
   pgAddress: string;
   availabilityZone: string | null;
@@ -52,7 +53,7 @@ export function parseNodeStatus(nodeId: string, j: unknown): NodeStatus {
   return {
     nodeId,
     nodeNumber: typeof o.node_id === 'number' ? o.node_id : null,
-    commitLsn: lsn('commit_lsn'),
+    commitLsn: optLsn('commit_lsn'),
     flushLsn: lsn('flush_lsn'),
     pgAddress: o.pg_address,
     availabilityZone: typeof o.availability_zone === 'string' ? o.availability_zone : null,

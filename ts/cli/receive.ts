@@ -167,7 +167,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
   const t0 = Date.now();
   let best = 0n;
   receiver.on('status', (s) => {
-    if (s.commitLsn > best) best = s.commitLsn;
+    if (s.commitLsn !== null && s.commitLsn > best) best = s.commitLsn;
   });
   const progress = tty
     ? setInterval(() => {

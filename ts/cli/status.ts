@@ -38,6 +38,7 @@ interface StreamDoc {
   commit_lsn: string | null;
   oldest_lsn: string | null;
   storage_error?: string | null;
+  commit_lsn_unknown_below?: string | null;
   upstream: { state: string; connected_to: string | null; lag_bytes: number | null; last_error: string | null } | null;
   cluster: { members: number; quorum: number; peers: { peer: string; node_id: number | null; flush_lsn: string | null; commit_lsn: string | null; error: string | null }[] } | null;
   offload?: { location: string; healthy: boolean; last_error: string | null } | null;
@@ -75,7 +76,8 @@ export function table(head: string[], rows: string[][]): string {
 export function streamLag(d: Pick<StreamDoc, 'upstream' | 'flush_lsn' | 'commit_lsn'>): { bytes: bigint; what: 'behind upstream' | 'not on quorum' } {
   if (d.upstream && d.upstream.lag_bytes != null) return { bytes: BigInt(d.upstream.lag_bytes), what: 'behind upstream' };
   const f = lsnNum(d.flush_lsn) ?? 0n;
-  const c = lsnNum(d.commit_lsn) ?? 0n;
+  // Not known yet after a restart: no lag to speak of (a problem says why).
+  const c = lsnNum(d.commit_lsn) ?? f;
   return { bytes: f > c ? f - c : 0n, what: 'not on quorum' };
 }
 
@@ -83,6 +85,7 @@ export function streamLag(d: Pick<StreamDoc, 'upstream' | 'flush_lsn' | 'commit_
 export function streamProblems(d: StreamDoc): string[] {
   const out: string[] = [];
   if (d.storage_error) out.push(`storage: ${d.storage_error}`);
+  if (d.commit_lsn_unknown_below) out.push(`commit_lsn not known yet after a restart (until a quorum has flushed up to ${d.commit_lsn_unknown_below})`);
   if (d.upstream && d.upstream.state !== 'streaming' && d.upstream.last_error) out.push(`upstream ${d.upstream.state}: ${d.upstream.last_error}`);
   if (d.offload && !d.offload.healthy) out.push(`object storage ${d.offload.location} fails${d.offload.last_error ? `: ${d.offload.last_error}` : ''}`);
   for (const p of d.cluster?.peers ?? []) {
@@ -140,7 +143,7 @@ export function renderStatus(url: string, docs: StreamDoc[], detail = docs.lengt
     return `${out.join('\n')}\n`;
   }
   for (const d of sorted) {
-    const commit = lsnNum(d.commit_lsn)!;
+    const commit = lsnNum(d.commit_lsn) ?? 0n;
     if (d.cluster && d.cluster.peers.length > 0) {
       out.push('', `${d.name}: members`);
       out.push(

@@ -173,7 +173,7 @@ export class Quorum {
     const why =
       s.systemId !== this.stream.systemId
         ? `reports database system ${s.systemId}, this stream's is ${this.stream.systemId}`
-        : s.commitLsn > s.flushLsn
+        : s.commitLsn !== null && s.commitLsn > s.flushLsn
           ? `reports commit_lsn ${formatLsn(s.commitLsn)} above its flush_lsn ${formatLsn(s.flushLsn)}`
           : s.segmentSize !== this.stream.segmentSize
             ? `reports segment size ${s.segmentSize}, this stream's is ${this.stream.segmentSize}`

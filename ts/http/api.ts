@@ -101,7 +101,8 @@ export function memberStatusJson(node: Pick<HttpNodeView, 'nodeId' | 'pgAddress'
     tli: s.tli,
     segment_size: s.segmentSize,
     flush_lsn: formatLsn(s.flushLsn),
-    commit_lsn: formatLsn(s.commitLsn),
+    // null while not known yet after a crash (see stream/commit_lsn.ts): never less than was told before.
+    commit_lsn: lsn(s.reportedCommitLsn),
     remote_consistent_lsn: lsn(s.replicas.aggregates().maxRemoteConsistentLsn),
     oldest_lsn: lsn(s.oldestLsn),
     backup_lsn: lsn(s.backupLsn),
@@ -156,6 +157,8 @@ export function streamJson(node: HttpNodeView, sv: StreamView) {
   return {
     ...memberStatusJson(node, s),
     storage_error: s.storageError,
+    // Set while commit_lsn is not known yet after a crash: what a quorum must flush before it is reported again.
+    commit_lsn_unknown_below: lsn(s.commitUnknownBelow),
     cluster: membersJson(sv.quorum, s),
     upstream: upstreamJson(sv.ingest, s),
     offload: offloadJson(sv.offloader, s),

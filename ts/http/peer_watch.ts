@@ -35,7 +35,7 @@ export interface PeerWatchSource {
 /** What a member reads of a stream, cheaply: a line goes out when this changes. */
 function fingerprint(s: Stream): string {
   const a = s.replicas.aggregates();
-  return `${s.state}|${s.tli}|${s.flushLsn}|${s.commitLsn}|${s.oldestLsn}|${s.backupLsn}|${a.maxRemoteConsistentLsn}`;
+  return `${s.state}|${s.tli}|${s.flushLsn}|${s.reportedCommitLsn}|${s.oldestLsn}|${s.backupLsn}|${a.maxRemoteConsistentLsn}`;
 }
 
 /**

@@ -95,13 +95,14 @@ const url = (name, rest) => 'v1/streams/' + encodeURIComponent(name) + (rest || 
 function lagOf(s) {
   const up = s.upstream;
   if (up && up.lag_bytes !== null && up.lag_bytes !== undefined) return { bytes: BigInt(up.lag_bytes), kind: 'upstream', text: 'behind upstream' };
-  const f = lsn(s.flush_lsn), c = lsn(s.commit_lsn);
+  const f = lsn(s.flush_lsn), c = lsn(s.commit_lsn) ?? f;
   return { bytes: f > c ? f - c : 0n, kind: 'quorum', text: 'not on quorum' };
 }
 
 function problems(s) {
   const out = [];
   if (s.storage_error) out.push('storage: ' + s.storage_error);
+  if (s.commit_lsn_unknown_below) out.push('commit_lsn not known yet after a restart (until a quorum has flushed up to ' + s.commit_lsn_unknown_below + ')');
   const up = s.upstream;
   if (up && up.state !== 'streaming' && up.last_error) out.push('upstream ' + up.state + ': ' + up.last_error);
   if (s.offload && !s.offload.healthy) out.push('object storage ' + s.offload.location + ' fails' + (s.offload.last_error ? ': ' + s.offload.last_error : ''));
@@ -188,7 +189,7 @@ function chart(samples) {
 // ---- one stream, opened -----------------------------------------------------
 
 function render(s, history) {
-  const flush = lsn(s.flush_lsn), commit = lsn(s.commit_lsn);
+  const flush = lsn(s.flush_lsn), commit = lsn(s.commit_lsn) ?? 0n;
   const up = s.upstream;
   const off = s.offload;
   const lag = lagOf(s);

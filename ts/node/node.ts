@@ -730,8 +730,6 @@ export class WalkeeperNode {
       await Promise.all([...this.streams.values()].map((sv) => sv.stopWriters()));
       this.log.info('stopping: broker');
       await this.broker?.close();
-      // The last commit_lsn raised is being made durable: publish it before the senders send what is left.
-      await Promise.all([...this.streams.values()].map((sv) => sv.stream.commitSettled()));
       this.log.info('stopping: listeners and senders');
       this.remote?.close();
       this.pgServer?.close();

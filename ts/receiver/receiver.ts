@@ -251,7 +251,8 @@ export class WalReceiver extends EventEmitter<ReceiverEvents> implements AsyncIt
       (s) => {
         this.statuses.set(s.nodeId, s);
         this.policy.updateCandidate(
-          { nodeId: s.nodeId, commitLsn: s.commitLsn, pgAddress: s.pgAddress, availabilityZone: s.availabilityZone },
+          // A node that does not know its commit_lsn yet (restarted) is kept but not chosen, as one at 0/0.
+          { nodeId: s.nodeId, commitLsn: s.commitLsn ?? 0n, pgAddress: s.pgAddress, availabilityZone: s.availabilityZone },
           Date.now(),
         );
         this.emit('status', s);

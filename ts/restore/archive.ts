@@ -104,7 +104,9 @@ export class NodeArchive {
   async nodes(): Promise<{ nodes: NodeTarget[]; errors: string[] }> {
     if (this.cached === null || Date.now() - this.cached.at > 10_000) {
       const r = await this.discover();
-      r.nodes.sort((a, b) => (a.status.commitLsn > b.status.commitLsn ? -1 : a.status.commitLsn < b.status.commitLsn ? 1 : 0));
+      // A node that does not know its commit_lsn yet (just restarted) goes last.
+      const commit = (t: NodeTarget): Lsn => t.status.commitLsn ?? -1n;
+      r.nodes.sort((a, b) => (commit(a) > commit(b) ? -1 : commit(a) < commit(b) ? 1 : 0));
       this.cached = { at: Date.now(), ...r };
     }
     return this.cached;

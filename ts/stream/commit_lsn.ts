@@ -1,127 +1,82 @@
 /**
- * commit_lsn is durable before anyone hears of it.
+ * commit_lsn, and what a node may say of it after a crash.
  *
- * A node tells commit_lsn to its clients (walEnd, and the WAL it serves up
- * to there), to its peers (its status) and to receivers choosing a node.
- * After a crash it must not tell them less: a receiver that was handed WAL
- * up to C and comes back would be refused its own position, and a client
- * comparing two reports would see history shrink. The control file is
- * written lazily (a second behind), so before this class a restart could
- * bring commit_lsn back by up to a second of WAL — the simulator's first
- * finding (docs/simulation.md).
+ * A node tells commit_lsn to its peers and to receivers choosing a node (its
+ * status), and it must never tell them less than before, also across a
+ * crash: a receiver comparing two reports would see history shrink, and the
+ * simulator checks it on every step (docs/simulation.md). The value itself
+ * lives only in memory; the control file keeps a copy a second late, a
+ * lower bound. So after a crash the node does not know what it said last.
  *
- * So a new commit_lsn is first written (one small O_DSYNC write on the
- * thread pool; see wal/commit_file.ts) and only then published on the watch
- * that senders, peers and the offloader follow: the watch's value is the
- * durable one. Writes are coalesced: while one is in flight, further raises
- * only move the target, and the next write takes the latest value. The
- * store and the timer are callbacks so that the simulator can give its own
- * disk and clock.
+ * It knows a bound: anything it reported was at most its flush_lsn then,
+ * and that WAL was fsynced, so at most the end of valid WAL it finds at
+ * start-up. Until the quorum (recomputed from the members' fresh flush
+ * positions, which only go forward) reaches that end, the node reports no
+ * commit_lsn at all (null in its status: "not known yet"); from then on,
+ * what it reports is at least what it could have reported before.
+ * Meanwhile it serves clients up to what it does know — the control file's
+ * value and whatever the quorum has confirmed since — which is WAL a quorum
+ * holds, but it does not announce it.
+ *
+ * This costs nothing on the commit path. The first version of this class
+ * wrote every new value to a file of its own with O_DSYNC before publishing
+ * it; that put one write to stable storage between a peer's flush and every
+ * caught-up client, +0.6 ms at the median on a shared disk
+ * (bench/profile-pass.md). After a clean stop the control file says its
+ * copy is exact, and the node knows commit_lsn at once.
  */
-import type { Lsn } from '../lsn.js';
+import { formatLsn, type Lsn } from '../lsn.js';
 import type { LsnWatch } from './watch.js';
 
-export interface CommitStore {
-  /** Makes `lsn` durable as commit_lsn; `done` once it is (or with why not). */
-  write(lsn: Lsn, done: (err: Error | null) => void): void;
-}
-
-/** Runs `fn` after `ms`; returns what cancels it. The simulator gives its own clock. */
-export type Defer = (fn: () => void, ms: number) => () => void;
-
-const realDefer: Defer = (fn, ms) => {
-  const t = setTimeout(fn, ms);
-  t.unref();
-  return () => clearTimeout(t);
-};
-
-export class DurableCommit {
-  private wanted: Lsn;
-  /** A write put off (nobody waits on commit_lsn at once): what cancels it. */
-  private deferred: (() => void) | null = null;
-  private writing = false;
-  /** Bumped by resetTo: a write begun before it must not publish its value. */
-  private generation = 0;
-  private written = 0;
-  private idle: (() => void)[] = [];
+export class CommitLsn {
+  /** Reports are held back until the value reaches this; null once it has. */
+  private unknownBelow: Lsn | null;
 
   constructor(
-    /** The published value: raised only once durable. */
+    /** What clients may be served up to: only goes up, except at resetTo. */
     readonly watch: LsnWatch,
-    private readonly store: CommitStore,
-    private readonly onError: (err: Error) => void,
-    private readonly defer: Defer = realDefer,
+    /** The highest value the node may have reported before (the end of WAL found at start-up); null when nothing was (a clean stop, a new stream). */
+    reportedAtMost: Lsn | null,
   ) {
-    this.wanted = watch.value;
+    this.unknownBelow = reportedAtMost !== null && reportedAtMost > watch.value ? reportedAtMost : null;
+  }
+
+  get value(): Lsn {
+    return this.watch.value;
+  }
+
+  /** What the node says commit_lsn is: null until it knows it is at least what it may have said before a crash. */
+  get reported(): Lsn | null {
+    return this.unknownBelow === null ? this.watch.value : null;
+  }
+
+  /** The value the quorum must reach before commit_lsn is reported again; null when it is. */
+  get waitingFor(): Lsn | null {
+    return this.unknownBelow;
+  }
+
+  /** Raises the value (never lowers it); returns true when this raise made it known. */
+  raise(lsn: Lsn): boolean {
+    // Known first, so that the watch's listeners (the status publishers) see the report they are told of.
+    const known = this.unknownBelow !== null && lsn >= this.unknownBelow;
+    if (known) this.unknownBelow = null;
+    this.watch.set(lsn);
+    return known;
   }
 
   /**
-   * Asks for commit_lsn `lsn` (never lowers it). `waitMs` > 0 lets the write
-   * wait that long, gathering the raises that come meanwhile into it: for a
-   * stream where no client waits on commit_lsn, so that a busy node does not
-   * add a write to stable storage to every flush (the disk is shared with
-   * the WAL's own fsyncs). A raise with no wait writes at once.
-   */
-  raise(lsn: Lsn, waitMs = 0): void {
-    if (lsn <= this.wanted) return;
-    this.wanted = lsn;
-    if (waitMs <= 0 || this.writing) {
-      this.kickNow();
-      return;
-    }
-    this.deferred ??= this.defer(() => {
-      this.deferred = null;
-      this.kick();
-    }, waitMs);
-  }
-
-  private kickNow(): void {
-    this.deferred?.();
-    this.deferred = null;
-    this.kick();
-  }
-
-  /**
-   * Lowers commit_lsn (local WAL cut back at a timeline switch): the watch
-   * at once, the file by a write the caller awaits through `settled`.
+   * Lowers the value (local WAL cut back at a timeline switch): what was
+   * reported above it is gone with that WAL, as before.
    */
   resetTo(lsn: Lsn): void {
-    if (lsn >= this.wanted) return;
-    this.wanted = lsn;
     this.watch.resetTo(lsn);
-    this.generation++;
-    this.kick();
-  }
-
-  /** Resolves when everything asked for is written, or a write failed (for close and truncation). */
-  settled(): Promise<void> {
-    if (this.deferred) this.kickNow();
-    if (!this.writing && this.written === this.generation && this.wanted <= this.watch.value) return Promise.resolve();
-    return new Promise((r) => this.idle.push(r));
-  }
-
-  private kick(): void {
-    if (this.writing) return;
-    if (this.wanted <= this.watch.value && this.written === this.generation) {
-      for (const r of this.idle.splice(0)) r();
-      return;
+    if (this.unknownBelow !== null && lsn <= this.unknownBelow) {
+      this.unknownBelow = this.watch.value >= lsn ? null : lsn;
     }
-    const target = this.wanted;
-    const gen = this.generation;
-    this.writing = true;
-    this.store.write(target, (err) => {
-      this.writing = false;
-      if (err) {
-        // Published stays where it is; the next raise tries again.
-        this.onError(err);
-        for (const r of this.idle.splice(0)) r();
-        return;
-      }
-      if (gen === this.generation) {
-        this.written = gen;
-        this.watch.set(target);
-      }
-      this.kick();
-    });
   }
+}
+
+/** One line for logs and the status page: why commit_lsn is not reported. */
+export function unknownCommitReason(waitingFor: Lsn): string {
+  return `commit_lsn not known yet after a restart: reported again once a quorum has flushed up to ${formatLsn(waitingFor)}, the end of WAL here`;
 }

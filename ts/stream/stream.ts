@@ -16,8 +16,7 @@ import type { Logger } from '../log.js';
 import { ReplicaRegistry, type Replica } from './replica.js';
 import { nextTimeline, parseHistory, timelineEntry, type TimelineEntry } from '../wal/timeline.js';
 import { findEndOfWal, WalStore } from '../wal/wal_storage.js';
-import { CommitFile } from '../wal/commit_file.js';
-import { DurableCommit } from './commit_lsn.js';
+import { CommitLsn, unknownCommitReason } from './commit_lsn.js';
 import { LsnWatch } from './watch.js';
 
 export type StreamState = 'active' | 'suspended' | 'removed';
@@ -45,8 +44,6 @@ export interface Slot {
 export const SLOT_NAME_RE = /^[a-z0-9_]{1,63}$/;
 const PERSIST_LSN_DELAY_MS = 1000;
 const PERSIST_SLOT_DELAY_MS = 50;
-/** How long a commit_lsn write may wait for more raises when no client waits on commit_lsn (see DurableCommit.raise). */
-const COMMIT_GATHER_MS = 100;
 
 export class Stream extends EventEmitter {
   readonly name: string;
@@ -60,7 +57,7 @@ export class Stream extends EventEmitter {
   readonly slots = new Map<string, Slot>();
   /** End of WAL fsynced here. */
   readonly flushWatch: LsnWatch;
-  /** End of WAL known to be on a quorum; what regular clients may see. */
+  /** End of WAL known to be on a quorum; what regular clients may be served up to (see CommitLsn for what is reported). */
   readonly commitWatch: LsnWatch;
   /**
    * What this node asks its peers for: every flush (a client waits on
@@ -76,12 +73,13 @@ export class Stream extends EventEmitter {
   private persistTimer: NodeJS.Timeout | undefined;
   private persistDue = 0;
   private persisting: Promise<void> = Promise.resolve();
+  /** Set by close(): the control file's commit_lsn is written as exact. */
+  private closing = false;
 
-  /** commit_lsn as it is made durable before it is published (commitWatch is its published value). */
-  private readonly commit: DurableCommit;
-  private readonly commitFile: CommitFile;
+  /** commit_lsn and whether it may be reported yet (after a crash, see CommitLsn). */
+  private readonly commit: CommitLsn;
 
-  private constructor(name: string, dir: string, store: WalStore, control: ControlData, commitFile: CommitFile, commit: Lsn, history: TimelineEntry[], flush: Lsn, log: Logger) {
+  private constructor(name: string, dir: string, store: WalStore, control: ControlData, reportedAtMost: Lsn | null, history: TimelineEntry[], flush: Lsn, log: Logger) {
     super();
     this.name = name;
     this.dir = dir;
@@ -92,14 +90,9 @@ export class Stream extends EventEmitter {
     this._tli = control.tli;
     this._history = history;
     this.flushWatch = new LsnWatch(flush);
-    this.commitWatch = new LsnWatch(commit);
+    this.commitWatch = new LsnWatch(control.commitLsn);
     this.log = log;
-    this.commitFile = commitFile;
-    this.commit = new DurableCommit(
-      this.commitWatch,
-      { write: (lsn, done) => void commitFile.write(lsn).then(() => done(null), done) },
-      (err) => this.log.error({ err: err.message }, 'cannot write commit_lsn; it stays where it was until a write succeeds'),
-    );
+    this.commit = new CommitLsn(this.commitWatch, reportedAtMost);
     this.commitWatch.listen(() => this.persistSoon());
     for (const [n, s] of Object.entries(control.slots)) {
       this.slots.set(n, { name: n, restartLsn: s.restartLsn, tli: s.tli, temporary: false, activeBy: null });
@@ -125,10 +118,9 @@ export class Stream extends EventEmitter {
       throw new Error(`stream ${name}: timeline ${control.tli} has no history file ${historyFileName(control.tli)} in ${dir}`);
     }
     const history = parseHistory(control.tli, historyText);
-    // commit_lsn is in its own file, written before each value is published;
-    // the control file's copy (written a second late) is a lower bound.
-    const commitFile = await CommitFile.open(dir);
-    const commit = commitFile.initial !== null && commitFile.initial > control.commitLsn ? commitFile.initial : control.commitLsn;
+    // The control file's commit_lsn is a lower bound (written a second
+    // late), exact only after a clean stop.
+    const commit = control.commitLsn;
     let end = control.flushLsn;
     let stop = 'no WAL files';
     if (store.list().length > 0) {
@@ -163,8 +155,16 @@ export class Stream extends EventEmitter {
       );
     }
     if (store.list().length > 0) await store.truncate(end);
-    const s = new Stream(name, dir, store, control, commitFile, commit, history, end, slog);
+    // After a crash the node may have reported commit_lsn up to the end of
+    // its WAL; after a clean stop exactly the recorded value. Exact holds
+    // for this life only: it is cleared on disk before anything can be
+    // raised (needed only when there is WAL past commit_lsn to raise it to).
+    const exact = control.commitExact === true;
+    if (exact && end > commit) await writeControlFile(dir, { ...control, commitExact: false });
+    const s = new Stream(name, dir, store, control, exact ? null : end, history, end, slog);
+    const waiting = s.commit.waitingFor;
     s.log.info({ tli: s.tli, flush_lsn: formatLsn(end), commit_lsn: formatLsn(s.commitLsn), system_id: s.systemId.toString() }, 'stream opened');
+    if (waiting !== null) s.log.info({ commit_lsn: formatLsn(s.commitLsn) }, unknownCommitReason(waiting));
     return s;
   }
 
@@ -206,8 +206,17 @@ export class Stream extends EventEmitter {
   get flushLsn(): Lsn {
     return this.flushWatch.value;
   }
+  /** What regular clients are served up to: WAL on a quorum. */
   get commitLsn(): Lsn {
     return this.commitWatch.value;
+  }
+  /** What this node tells its peers and receivers commit_lsn is: null while not known yet after a crash (see CommitLsn). */
+  get reportedCommitLsn(): Lsn | null {
+    return this.commit.reported;
+  }
+  /** While commit_lsn is not known yet: the value the quorum must reach. */
+  get commitUnknownBelow(): Lsn | null {
+    return this.commit.waitingFor;
   }
   /**
    * Start of the oldest segment still held, or null when there is none.
@@ -262,20 +271,10 @@ export class Stream extends EventEmitter {
     await this.persistNow();
   }
 
-  /**
-   * Raises commit_lsn (never above flush_lsn, never down): once it is
-   * durable, the senders waiting on it wake (see DurableCommit).
-   */
+  /** Raises commit_lsn (never above flush_lsn, never down); the senders waiting on it wake. */
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`stream ${this.name}: commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
-    // A client served up to commit_lsn here (or one expected back soon) hears of it once it is durable; otherwise the write may gather a tenth of a second of raises.
-    const waiting = this.replicas.regular > 0 || this.followPeers === 'flush';
-    this.commit.raise(lsn, waiting ? 0 : COMMIT_GATHER_MS);
-  }
-
-  /** Resolves once every commit_lsn asked for is durable and published (or its write failed). */
-  commitSettled(): Promise<void> {
-    return this.commit.settled();
+    if (this.commit.raise(lsn)) this.log.info({ commit_lsn: formatLsn(lsn) }, 'commit_lsn known again: a quorum has flushed up to the end of WAL found at start-up');
   }
 
   /** Why the last write or fsync failed (disk full, I/O error), until the WAL it could not store is on disk. */
@@ -426,7 +425,6 @@ export class Stream extends EventEmitter {
     this._oldest = undefined;
     this.flushWatch.resetTo(lsn);
     this.commit.resetTo(lsn);
-    await this.commit.settled();
     await this.persistNow();
   }
 
@@ -523,6 +521,7 @@ export class Stream extends EventEmitter {
       tli: this.tli,
       flushLsn: this.flushLsn,
       commitLsn: this.commitLsn,
+      ...(this.closing ? { commitExact: true } : {}),
       firstLsn: this.oldestLsn ?? this.flushLsn,
       slots,
       backupLsn: this._backupLsn,
@@ -565,9 +564,9 @@ export class Stream extends EventEmitter {
   async close(): Promise<void> {
     this.flushWatch.cancelAll();
     this.commitWatch.cancelAll();
-    await this.commit.settled();
+    // Nothing raises commit_lsn any more: the copy written now is exact, and the next start knows it at once.
+    this.closing = true;
     if (this._state !== 'removed') await this.persistNow();
     else if (this.persistTimer) clearTimeout(this.persistTimer);
-    await this.commitFile.close().catch(() => undefined);
   }
 }

@@ -25,6 +25,8 @@ export interface ControlData {
   tli: number;
   flushLsn: Lsn;
   commitLsn: Lsn;
+  /** commitLsn is the value the node last had (written at a clean stop), not just a lower bound. */
+  commitExact?: boolean;
   /** Oldest LSN this node still holds. */
   firstLsn: Lsn;
   slots: Record<string, SlotState>;
@@ -56,6 +58,7 @@ export function encodeControl(c: ControlData): Buffer {
       tli: c.tli,
       flush_lsn: formatLsn(c.flushLsn),
       commit_lsn: formatLsn(c.commitLsn),
+      ...(c.commitExact ? { commit_lsn_exact: true } : {}),
       first_lsn: formatLsn(c.firstLsn),
       slots,
       // Written only once offload has something to say, so that a stream without remote storage keeps its old payload.
@@ -103,6 +106,7 @@ export function decodeControl(payload: Buffer, file: string): ControlData {
     tli: int('tli', 1, 0xffffffff),
     flushLsn: lsn('flush_lsn'),
     commitLsn: lsn('commit_lsn'),
+    ...(j.commit_lsn_exact === true ? { commitExact: true } : {}),
     firstLsn: lsn('first_lsn'),
     slots,
     // Both absent without remote storage, and in control files written before offload existed.
