@@ -134,8 +134,8 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
     }
     const cpuMs = process.platform === "linux" ? cpu().map((c, i) => ((c - cpu0[i]!) * 1000) / (commits + 50)) : [];
     if (process.env.BENCH_CPU_SPLIT) for (const n of nodes) log(`pid ${n.pid} utime/stime ticks: ${readFileSync(`/proc/${n.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).join(" ")} threads: ${readFileSync(`/proc/${n.pid}/status`, "utf8").match(/Threads:\s+(\d+)/)![1]}`);
-    record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), better: 'lower', chart: 'latency' });
-    record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 2 ms', better: 'lower', chart: 'latency' });
+    record({ bench: 'cluster', what: `commit → commit record at a consumer, median: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 50), postgres: pct(d, 50), target: '≤ PostgreSQL + 0.5 ms', better: 'lower', chart: 'latency' });
+    record({ bench: 'cluster', what: `commit → commit record at a consumer, p99: through ${nodes.length} node(s) (vs a consumer of the primary)`, unit: 'ms', walkeeper: pct(w, 99), postgres: pct(d, 99), target: '≤ PostgreSQL + 1.5 ms', better: 'lower', chart: 'latency' });
     const line = (name: string, xs: number[]) => `${name}: median ${pct(xs, 50).toFixed(3)} ms, p99 ${pct(xs, 99).toFixed(3)} ms`;
     // Where the node's share went, from node 1's own histograms (the bucket holding each quantile).
     const metrics = await (await fetch(`${nodes[0]!.httpUrl}/metrics`)).text();
@@ -149,7 +149,7 @@ async function commitLatency(tmpDir: string, commits: number): Promise<string[]>
       `commit latency, ${commits} commits, commit sent → commit record received (same run; node data in ${path.dirname(tmpDir)}):`,
       `  ${line('consumer of the primary          ', d)}`,
       `  ${line(`consumer of a walkeeper node (${nodes.length} node${nodes.length > 1 ? `s, Q=${Math.floor(nodes.length / 2) + 1}` : ''})`.padEnd(34), w)}`,
-      `  difference: median +${(pct(w, 50) - pct(d, 50)).toFixed(3)} ms, p99 +${(pct(w, 99) - pct(d, 99)).toFixed(3)} ms (target: p99 within 2 ms)`,
+      `  difference: median +${(pct(w, 50) - pct(d, 50)).toFixed(3)} ms, p99 +${(pct(w, 99) - pct(d, 99)).toFixed(3)} ms (targets: median within 0.5 ms, p99 within 1.5 ms)`,
       ...(cpuMs.length ? [`  node CPU per commit: ${cpuMs.map((c) => `${c.toFixed(3)} ms`).join(', ')} (2 cores shared with PostgreSQL and this benchmark)`] : []),
       ...steps,
     ];
