@@ -14,6 +14,9 @@ import { LsnWatch } from '../ts/stream/watch.js';
 import { readControlFile, writeControlFile } from '../ts/wal/control_file.js';
 import { RecoveryTrigger, WriterLock } from '../ts/cluster/writer_lock.js';
 import { WalHandout } from '../ts/receiver/handout.js';
+import { memberStatusJson } from '../ts/http/api.js';
+import { parseNodeStatus } from '../ts/member_status.js';
+import { streamProblems, type StreamDoc } from '../ts/cli/status.js';
 import { createTempDir, type TempDir } from './harness/index.js';
 
 const L = parseLsn;
@@ -73,10 +76,18 @@ test('Stream.open: after a crash commit_lsn is not reported until a quorum reach
   t.is(a.commitLsn, L('0/1200000'), 'served up to the control file\'s copy');
   t.is(a.reportedCommitLsn, null);
   t.is(a.commitUnknownBelow, L('0/1800000'));
+  // What the members and receivers read: no commit_lsn rather than a lower one.
+  const me = { nodeId: 1, pgAddress: '127.0.0.1:5432', httpAddress: '127.0.0.1:7676', availabilityZone: null };
+  const unknown = JSON.parse(JSON.stringify(memberStatusJson(me, a))) as Record<string, unknown>;
+  t.is(unknown.commit_lsn, null);
+  t.is(parseNodeStatus('n1', unknown).commitLsn, null, 'a peer or receiver reads it as not known');
+  const doc = { ...unknown, commit_lsn_unknown_below: '0/1800000', upstream: null, offload: null, cluster: null, replicas: [] } as unknown as StreamDoc;
+  t.deepEqual(streamProblems(doc), ['commit_lsn not known yet after a restart (until a quorum has flushed up to 0/1800000)'], 'walkeeper status says why');
   a.setCommitLsn(L('0/1700000'));
   t.is(a.reportedCommitLsn, null);
   a.setCommitLsn(L('0/1800000'));
   t.is(a.reportedCommitLsn, L('0/1800000'));
+  t.is(parseNodeStatus('n1', JSON.parse(JSON.stringify(memberStatusJson(me, a)))).commitLsn, L('0/1800000'));
   // A clean stop at commit_lsn 0/1400000 (the quorum's) with WAL flushed to 0/1800000.
   await a.close();
   const stopped = (await readControlFile(dir))!;

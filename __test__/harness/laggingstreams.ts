@@ -18,7 +18,8 @@ export interface LaggingStream {
  * from one segment of real WAL, each lag a multiple of `lagStep` bytes and
  * each lag twice (0 too), so that ties show the order among equals. The lag
  * is the control file's commit_lsn put below flush_lsn (WAL flushed on this
- * member and not yet on a quorum, as a member holds it after a crash); a
+ * member and not yet on a quorum, as a member holds it after a clean stop
+ * while its peers were behind: exact, so the node reports it at once); a
  * second member (`peer`) never answers, so the quorum leaves it there. The
  * caller stops the node.
  */
@@ -33,7 +34,7 @@ export async function nodeWithLaggingStreams(dataDir: string, n: number, lagStep
       const r = await importWal({ dataDir, stream: name, walDir: wal });
       if (r.endLsn - r.firstLsn <= lag) throw new Error(`the imported WAL (${r.endLsn - r.firstLsn} bytes) is too short for a lag of ${lag}`);
       const c = (await readControlFile(r.dir))!;
-      await writeControlFile(r.dir, { ...c, commitLsn: c.flushLsn - lag });
+      await writeControlFile(r.dir, { ...c, commitLsn: c.flushLsn - lag, commitExact: true });
       streams.push({ name, lag });
     }
   } finally {

@@ -28,7 +28,7 @@ quorum").
   --json          print GET /v1/streams (with --stream, GET /v1/streams/NAME) as JSON, for scripts
 `;
 
-interface StreamDoc {
+export interface StreamDoc {
   name: string;
   state: string;
   node_id: number;

@@ -411,6 +411,8 @@ export class WalSender {
   }
 
   private readFailed(err: Error): SenderEnd {
+    // The stream was removed (or suspended) under this read: its files went with it. The end asked for is the news, not the read.
+    if (this.endReason) return this.sendEndError(this.endReason.code, this.endReason.message);
     if (isWalcoreError(err, 'WALCORE_REMOVED')) {
       return this.sendEndError(SQLSTATE.UNDEFINED_FILE, err.message.replace(/^.*?(requested WAL segment)/, '$1'));
     }
