@@ -170,7 +170,7 @@ function histogramQuantiles(before: string, after: string, name: string): string
     const b = now.find((x) => x.n >= q * total)!;
     return b.le === '+Inf' ? '> 1 s' : `≤ ${(Number(b.le) * 1000).toFixed(2)} ms`;
   };
-  return `median ${at(0.5)}, p99 ${at(0.99)} (${total} observations)`;
+  return `median ${at(0.5)}, p90 ${at(0.9)}, p99 ${at(0.99)} (${total} observations)`;
 }
 
 async function brokerLoad(tmpDir: string, seconds: number): Promise<string[]> {
