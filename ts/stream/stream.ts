@@ -274,6 +274,8 @@ export class Stream extends EventEmitter {
   /** Raises commit_lsn (never above flush_lsn, never down); the senders waiting on it wake. */
   setCommitLsn(lsn: Lsn): void {
     if (lsn > this.flushLsn) throw new Error(`stream ${this.name}: commit_lsn ${formatLsn(lsn)} above flush_lsn ${formatLsn(this.flushLsn)}`);
+    // Closed: the copy written as exact must stay the last value anyone was told.
+    if (this.closing) return;
     if (this.commit.raise(lsn)) this.log.info({ commit_lsn: formatLsn(lsn) }, 'commit_lsn known again: a quorum has flushed up to the end of WAL found at start-up');
   }
 
