@@ -1,5 +1,5 @@
 /** What the benchmarks read of other processes from /proc (Linux). */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 /** USER_HZ: /proc counts CPU time in ticks of 1/100 s. */
@@ -32,4 +32,68 @@ export function machineCpuSeconds(): number {
 export async function memoryKiB(pid: number, field: 'VmRSS' | 'VmHWM' | 'RssAnon'): Promise<number> {
   const s = await readFile(`/proc/${pid}/status`, 'utf8');
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
+}
+
+/**
+ * Where the threads of some processes ran: every few milliseconds each
+ * thread's CPU time since the last look (schedstat) is counted to the CPU
+ * it is on now. `share(cpu)` is the part of their CPU time spent on `cpu`:
+ * for a client pinned there, how often the server shared its core.
+ */
+export class Placement {
+  private last = new Map<string, number>();
+  private byCpu = new Map<number, number>();
+  private timer: NodeJS.Timeout;
+
+  constructor(private readonly pids: () => number[], everyMs = 5) {
+    this.timer = setInterval(() => this.sample(), everyMs);
+  }
+
+  private sample(): void {
+    for (const pid of this.pids()) {
+      let tids: string[];
+      try {
+        tids = readdirSync(`/proc/${pid}/task`);
+      } catch {
+        continue;
+      }
+      for (const tid of tids) {
+        try {
+          const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+          const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+          const cpu = Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[36]);
+          const key = `${pid}/${tid}`;
+          const before = this.last.get(key);
+          this.last.set(key, ns);
+          if (before !== undefined && ns > before) this.byCpu.set(cpu, (this.byCpu.get(cpu) ?? 0) + (ns - before));
+        } catch {
+          // (the thread ended)
+        }
+      }
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  share(cpu: number): number {
+    let all = 0;
+    for (const v of this.byCpu.values()) all += v;
+    return all === 0 ? 0 : (this.byCpu.get(cpu) ?? 0) / all;
+  }
+}
+
+/** PostgreSQL's walsender processes now (their command line says "walsender"). */
+export function walsenderPids(): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('walsender')) out.push(Number(d));
+    } catch {
+      // (gone)
+    }
+  }
+  return out;
 }

@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { formatLsn, importWal } from '../ts/index.js';
 import { createTempDir, freePort, lsnOf, runPgTool, startPostgres, startReceivewal } from '../__test__/harness/index.js';
 import type { ConsumeResult } from './consumer.js';
-import { cpuSecondsOf, machineCpuSeconds, memoryKiB } from './proc.js';
+import { cpuSecondsOf, machineCpuSeconds, memoryKiB, Placement, walsenderPids } from './proc.js';
 import { record } from './results.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '1024' }, rounds: { type: 'string', default: '5' }, consumers: { type: 'string', default: '8' } } });
@@ -187,14 +187,18 @@ async function main() {
           let rwCpu = 0;
           const pid = rw.pid;
           const sampler = setInterval(() => (rwCpu = pid ? Math.max(rwCpu, cpuSecondsOf(pid)) : 0), 10);
+          // Where the server ran meanwhile: on the client's CPU, the two take turns on one core.
+          const placement = pinned ? new Placement(() => (s.name === 'walkeeper node' ? [nodePid] : walsenderPids())) : null;
           const out = await rw.wait(600_000);
           clearInterval(sampler);
+          placement?.stop();
           const secs = Number(process.hrtime.bigint() - t0) / 1e9;
           await rm(dir, { recursive: true, force: true });
           if (out.code !== 0) throw new Error(`pg_receivewal against ${s.name}: ${out.stderr}`);
           add(s.name, what, total / 1048576 / secs);
           addCpu(s.name, what, (rwCpu / total) * 2 ** 30);
-          rwRates.push(`${pinned ? 'pinned' : 'unpinned'} ${(total / 1048576 / secs).toFixed(0)} MiB/s (${((rwCpu / total) * 2 ** 30).toFixed(3)} CPU s/GiB)`);
+          const shared = placement ? `, server on its CPU ${(placement.share(Number(receivewalCpus)) * 100).toFixed(0)}% of the time` : '';
+          rwRates.push(`${pinned ? 'pinned' : 'unpinned'} ${(total / 1048576 / secs).toFixed(0)} MiB/s (${((rwCpu / total) * 2 ** 30).toFixed(3)} CPU s/GiB${shared})`);
         }
         log(`round ${r + 1}, ${s.name}: discarding consumer ${(c.bytes / 1048576 / c.seconds).toFixed(0)} MiB/s (${how([c])}), pg_receivewal ${rwRates.join(', ')}`);
       }
