@@ -48,7 +48,7 @@ test.after.always(async () => {
   await tmp?.cleanup();
 });
 
-const M = (nodeId: number, commit: bigint, oldest: bigint | null, heardAt: number | null = 1000): OffloadCandidate => ({ nodeId, commitLsn: commit, oldestLsn: oldest, heardAt });
+const M = (nodeId: number, commit: bigint | null, oldest: bigint | null, heardAt: number | null = 1000): OffloadCandidate => ({ nodeId, commitLsn: commit, oldestLsn: oldest, heardAt });
 
 test('offloader choice: live, caught-up members holding WAL back to backup_lsn, by node id, hash(stream) mod n', (t) => {
   const now = 1500;
@@ -68,6 +68,9 @@ test('offloader choice: live, caught-up members holding WAL back to backup_lsn, 
   t.deepEqual(electOffloader('main', self, [M(2, 0x9000000n - (128n << 20n) - 1n, 0n), M(3, 0x9000000n, 0x1000000n)], null, now).eligible, [1, 3]);
   t.deepEqual(electOffloader('main', self, [M(2, 0x9000000n, 0x5000000n)], 0x2000000n, now).eligible, [1]);
   t.deepEqual(electOffloader('main', M(1, 0x9000000n, null, null), [M(2, 0x9000000n, 0x1000000n)], null, now).eligible, [2], 'no WAL, no offload');
+  // A member restarted and not knowing its commit_lsn yet is out, whether it is this node or a peer (each sees the same), even on a young cluster where 0/0 would be "caught up".
+  t.deepEqual(electOffloader('main', M(1, null, 0x1000000n, null), [M(2, 0x2000000n, 0x1000000n)], null, now).eligible, [2]);
+  t.deepEqual(electOffloader('main', M(2, 0x2000000n, 0x1000000n, null), [M(1, null, 0x1000000n)], null, now).eligible, [2]);
   // Nobody holds backup_lsn any more: the caught-up members go on (the archive has a gap), flagged.
   const g = electOffloader('main', M(1, 0x9000000n, 0x5000000n, null), [M(2, 0x9000000n, 0x6000000n)], 0x2000000n, now);
   t.deepEqual([g.eligible, g.gap], [[1, 2], true]);

@@ -723,8 +723,8 @@ export class SimNode {
     const peers = life.quorum
       .list()
       .filter((m) => m.nodeId !== null)
-      .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn ?? 0n, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
-    const e = electOffloader('main', { nodeId: this.id, commitLsn: s.commitLsn, oldestLsn: oldest, heardAt: null }, peers, this.backupLsn, now);
+      .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
+    const e = electOffloader('main', { nodeId: this.id, commitLsn: s.reportedCommitLsn, oldestLsn: oldest, heardAt: null }, peers, this.backupLsn, now);
     if (e.offloader !== this.id) return;
     const seg = this.cfg.segmentSize;
     const base = this.backupLsn ?? this.firstLsn;

@@ -187,13 +187,13 @@ export class Offloader {
     await this.cleanPartials();
     const peers = this.quorum
       .list()
-      .filter((m) => m.error === null && m.nodeId !== null && m.commitLsn !== null)
-      .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn!, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
+      .filter((m) => m.error === null && m.nodeId !== null && m.heardAt !== null)
+      .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
     // Just started and not yet heard from every member: deciding now would see only ourselves (every
     // member would pick itself). Wait for their statuses, at most as long as a member takes to go stale.
     if (now - this.startedAt.getTime() < OFFLOADER_STALE_MS && this.quorum.list().some((m) => m.heardAt === null)) return;
     const before = this.election;
-    this.election = electOffloader(s.name, { nodeId: this.self.nodeId, commitLsn: s.commitLsn, oldestLsn: s.oldestLsn, heardAt: null }, peers, s.backupLsn, now);
+    this.election = electOffloader(s.name, { nodeId: this.self.nodeId, commitLsn: s.reportedCommitLsn, oldestLsn: s.oldestLsn, heardAt: null }, peers, s.backupLsn, now);
     const active = this.election.offloader === this.self.nodeId;
     if (active !== (before.offloader === this.self.nodeId) || this.election.offloader !== before.offloader) {
       this.log.info({ offloader: this.election.offloader, eligible: this.election.eligible, backup_lsn: s.backupLsn === null ? null : formatLsn(s.backupLsn) }, active ? 'this node offloads the stream' : 'offloader chosen');

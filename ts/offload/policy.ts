@@ -16,7 +16,8 @@ export const MAX_OFFLOADER_LAG = 128n * 1024n * 1024n;
 
 export interface OffloadCandidate {
   nodeId: number;
-  commitLsn: Lsn;
+  /** null: the member does not know it yet (restarted after a crash; see stream/commit_lsn.ts). */
+  commitLsn: Lsn | null;
   /** Oldest WAL the member holds locally (null: none). */
   oldestLsn: Lsn | null;
   /** When its status was last heard (ms); null for this node itself. */
@@ -54,8 +55,9 @@ export function electOffloader(
   const maxLag = opts.maxLagBytes ?? MAX_OFFLOADER_LAG;
   const live = [self, ...peers.filter((p) => p.nodeId !== self.nodeId && p.heardAt !== null && now - p.heardAt <= staleMs)];
   let top = 0n;
-  for (const m of live) if (m.commitLsn > top) top = m.commitLsn;
-  const caughtUp = live.filter((m) => m.oldestLsn !== null && top - m.commitLsn <= maxLag);
+  for (const m of live) if (m.commitLsn !== null && m.commitLsn > top) top = m.commitLsn;
+  // A member that does not know its commit_lsn yet cannot say it is caught up: it stays out until it does, in every member's count alike.
+  const caughtUp = live.filter((m) => m.commitLsn !== null && m.oldestLsn !== null && top - m.commitLsn <= maxLag);
   const holding = caughtUp.filter((m) => backupLsn === null || m.oldestLsn! <= backupLsn);
   const gap = holding.length === 0 && caughtUp.length > 0;
   const pool = (gap ? caughtUp : holding).map((m) => m.nodeId).sort((a, b) => a - b);
