@@ -18,6 +18,7 @@ import test, { type ExecutionContext } from 'ava';
 
 import { formatLsn, parseLsn, segmentStart, type Lsn } from '../ts/lsn.js';
 import { memberStatusJson } from '../ts/http/api.js';
+import { readControlFile } from '../ts/wal/control_file.js';
 import { ReplicationClient } from '../ts/client/client.js';
 import {
   compareWalDirs,
@@ -300,6 +301,55 @@ test('peer recovery: a node down during the load, then the primary stopped; rest
   const last = await primaryFlush(pg);
   await caughtUp([n2], last);
   t.deepEqual(await compareWalDirs(`${tmp.path}/recovery/n2/streams/main`, pg.walDir, { segSize: SEG, endLsn: last, segments: 'ours', partialTail: 'ignore' }), []);
+});
+
+test('a node killed under load reports no commit_lsn after its restart until a quorum has flushed up to the end of its WAL, and never less than before', async (t) => {
+  const { pg, nodes } = await primaryAndThreeNodes(t, 'restart-commit');
+  const [n1, n2, n3] = nodes;
+  const dir = `${tmp.path}/restart-commit/n1/streams/main`;
+  await pgbench(pg, ['-i', '-q', '-s', '1']);
+  // Kill node 1 while commit_lsn moves, until its control file (written a second late) is behind what it reported.
+  let reported = 0n;
+  let control = 0n;
+  for (let attempt = 0; attempt < 5 && !(control < reported); attempt++) {
+    if (attempt > 0) await n1.start();
+    const load = pgbench(pg, ['-c', '2', '-T', '3']);
+    await new Promise((r) => setTimeout(r, 1500));
+    reported = parseLsn((await status(n1)).commit_lsn);
+    await n1.kill();
+    await load;
+    control = (await readControlFile(dir))!.commitLsn;
+  }
+  t.true(control < reported, `the control file's commit_lsn ${formatLsn(control)} is behind the ${formatLsn(reported)} node 1 reported`);
+  // Its peers away, node 1 comes back alone: it cannot know commit_lsn, and says so rather than report the control file's.
+  await n2.kill();
+  await n3.kill();
+  await n1.start();
+  const seen: (string | null)[] = [];
+  let polling = true;
+  const poll = (async () => {
+    // (one more look after polling stops: the value that ended the wait is among those checked)
+    for (;;) {
+      const stop = !polling;
+      seen.push(((await n1.status()) as { commit_lsn: string | null } | null)?.commit_lsn ?? null);
+      if (stop) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  const alone = (await status(n1)) as unknown as { commit_lsn: string | null; commit_lsn_unknown_below: string | null; flush_lsn: string };
+  t.is(alone.commit_lsn, null);
+  t.true(parseLsn(alone.commit_lsn_unknown_below!) >= reported, `it waits for a quorum at ${alone.commit_lsn_unknown_below}, the end of its WAL, at least the ${formatLsn(reported)} reported`);
+  // A peer back: the quorum catches up with that end, and commit_lsn is reported again, at least what it was.
+  await n2.start();
+  await until(async () => ((await status(n1)) as unknown as { commit_lsn: string | null }).commit_lsn !== null, 'node 1 to know its commit_lsn again', 60_000);
+  polling = false;
+  await poll;
+  const values = seen.filter((v): v is string => v !== null);
+  t.true(seen.some((v) => v === null), 'not known at first');
+  t.true(values.length > 0, 'known at last');
+  for (const v of values) t.true(parseLsn(v) >= reported, `reported ${v}, not below ${formatLsn(reported)}`);
+  t.regex(n1.output, /commit_lsn not known yet after a restart/);
+  t.regex(n1.output, /commit_lsn known again/);
 });
 
 test('peers push each flush only to a node where a client waits on commit_lsn; the others get a heartbeat', async (t) => {
