@@ -44,13 +44,16 @@ export class Placement {
   private last = new Map<string, number>();
   private byCpu = new Map<number, number>();
   private timer: NodeJS.Timeout;
+  /** Looked up until found, then kept: a scan of /proc every few milliseconds would itself load the machine measured. */
+  private found: number[] = [];
 
   constructor(private readonly pids: () => number[], everyMs = 5) {
     this.timer = setInterval(() => this.sample(), everyMs);
   }
 
   private sample(): void {
-    for (const pid of this.pids()) {
+    if (this.found.length === 0) this.found = this.pids();
+    for (const pid of this.found) {
       let tids: string[];
       try {
         tids = readdirSync(`/proc/${pid}/task`);

@@ -187,7 +187,7 @@ export class Offloader {
     await this.cleanPartials();
     const peers = this.quorum
       .list()
-      .filter((m) => m.error === null && m.nodeId !== null && m.heardAt !== null)
+      .filter((m) => m.error === null && m.nodeId !== null)
       .map((m) => ({ nodeId: m.nodeId!, commitLsn: m.commitLsn, oldestLsn: m.oldestLsn, heardAt: m.heardAt }));
     // Just started and not yet heard from every member: deciding now would see only ourselves (every
     // member would pick itself). Wait for their statuses, at most as long as a member takes to go stale.

@@ -76,7 +76,7 @@ export class CommitLsn {
   }
 }
 
-/** One line for logs and the status page: why commit_lsn is not reported. */
+/** The start-up log's line: why commit_lsn is not reported yet. */
 export function unknownCommitReason(waitingFor: Lsn): string {
   return `commit_lsn not known yet after a restart: reported again once a quorum has flushed up to ${formatLsn(waitingFor)}, the end of WAL here`;
 }
